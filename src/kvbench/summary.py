@@ -1,0 +1,37 @@
+"""Tables derived from records: the speedup of the cache per scenario (cached rows matched to uncached)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+# What identifies a scenario apart from the cache setting.
+PAIR_KEYS = ["run", "model", "device", "dtype", "prompt_len", "new_tokens", "batch_size", "decoding", "num_beams"]
+
+
+def speedups(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per cached scenario that has an uncached twin: latencies, speedup, positions, KV bytes."""
+    ok = df[df["status"] == "ok"] if "status" in df else df
+    keys = [k for k in PAIR_KEYS if k in ok.columns]
+    cached = ok[ok["use_cache"].astype(bool)]
+    uncached = ok[~ok["use_cache"].astype(bool)]
+    cols = ["total_s", "ttft_s", "decode_step_s", "positions_processed"]
+    merged = cached.merge(uncached[keys + cols], on=keys, suffixes=("", "_nocache"), how="left")
+    merged["speedup"] = merged["total_s_nocache"] / merged["total_s"]
+    return merged.sort_values(keys + ["cache_implementation"]).reset_index(drop=True)
+
+
+def fmt_bytes(n) -> str:
+    if n is None or pd.isna(n):
+        return "-"
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def fmt_seconds(s) -> str:
+    if s is None or pd.isna(s):
+        return "-"
+    return f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s"
