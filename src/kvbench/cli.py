@@ -8,6 +8,12 @@ from typing import Optional
 
 import click
 import typer
+
+try:  # typer >= 0.22 vendors its own copy of click
+    from typer._click import ClickException as _VendoredClickException
+except ImportError:
+    _VendoredClickException = click.ClickException
+CLICK_ERRORS = (click.ClickException, _VendoredClickException)
 from rich.console import Console
 from rich.table import Table
 
@@ -163,13 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
     try:
         command.main(args=argv, prog_name="kvbench", standalone_mode=False)
-    except (UserError, click.UsageError, click.BadParameter) as exc:
-        message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
-        print(f"kvbench: error: {message}", file=sys.stderr)
+    except (UserError, *CLICK_ERRORS) as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `kvbench`: the help, not an error
+            print(exc.format_message())
+            return 0
+        message = str(exc) if isinstance(exc, UserError) else exc.format_message()
+        print(f"kvbench: error: {' '.join(message.split())}", file=sys.stderr)
         return 2
-    except click.exceptions.Exit as exc:
+    except (typer.Exit, click.exceptions.Exit) as exc:
         return exc.exit_code
-    except click.Abort:
+    except (typer.Abort, click.Abort):
         print("kvbench: aborted", file=sys.stderr)
         return 130
     return 0

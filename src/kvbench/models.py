@@ -118,39 +118,50 @@ def random_model(config, device: torch.device, dtype: torch.dtype):
     return model
 
 
-def load_model(spec: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False) -> LoadedModel:
-    """Load a preset name, a config.json path, a local model folder, or a Hub model id."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def resolve_spec(spec, trust_remote_code: bool = False) -> tuple[str, object, str, object]:
+    """(name, config, source, weights) for a config object, preset, config.json, model folder or Hub id.
 
-    dev = resolve_device(device)
-    path = Path(spec).expanduser()
-    weights = None
+    `weights` is what `from_pretrained` loads (a folder or Hub id), or None for random weights.
+    """
+    from transformers import AutoConfig, PretrainedConfig
+
+    if isinstance(spec, PretrainedConfig):
+        return spec.model_type, spec, "config object (random weights)", None
     if spec in _preset_files():
-        config, source = preset_config(spec), "preset (random weights)"
-    elif path.is_file():
+        return spec, preset_config(spec), "preset (random weights)", None
+    path = Path(spec).expanduser()
+    if path.is_file():
         try:
             config = config_from_dict(json.loads(path.read_text()))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UserError(f"{spec}: not a JSON config file ({exc})") from None
-        source = "config.json (random weights)"
-    elif path.is_dir():
+        return spec, config, "config.json (random weights)", None
+    if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(f"{spec}: folder has no config.json")
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        has_weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
-        weights, source = (path, "local weights") if has_weights else (None, "config.json (random weights)")
-    elif spec.count("/") == 1 and not spec.startswith((".", "/")):
+        if any(path.glob("*.safetensors")) or any(path.glob("*.bin")):
+            return spec, config, "local weights", path
+        return spec, config, "config.json (random weights)", None
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
         try:
             config = AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code)
-        except Exception as exc:  # network errors, gated repos, unknown ids: one line for the user
+        except Exception as exc:  # offline, gated, unknown id: one line for the user
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"cannot load {spec!r} from the Hugging Face Hub: {first}") from None
-        weights, source = spec, "hub"
-    else:
-        raise UserError(
-            f"unknown model {spec!r}: not a preset ({', '.join(list_presets())}), "
-            "not an existing path, not a Hub id (owner/name)"
-        )
+        return spec, config, "hub", spec
+    raise UserError(
+        f"unknown model {spec!r}: not a preset ({', '.join(list_presets())}), "
+        "not an existing path, not a Hub id (owner/name)"
+    )
+
+
+def load_model(spec, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False) -> LoadedModel:
+    """Load a preset name, a config.json path, a local model folder, a Hub model id, or a config object."""
+    from transformers import AutoModelForCausalLM
+
+    dev = resolve_device(device)
+    name, config, source, weights = resolve_spec(spec, trust_remote_code)
     dt = resolve_dtype(dtype, dev, config)
     if weights is None:
         model = random_model(config, dev, dt)
@@ -161,9 +172,9 @@ def load_model(spec: str, device: str = "auto", dtype: str = "auto", trust_remot
     model.eval()
     gen = model.generation_config
     if gen.pad_token_id is None:  # silences "Setting pad_token_id to eos_token_id" on every call
-        eos = gen.eos_token_id if gen.eos_token_id is not None else config.eos_token_id
+        eos = gen.eos_token_id if gen.eos_token_id is not None else getattr(config, "eos_token_id", None)
         gen.pad_token_id = (eos[0] if isinstance(eos, list) else eos) if eos is not None else 0
-    return LoadedModel(name=spec, model=model, config=model.config, device=dev, dtype=dt, source=source)
+    return LoadedModel(name=name, model=model, config=model.config, device=dev, dtype=dt, source=source)
 
 
 def synthetic_inputs(config, batch_size: int, prompt_len: int, device, seed: int = 0) -> dict:
