@@ -118,39 +118,56 @@ def random_model(config, device: torch.device, dtype: torch.dtype):
     return model
 
 
-def load_model(spec: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False) -> LoadedModel:
-    """Load a preset name, a config.json path, a local model folder, or a Hub model id."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def preset_name(spec: str) -> str | None:
+    """The preset a spec names, matched case-insensitively ("Phi-3-mini-4k" -> "phi-3-mini-4k"), or None."""
+    by_lower = {name.lower(): name for name in _preset_files()}
+    return by_lower.get(str(spec).lower())
 
-    dev = resolve_device(device)
+
+def resolve_config(spec: str, trust_remote_code: bool = False) -> tuple:
+    """(config, source, weights) for a preset name, a config.json path, a local model folder or a Hub id.
+
+    `weights` is what `from_pretrained` should load (a folder or a Hub id), or None for random weights.
+    Nothing but a config is read: planners use this without building the model.
+    """
+    from transformers import AutoConfig
+
     path = Path(spec).expanduser()
-    weights = None
-    if spec in _preset_files():
-        config, source = preset_config(spec), "preset (random weights)"
-    elif path.is_file():
+    preset = preset_name(spec)
+    if preset is not None:
+        return preset_config(preset), "preset (random weights)", None
+    if path.is_file():
         try:
             config = config_from_dict(json.loads(path.read_text()))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UserError(f"{spec}: not a JSON config file ({exc})") from None
-        source = "config.json (random weights)"
-    elif path.is_dir():
+        return config, "config.json (random weights)", None
+    if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(f"{spec}: folder has no config.json")
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        has_weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
-        weights, source = (path, "local weights") if has_weights else (None, "config.json (random weights)")
-    elif spec.count("/") == 1 and not spec.startswith((".", "/")):
+        if any(path.glob("*.safetensors")) or any(path.glob("*.bin")):
+            return config, "local weights", path
+        return config, "config.json (random weights)", None
+    if spec.count("/") == 1 and not spec.startswith((".", "/")):
         try:
             config = AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code)
         except Exception as exc:  # network errors, gated repos, unknown ids: one line for the user
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"cannot load {spec!r} from the Hugging Face Hub: {first}") from None
-        weights, source = spec, "hub"
-    else:
-        raise UserError(
-            f"unknown model {spec!r}: not a preset ({', '.join(list_presets())}), "
-            "not an existing path, not a Hub id (owner/name)"
-        )
+        return config, "hub", spec
+    raise UserError(
+        f"unknown model {spec!r}: not a preset ({', '.join(list_presets())}), "
+        "not an existing path, not a Hub id (owner/name)"
+    )
+
+
+def load_model(spec: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False) -> LoadedModel:
+    """Load a preset name, a config.json path, a local model folder, or a Hub model id."""
+    from transformers import AutoModelForCausalLM
+
+    dev = resolve_device(device)
+    config, source, weights = resolve_config(spec, trust_remote_code=trust_remote_code)
     dt = resolve_dtype(dtype, dev, config)
     if weights is None:
         model = random_model(config, dev, dt)
