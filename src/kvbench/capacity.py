@@ -141,7 +141,7 @@ def _auto_dtype(config, target: Target | None) -> torch.dtype:
     """The config's half type where the card has it (bf16 -> fp16 on cards without bf16); float16 otherwise."""
     from .models import DTYPES
 
-    wanted = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    wanted = getattr(config, "dtype", None) if hasattr(config, "dtype") else getattr(config, "torch_dtype", None)
     wanted = DTYPES.get(str(wanted).removeprefix("torch."), torch.float16)
     if wanted == torch.bfloat16 and target is not None and not target.bf16:
         return torch.float16
