@@ -170,11 +170,15 @@ def compare_frontier(records: pd.DataFrame, calibration: Calibration | None = No
         answer = longest_context(w, target, int(row["batch_size"]), int(row["new_tokens"]), cal)
         pred = answer["context_len"] if answer["fits"] else None
         predicted.append(pred)
-        lo, hi = row["longest_ok_context"] or 0, row["shortest_oom_context"]
-        within.append(pred is not None and pred >= lo and (hi is None or pred < hi))
+        lo, hi = row["longest_ok_context"], row["shortest_oom_context"]  # NaN where missing
+        if pred is None:
+            within.append(pd.isna(lo))
+        else:
+            within.append((pd.isna(lo) or pred >= lo) and (pd.isna(hi) or pred < hi))
     table["predicted_longest_context"] = predicted
     table["prediction_error"] = [
-        (p - m) / m if p is not None and m else None for p, m in zip(predicted, table["longest_ok_context"])
+        (p - m) / m if p is not None and pd.notna(m) and m else None
+        for p, m in zip(predicted, table["longest_ok_context"])
     ]
     table["prediction_within_bracket"] = within
     return table

@@ -10,6 +10,7 @@ plan as a DataFrame.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pandas as pd
 import torch
@@ -18,6 +19,7 @@ from .capacity import (
     GIB, MIB, Calibration, Target, breakdown, longest_context, make_workload, most_sequences,
 )
 from .errors import UserError
+from .summary import fmt_bytes
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_NEW_TOKENS = 128
@@ -26,15 +28,16 @@ _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 
           "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
-def parse_bytes(text, option: str = "--memory") -> int:
-    """"16GiB", "14.75GiB", "24GB", "1.5e10", "512 MiB" -> bytes (GB = 1e9, GiB = 2**30)."""
+def parse_bytes(text, option: str = "--memory", minimum: int = MIB) -> int:
+    """"16GiB", "14.75GiB", "24GB", "1.5e10", "512 MiB" -> bytes (GB = 1e9, GiB = 2**30), at least `minimum`."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
     unit = match.group(2).lower() if match else None
     if not match or unit not in _UNITS:
         raise UserError(f"{option}: {text!r} is not a memory size (use e.g. 16GiB, 14.75GiB, 24GB or 1.5e10)")
     value = int(float(match.group(1)) * _UNITS[unit])
-    if not MIB <= value <= 2**50:
-        raise UserError(f"{option}: {text!r} ({value} bytes) is not a possible GPU memory (1 MiB to 1 PiB)")
+    if not minimum <= value <= 2**50:
+        lowest = "0" if minimum == 0 else "1 MiB"
+        raise UserError(f"{option}: {text!r} ({value} bytes) is not a possible GPU memory ({lowest} to 1 PiB)")
     return value
 
 
@@ -66,7 +69,7 @@ def resolve_target(gpu: str | None = None, memory=None, bandwidth_gbps: float | 
                 raise UserError("no --gpu or --memory given, and torch sees no local CUDA GPU to plan for")
         else:
             size = parse_bytes(memory)
-            target = Target(f"{size / GIB:.2f} GiB", size, None, True, "--memory")
+            target = Target(fmt_bytes(size), size, None, True, "--memory")
     else:
         entry = find_gpu(gpu)
         usable, source = entry.get("usable_bytes"), f"table: {entry['name']}"
@@ -93,16 +96,23 @@ def default_contexts(window: int | None, new_tokens: int) -> list[int]:
 def plan_capacity(model, gpu: str | None = None, *, memory=None, bandwidth_gbps: float | None = None,
                   dtype: str = "auto", kv_dtype: str | None = None, cache_implementation: str = "dynamic",
                   num_beams: int = 1, batch_sizes=DEFAULT_BATCH_SIZES, contexts=None,
-                  new_tokens=(DEFAULT_NEW_TOKENS,), calibration: Calibration | None = None) -> pd.DataFrame:
+                  new_tokens=(DEFAULT_NEW_TOKENS,), calibration: Calibration | None = None,
+                  overhead=None) -> pd.DataFrame:
     """The capacity plan as one DataFrame, a row per answer, `question` saying which:
 
     * "breakdown": the memory at each batch size x context (x new tokens) asked for, and the decode step time;
     * "longest_context": per batch size, the longest context that fits (`limit`: memory or context window);
     * "most_sequences": per context, the largest batch that fits.
-    Every row carries the same columns (bytes, fits, peak phase, decode times) evaluated at its point."""
+    Every row carries the same columns (bytes, fits, peak phase, decode times) evaluated at its point.
+
+    `overhead` (bytes or a size such as "300MiB"; 0 to plan for an allocator cap) replaces the calibration's
+    runtime overhead (default DEFAULT_OVERHEAD_BYTES: CUDA context, cuBLAS workspace, allocator slack)."""
     target = gpu if isinstance(gpu, Target) else resolve_target(gpu, memory, bandwidth_gbps)
     w = make_workload(model, dtype, kv_dtype, cache_implementation, num_beams, target)
     cal = calibration or Calibration()
+    if overhead is not None:
+        cal = replace(cal, overhead_bytes=overhead if isinstance(overhead, int) else
+                      parse_bytes(overhead, "--overhead", minimum=0))
     new_tokens = [new_tokens] if isinstance(new_tokens, int) else list(new_tokens)
     batch_sizes = [batch_sizes] if isinstance(batch_sizes, int) else list(batch_sizes)
     for option, values in (("--batch-sizes", batch_sizes), ("--new-tokens", new_tokens)):

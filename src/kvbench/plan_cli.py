@@ -138,7 +138,7 @@ def comparison_sections(comparison):
             str(r["batch_size"]), str(r["new_tokens"]), _int(r["longest_ok_context"]), _int(r["shortest_oom_context"]),
             _int(r["predicted_longest_context"]),
             f"{r['prediction_error']:+.1%}" if _known(r["prediction_error"]) else "-", "yes" if r["prediction_within_bracket"] else "no", str(r["probes"]),
-            "" if r["consistent"] else "NOT MONOTONE",
+            "-" if r["consistent"] else "NOT MONOTONE",
         ])
     columns = ["model", "dtype", "memory", "batch", "new tokens", "longest ran", "shortest OOM", "predicted",
                "error", "within", "probes", "note"]
@@ -174,6 +174,8 @@ def plan_command(
                                                  "h100, ...); default: the local GPU"),
     memory: Optional[str] = typer.Option(None, help="usable memory, e.g. 16GiB or 24GB (overrides the GPU's)"),
     bandwidth_gbps: Optional[float] = typer.Option(None, help="memory bandwidth in GB/s (overrides the GPU's)"),
+    overhead: Optional[str] = typer.Option(None, help="runtime overhead (CUDA context, allocator), default 500MiB "
+                                                      "or the calibrated one; 0 to plan for an allocator cap"),
     dtype: str = typer.Option("auto", help="weights and compute: auto (the config's half type), float16, "
                                            "bfloat16, float32"),
     kv_dtype: str = typer.Option("auto", help="KV cache: auto (= --dtype), float16, bfloat16, float32, int8, int4"),
@@ -207,7 +209,8 @@ def plan_command(
                    cache_implementation=cache_implementation, num_beams=num_beams,
                    batch_sizes=int_list("--batch-sizes", batch_sizes),
                    contexts=int_list("--contexts", contexts) if contexts else None,
-                   new_tokens=int_list("--new-tokens", new_tokens), calibration=calibration)
+                   new_tokens=int_list("--new-tokens", new_tokens), calibration=calibration,
+                   overhead=overhead)
     plans = [plan_capacity(m, g, **options) for m in models for g in gpus]
     comparison = None
     if compare_frontier is not None:

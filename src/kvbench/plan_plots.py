@@ -44,13 +44,22 @@ def longest_context_figure(plan: pd.DataFrame, frontier: pd.DataFrame | None = N
             where = f"cap {cap / 2**30:.2f} GiB" if cap > 0 else str(group["device_name"].iloc[0])
             ax.errorbar(group["batch_size"], ok, yerr=[ok * 0, (oom - ok).clip(lower=0)], fmt="s", capsize=3,
                         label=f"{model} measured ({where})")
+            if rows.empty and "predicted_longest_context" in group:
+                ax.plot(group["batch_size"], group["predicted_longest_context"].astype(float), linestyle=":",
+                        marker=".", label=f"{model} predicted ({where})")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
     ax.yaxis.set_major_formatter(FuncFormatter(_tokens))
     ax.set_xlabel("batch size (sequences)")
     ax.set_ylabel("longest context that fits (tokens)")
-    ax.set_title(title or "Longest context that fits in memory")
+    if title is None:
+        title = "Longest context that fits in memory"
+        if not rows.empty and rows["gpu"].nunique() == 1:
+            title += f" on {rows['gpu'].iloc[0]}"
+        if not rows.empty and rows["model"].nunique() == 1:
+            title = f"{rows['model'].iloc[0]}: {title[0].lower()}{title[1:]}"
+    ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small")
