@@ -293,3 +293,24 @@ def test_param_count_equals_the_instantiated_model(model_type, extra):
     w = capacity.make_workload(config, "float32")
     assert w.weight_bytes == instantiated * 4
     assert w.weight_bytes == sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def test_local_gpu_detection(monkeypatch):
+    """No --gpu and no --memory: the local GPU, its memory as torch sees it, its bandwidth from NVML or the table."""
+    import kvbench.env
+
+    class Props:
+        name, total_memory = "Tesla T4", 15_835_660_288
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props())
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(kvbench.env, "nvml_gpu_info", lambda device: {})
+    local = resolve_target(None)
+    assert (local.name, local.usable_bytes, local.bandwidth_gbps, local.bf16) == ("Tesla T4", 15_835_660_288, 320,
+                                                                                   False)
+    monkeypatch.setattr(kvbench.env, "nvml_gpu_info", lambda device: {"gpu_bandwidth_gbps": 320.064})
+    assert resolve_target("local").bandwidth_gbps == 320.064
+    plan = plan_capacity("phi-3-mini-4k", batch_sizes=[1], contexts=[1024])
+    assert set(plan["gpu"]) == {"Tesla T4"} and set(plan["dtype"]) == {"float16"}  # bf16 model, no bf16 here

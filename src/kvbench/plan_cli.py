@@ -274,11 +274,19 @@ def frontier_command(
     device = torch.device("cuda", torch.cuda.current_device())
     if cap is not None:
         apply_memory_cap(cap, device)
-    with console.status(f"loading {model}"):
-        loaded = load_model(model, device=str(device), dtype=dtype)
+    try:
+        with console.status(f"loading {model}"):
+            loaded = load_model(model, device=str(device), dtype=dtype)
+    except torch.OutOfMemoryError:
+        raise UserError(f"{model}'s weights alone do not fit in "
+                        + (f"--memory-cap {memory_cap}" if cap else "this GPU's memory")) from None
     dt = str(loaded.dtype).removeprefix("torch.")
     w = make_workload(model, dt, None, cache_implementation, num_beams)
-    lo, hi = min_context or new_tokens + 1, max_context or loaded.context_len or 2**17
+    window = loaded.context_len or 2**17
+    lo, hi = min_context or new_tokens + 1, max_context or window
+    if not new_tokens < lo <= hi <= window:
+        raise UserError(f"contexts to try [{lo}, {hi}] must lie within ({new_tokens}, {window}]: longer than "
+                        f"--new-tokens, within {model}'s context window")
     env = environment(device)
     target, cal = frontier_target({"memory_cap_bytes": cap, "gpu_memory_bytes": env["env_gpu_memory_bytes"],
                                    "bandwidth_gbps": env["env_gpu_bandwidth_gbps"],
