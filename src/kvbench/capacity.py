@@ -231,9 +231,10 @@ def kv_decode_bytes(w: Workload, batch_size: int, context_len: int, new_tokens: 
 
 # ---------------------------------------------------------------------------------------------- activations
 def _masks(w: Workload, q_len: int, kv_len: int) -> int:
-    """Attention masks transformers materializes (one per distinct window): always with eager attention; with SDPA
-    only where `is_causal` cannot stand in, i.e. a sliding window the keys reach, or queries != keys (static)."""
-    if w.dims.eager:
+    """Attention masks transformers materializes (one per distinct window): always with eager attention, and with a
+    static cache (its unfilled positions must be masked); with SDPA and a dynamic cache only where `is_causal` cannot
+    stand in: a sliding window the keys reach, or a multi-token query shorter than the keys."""
+    if w.dims.eager or w.cache_implementation == "static":
         return len(w.dims.windows)
     return sum(1 for win in w.dims.windows
                if (win is not None and kv_len >= win) or not (q_len == 1 or kv_len == q_len))

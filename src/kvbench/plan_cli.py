@@ -185,9 +185,9 @@ def plan_command(
     contexts: Optional[str] = typer.Option(None, help="context lengths (prompt + new tokens), comma-separated "
                                                       "(default 1k, 4k, 16k, ... up to the context window)"),
     new_tokens: str = typer.Option("128", help="tokens generated per sequence, comma-separated"),
-    calibrate: Optional[List[Path]] = typer.Option(None, help="run folder or records file to calibrate with "
+    calibrate: Optional[List[Path]] = typer.Option(None, metavar="RUN", help="run folder or records file to calibrate with "
                                                               "(repeat the option for several)"),
-    compare_frontier: Optional[Path] = typer.Option(None, help="a `kvbench frontier` run: measured vs predicted"),
+    compare_frontier: Optional[Path] = typer.Option(None, metavar="RUN", help="a `kvbench frontier` run: measured vs predicted"),
     figure: Optional[Path] = typer.Option(None, help="save the longest-context figure (.png, .svg, .pdf)"),
     format: str = typer.Option("table", help="table, markdown, csv or json"),
 ):
