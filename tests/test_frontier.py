@@ -150,3 +150,27 @@ def test_frontier_refuses_without_cuda(monkeypatch, capsys):
     assert err.startswith("kvbench: error: kvbench frontier measures out-of-memory on a CUDA GPU")
     assert main(["frontier", "--model", "tiny", "--memory-cap", "lots"]) == 2
     assert "--memory-cap: 'lots'" in capsys.readouterr().err
+
+
+def test_cuda_probe_glue_runs_one_generate_on_any_device(monkeypatch):
+    """The probe used on a GPU, run on the CPU with the tiny preset: one generate, a `measure` record; allocation
+    failures raised outside `measure`'s own out-of-memory handling become "oom" records."""
+    import importlib
+
+    from kvbench.frontier import cuda_probe
+    from kvbench.models import load_model
+
+    loaded = load_model("tiny", device="cpu", dtype="float32")
+    loaded.model._previous_max_cache_length = 10_000  # a static size left by an earlier, longer probe
+    probe = cuda_probe(loaded, new_tokens=4, cache_implementation="static")
+    record = probe(2, 24)
+    assert record["status"] == "ok" and record["prompt_len"] == 20 and record["batch_size"] == 2
+    assert record["generated_tokens"] == 4 and record["repeats"] == 1
+    assert record["kv_cache_bytes"] == record["kv_cache_bytes_estimate"]  # sized for this probe, not 10000
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
+
+    monkeypatch.setattr(importlib.import_module("kvbench.measure"), "measure", failing)
+    record = cuda_probe(loaded, new_tokens=4)(1, 24)
+    assert record["status"] == "oom" and "ALLOC_FAILED" in record["error"] and record["prompt_len"] == 20
