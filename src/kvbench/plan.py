@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from .capacity import (
-    GIB, MIB, Calibration, Target, breakdown, longest_context, make_workload, most_sequences,
+    MIB, Calibration, Target, breakdown, longest_context, make_workload, most_sequences,
 )
 from .errors import UserError
 from .summary import fmt_bytes
