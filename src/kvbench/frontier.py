@@ -199,7 +199,10 @@ def cuda_probe(loaded, new_tokens: int, cache_implementation: str = "dynamic", n
         for attr in ("_previous_max_cache_length", "_cache"):  # a static cache sized by an earlier, longer probe
             loaded.model.__dict__.pop(attr, None)
         try:
-            return measure(loaded, scenario, repeats=1, warmup=0)
+            record = measure(loaded, scenario, repeats=1, warmup=0)
+            if record["status"] == "oom":  # measure caught it; free what the failed call left before the next probe
+                free_memory()
+            return record
         except RuntimeError as exc:  # cuBLAS workspace and other allocations that fail near the cap
             if not is_oom(exc):
                 raise
