@@ -99,5 +99,10 @@ def test_cli_calibrate_prints_the_fit(tmp_path, capsys):
     assert "Calibration (calibrated on 7 records (gpu-run))" in out and "How well the fit matches" in out
     assert "| bandwidth fraction | 60.0% |" in out
     assert "decode step (calibrated)" in out
+    assert main(["plan", "--model", "tiny", "--gpu", "t4", "--calibrate", str(tmp_path / "gpu-run"),
+                 "--format", "csv", "--batch-sizes", "1", "--contexts", "1024"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith("calibrated on 7 records (gpu-run): peak memory: 7 records, median |error| 0.0%")
+    assert "decode_step_s" in captured.out.splitlines()[0]
     rc = main(["plan", "--model", "tiny", "--memory", "1GiB", "--calibrate", str(tmp_path / "missing")])
     assert rc == 2

@@ -220,6 +220,12 @@ def plan_command(
 
         comparison = compare(load_results(compare_frontier), calibration)
     data = pd.concat(plans, ignore_index=True) if plans else comparison
+    if calibration is not None and format in ("csv", "json"):  # the data goes to stdout, the fit's quality here
+        from .calibration import fit_quality
+
+        quality = "; ".join(f"{q['term']}: {q['records']} records, median |error| {q['median_abs_error']:.1%}"
+                            for q in fit_quality(report).to_dict("records"))
+        print(f"{calibration.source}: {quality}", file=sys.stderr)
     if format == "csv":
         data.to_csv(sys.stdout, index=False)
     elif format == "json":
