@@ -164,6 +164,12 @@ def presets(dtype: str = typer.Option("float16", help="dtype for the byte figure
     console.print(table)
 
 
+from .plan_cli import frontier_command, plan_command  # noqa: E402
+
+app.command("plan")(plan_command)
+app.command("frontier")(frontier_command)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes print one line and exit 2; bugs keep their traceback."""
     command = typer.main.get_command(app)

@@ -118,6 +118,12 @@ def random_model(config, device: torch.device, dtype: torch.dtype):
     return model
 
 
+def preset_name(spec: str) -> str | None:
+    """The preset a spec names, matched case-insensitively ("Phi-3-mini-4k" -> "phi-3-mini-4k"), or None."""
+    by_lower = {name.lower(): name for name in _preset_files()}
+    return by_lower.get(str(spec).lower())
+
+
 def resolve_spec(spec, trust_remote_code: bool = False) -> tuple[str, object, str, object]:
     """(name, config, source, weights) for a config object, preset, config.json, model folder or Hub id.
 
@@ -127,8 +133,9 @@ def resolve_spec(spec, trust_remote_code: bool = False) -> tuple[str, object, st
 
     if isinstance(spec, PretrainedConfig):
         return spec.model_type, spec, "config object (random weights)", None
-    if spec in _preset_files():
-        return spec, preset_config(spec), "preset (random weights)", None
+    preset = preset_name(spec)
+    if preset is not None:
+        return preset, preset_config(preset), "preset (random weights)", None
     path = Path(spec).expanduser()
     if path.is_file():
         try:
