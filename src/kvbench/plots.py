@@ -1,0 +1,447 @@
+"""The report's figures: each `plot_*` takes a results DataFrame (`kvbench.load_results`) and returns a matplotlib
+Figure; each `*_table` returns the table that figure draws. Usable from a notebook:
+
+    df = kvbench.load_results("results/my-run")
+    kvbench.plots.plot_speedup(df)
+
+No pyplot state is touched (figures are plain `matplotlib.figure.Figure` objects); a figure that the records
+cannot support (a column missing, no uncached twin, ...) raises `NoData` with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, NullLocator
+
+from .summary import fmt_bytes, speedups, with_spread
+
+# Stable bytes for the same input (SVG ids salted by a constant, text as paths), and text from data never
+# read as mathtext (a "$" in a model name or path is just a character).
+RC = {
+    "svg.hashsalt": "kvbench",
+    "svg.fonttype": "path",
+    "text.parse_math": False,
+    "font.size": 9,
+    "axes.titlesize": 9,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "legend.title_fontsize": 8,
+    "figure.dpi": 100,
+    "savefig.dpi": 110,
+}
+SPREAD_LIMIT = 0.10  # repeats further apart than this (max - min over median) earn a warning
+SCENARIO = ["run", "model", "dtype", "device", "scenario_id", "prompt_len", "new_tokens", "batch_size",
+            "use_cache", "cache_implementation", "decoding", "num_beams"]
+VARIANT_FIELDS = ["run", "model", "dtype", "device", "decoding", "num_beams"]
+
+
+class NoData(ValueError):
+    """The records cannot support this figure; the message says why (shown in place of the figure)."""
+
+
+@contextlib.contextmanager
+def style():
+    """The rc settings and seaborn style the figures are drawn and saved under."""
+    import seaborn as sns
+
+    with matplotlib.rc_context(RC), sns.axes_style("whitegrid"):
+        yield
+
+
+# ------------------------------------------------------------------ helpers
+def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of scenarios that ran (status "ok"; records without a status are taken as ok)."""
+    return df[df["status"].fillna("ok") == "ok"] if "status" in df else df
+
+
+def need(df: pd.DataFrame, columns: list[str], figure: str) -> None:
+    missing = [c for c in columns if c not in df.columns or df[c].isna().all()]
+    if missing:
+        raise NoData(f"{figure}: the records have no {', '.join(missing)}")
+    if df.empty:
+        raise NoData(f"{figure}: no scenario ran successfully")
+
+
+def keep(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    return df[[c for c in dict.fromkeys(columns) if c in df.columns]].reset_index(drop=True)
+
+
+def variant(df: pd.DataFrame, fields=VARIANT_FIELDS) -> pd.Series | None:
+    """A label for what tells lines apart beyond the figure's own axes (run, dtype, ...), None if nothing does."""
+    varying = [f for f in fields if f in df.columns and df[f].astype(str).nunique() > 1]
+    if not varying:
+        return None
+    return df[varying].astype(str).agg(" · ".join, axis=1)
+
+
+def cache_label(df: pd.DataFrame) -> pd.Series:
+    """ "with cache" / "without cache", naming the implementation when the records hold several."""
+    cached = df["use_cache"].astype(bool)
+    impl = df["cache_implementation"].astype(str) if "cache_implementation" in df else pd.Series("", index=df.index)
+    several = impl[cached].nunique() > 1
+    return pd.Series(
+        np.where(cached, "with cache" + ((" (" + impl + ")") if several else ""), "without cache"), index=df.index
+    )
+
+
+def facets(n: int, ncols: int = 3, panel=(3.6, 2.9), sharey=True, sharex=False, nrows: int | None = None):
+    """A constrained-layout Figure with `n` panels (row-major); unused panels removed."""
+    ncols = max(1, min(ncols, n))
+    nrows = nrows or -(-n // ncols)
+    fig = Figure(figsize=(max(6.4, panel[0] * ncols + 1.8), panel[1] * nrows + 0.6), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=sharey, sharex=sharex).ravel()
+    for ax in axes[n:]:
+        ax.remove()
+    return fig, list(axes[:n])
+
+
+def log2_ticks(ax, values) -> None:
+    values = sorted({int(v) for v in values})
+    if len(values) > 1:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(values, [str(v) for v in values])
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
+def bytes_axis(ax, which: str, values) -> None:
+    """An axis of bytes labelled in KiB/MiB/GiB: logarithmic (ticks at powers of two) over a wide range,
+    linear over a narrow one."""
+    values = pd.Series(values, dtype=float)
+    values = values[values > 0]
+    axis = getattr(ax, f"{which}axis")
+    if len(values) and values.max() / values.min() > 4:
+        getattr(ax, f"set_{which}scale")("log", base=2)
+        axis.set_major_locator(LogLocator(base=2, numticks=7))
+    else:
+        axis.set_major_locator(MaxNLocator(5))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: fmt_bytes(v).replace(".0 ", " ")))
+    axis.set_minor_locator(NullLocator())
+    axis.set_minor_formatter(NullFormatter())
+
+
+def count_axis(ax, which: str) -> None:
+    """A logarithmic axis of counts, labelled 10, 100, 1,000 (no mathtext)."""
+    getattr(ax, f"set_{which}scale")("log")
+    axis = getattr(ax, f"{which}axis")
+    axis.set_major_locator(LogLocator(base=10))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def outside_legend(ax) -> None:
+    import seaborn as sns
+
+    if ax.get_legend() is not None:
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+
+
+def ordered(values) -> list:
+    return sorted(pd.unique(values), key=lambda v: (str(type(v)), v))
+
+
+# ------------------------------------------------------------------ 1. speedup
+def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Cached scenarios beside their uncached twin: latencies, speedup, and the larger spread of the two."""
+    ok = ok_rows(df)
+    need(ok, ["use_cache", "total_s", "prompt_len", "new_tokens", "batch_size", "cache_implementation"], "speedup")
+    if ok["use_cache"].astype(bool).all():
+        raise NoData("speedup: no scenario ran without the cache (run with --use-cache both)")
+    if not ok["use_cache"].astype(bool).any():
+        raise NoData("speedup: no scenario ran with the cache")
+    paired = speedups(with_spread(ok.assign(run=ok["run"] if "run" in ok else "")))
+    paired = paired[paired["speedup"].notna()].copy()
+    if paired.empty:
+        raise NoData("speedup: no cached scenario has an uncached twin with the same prompt, tokens and batch")
+    paired["total_s_spread"] = paired[["total_s_spread", "total_s_spread_nocache"]].max(axis=1)
+    return keep(paired, SCENARIO + ["scenario_id_nocache", "total_s", "total_s_nocache", "speedup",
+                                    "ttft_s", "ttft_s_nocache", "total_s_spread"])
+
+
+def plot_speedup(df: pd.DataFrame) -> Figure:
+    """Speedup (latency without cache / with cache) against prompt length; a panel per batch size,
+    a colour per new-token count, a line style per run or cache implementation where there are several."""
+    import seaborn as sns
+
+    table = speedup_table(df)
+    table = table.assign(
+        new=table["new_tokens"].map(lambda n: f"{n}"),
+        variant=variant(table, VARIANT_FIELDS + ["cache_implementation"]),
+    )
+    batches = ordered(table["batch_size"])
+    hue_order = [str(n) for n in ordered(table["new_tokens"])]
+    with style():
+        fig, axes = facets(len(batches))
+        for i, (ax, batch) in enumerate(zip(axes, batches)):
+            part = table[table["batch_size"] == batch]
+            sns.lineplot(
+                part, x="prompt_len", y="speedup", hue="new", hue_order=hue_order,
+                style="variant" if table["variant"].notna().any() else None, markers=True, errorbar=None,
+                ax=ax, legend=i == len(axes) - 1, palette="viridis", marker="o",
+            )
+            ax.axhline(1, color="0.4", lw=0.8, ls=":")
+            log2_ticks(ax, table["prompt_len"])
+            ax.set(title=f"batch size {batch}", xlabel="prompt length (tokens)", ylabel="speedup (x)")
+        axes[0].set_ylim(0, max(1.1, float(table["speedup"].max()) * 1.08))
+        if axes[-1].get_legend():
+            axes[-1].get_legend().set_title("new tokens")
+        outside_legend(axes[-1])
+        fig.suptitle("Speedup of the KV cache: latency without it / with it")
+    return fig
+
+
+# ------------------------------------------------------------------ 2. per-step decode latency
+def decode_steps_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per decode step (long form): step k of a scenario feeds position prompt_len + k.
+
+    Of scenarios that differ only in their number of new tokens, the longest is kept (the others overlap it).
+    """
+    ok = ok_rows(df)
+    need(ok, ["decode_steps_s", "prompt_len", "new_tokens", "batch_size", "use_cache"], "per-step latency")
+    ok = ok[ok["decode_steps_s"].map(lambda s: isinstance(s, list) and len(s) > 0)]
+    if ok.empty:
+        raise NoData("per-step latency: no scenario has per-step latencies (one new token only?)")
+    group = [c for c in SCENARIO if c in ok.columns and c not in ("new_tokens", "scenario_id")]
+    longest = ok.sort_values("new_tokens").groupby(group, dropna=False, sort=False).tail(1)
+    if "total_s_repeats" in longest:
+        longest = with_spread(longest)
+    rows = []
+    for rec in longest.to_dict("records"):
+        for k, step_s in enumerate(rec["decode_steps_s"]):
+            rows.append({**{c: rec.get(c) for c in SCENARIO + ["total_s_spread"] if c in rec},
+                         "step": k, "position": rec["prompt_len"] + k, "step_s": step_s})
+    return pd.DataFrame(rows)
+
+
+def decode_steps_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per scenario: the first, median and last decode step, and how much the last is slower than the first."""
+    steps = decode_steps_table(df)
+    group = [c for c in SCENARIO if c in steps.columns]
+    out = steps.groupby(group, dropna=False, sort=False).agg(
+        steps=("step_s", "size"), first_step_s=("step_s", "first"), median_step_s=("step_s", "median"),
+        last_step_s=("step_s", "last"),
+        **({"total_s_spread": ("total_s_spread", "first")} if "total_s_spread" in steps else {}),
+    ).reset_index()
+    out.insert(out.columns.get_loc("last_step_s") + 1, "last_over_first", out["last_step_s"] / out["first_step_s"])
+    return out
+
+
+def plot_decode_steps(df: pd.DataFrame) -> Figure:
+    """Decode step latency against the position it feeds: flat with the cache, growing without it."""
+    import seaborn as sns
+
+    table = decode_steps_table(df)
+    table = table.assign(cache=cache_label(table), variant=variant(table),
+                         prompt=table["prompt_len"].map(str), step_ms=table["step_s"] * 1e3)
+    batches = ordered(table["batch_size"])
+    variants = ordered(table["variant"].dropna()) if table["variant"].notna().any() else [None]
+    hue_order = [str(p) for p in ordered(table["prompt_len"])]
+    style_order = ordered(table["cache"])  # "with ..." (solid) before "without cache" (dashed)
+    with style():
+        fig, axes = facets(len(batches) * len(variants), ncols=len(batches), nrows=len(variants), sharex=True)
+        for i, ax in enumerate(axes):
+            var, batch = variants[i // len(batches)], batches[i % len(batches)]
+            part = table[(table["batch_size"] == batch) & ((table["variant"] == var) if var else True)]
+            sns.lineplot(part, x="position", y="step_ms", hue="prompt", hue_order=hue_order, style="cache",
+                         style_order=style_order, errorbar=None, ax=ax, legend=i == len(axes) - 1,
+                         palette="crest", lw=1.2)
+            ax.set(title=f"batch size {batch}" + (f"\n{var}" if var else ""), xlabel="position fed (tokens)",
+                   ylabel="decode step (ms)")
+        axes[0].set_ylim(0, float(table["step_ms"].max()) * 1.05)
+        if axes[-1].get_legend():
+            for text in axes[-1].get_legend().get_texts():
+                if text.get_text() == "prompt":
+                    text.set_text("prompt length")
+        outside_legend(axes[-1])
+        fig.suptitle("Decode step latency by position: with and without the cache")
+    return fig
+
+
+# ------------------------------------------------------------------ 3. positions processed
+def positions_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Positions the forward passes processed per sequence and generate, beside the analytic count."""
+    ok = ok_rows(df)
+    need(ok, ["positions_processed", "positions_processed_estimate", "prompt_len", "new_tokens", "use_cache"],
+         "positions processed")
+    out = keep(ok, SCENARIO + ["forward_calls", "positions_processed", "positions_processed_estimate"])
+    out = out[out["positions_processed"].notna()]
+    out["measured_over_estimate"] = out["positions_processed"] / out["positions_processed_estimate"]
+    return out
+
+
+def plot_positions(df: pd.DataFrame) -> Figure:
+    """Measured positions (markers) on the analytic count (lines), with and without the cache; a panel per
+    new-token count."""
+    import seaborn as sns
+
+    table = positions_table(df)
+    table = table.assign(cache=cache_label(table))
+    news = ordered(table["new_tokens"])
+    hue_order = ordered(table["cache"])
+    palette = dict(zip(hue_order, sns.color_palette("deep", len(hue_order))))
+    with style():
+        fig, axes = facets(len(news))
+        for i, (ax, new) in enumerate(zip(axes, news)):
+            part = table[table["new_tokens"] == new].sort_values("prompt_len")
+            estimate = part.drop_duplicates(["cache", "prompt_len"])
+            sns.lineplot(estimate, x="prompt_len", y="positions_processed_estimate", hue="cache",
+                         hue_order=hue_order, palette=palette, ax=ax, legend=False, lw=1, ls="--", errorbar=None)
+            sns.scatterplot(part, x="prompt_len", y="positions_processed", hue="cache", hue_order=hue_order,
+                            palette=palette, ax=ax, s=40, legend=i == len(axes) - 1, zorder=3)
+            count_axis(ax, "y")
+            log2_ticks(ax, table["prompt_len"])
+            ax.set(title=f"{new} new tokens", xlabel="prompt length (tokens)",
+                   ylabel="positions processed per sequence")
+        legend = axes[-1].get_legend()
+        if legend:
+            legend.set_title("measured (dots), analytic (dashed)")
+        outside_legend(axes[-1])
+        fig.suptitle("Positions processed per generate: measured and analytic")
+    return fig
+
+
+# ------------------------------------------------------------------ 4. memory
+def memory_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Cached scenarios: KV-cache bytes measured, exact estimate, naive formula, peak above baseline, ratios."""
+    ok = ok_rows(df)
+    need(ok, ["use_cache", "kv_cache_bytes", "kv_cache_bytes_estimate"], "memory")
+    cached = ok[ok["use_cache"].astype(bool) & ok["kv_cache_bytes"].fillna(0).gt(0)]
+    if cached.empty:
+        raise NoData("memory: no cached scenario recorded the bytes its KV cache held")
+    out = keep(cached, SCENARIO + ["kv_cache_bytes", "kv_cache_bytes_estimate", "kv_cache_bytes_naive",
+                                   "peak_memory_delta_bytes", "peak_memory_source"])
+    out["estimate_over_measured"] = out["kv_cache_bytes_estimate"] / out["kv_cache_bytes"]
+    if "kv_cache_bytes_naive" in out:
+        out["naive_over_measured"] = out["kv_cache_bytes_naive"] / out["kv_cache_bytes"]
+    if "peak_memory_delta_bytes" in out:
+        out["peak_over_estimate"] = out["peak_memory_delta_bytes"] / out["kv_cache_bytes_estimate"]
+    return out
+
+
+def plot_memory(df: pd.DataFrame) -> Figure:
+    """Left: measured bytes against predicted bytes (log-log) with the y = x line: the KV cache against the
+    exact estimate and against the naive formula, and the peak memory above baseline against the estimate.
+    Right: each prediction over the measured KV-cache bytes (1 = exact)."""
+    import seaborn as sns
+
+    table = memory_table(df)
+    table = table.assign(variant=variant(table, VARIANT_FIELDS + ["cache_implementation"]))
+    has_variant = table["variant"].notna().any()
+    source = "; ".join(ordered(table["peak_memory_source"].dropna().astype(str))) if "peak_memory_source" in table else ""
+    series = [("KV cache vs exact estimate", "kv_cache_bytes_estimate", "kv_cache_bytes")]
+    if "kv_cache_bytes_naive" in table:
+        series.append(("KV cache vs naive formula", "kv_cache_bytes_naive", "kv_cache_bytes"))
+    if "peak_memory_delta_bytes" in table:
+        series.append(("peak above baseline vs exact estimate", "kv_cache_bytes_estimate", "peak_memory_delta_bytes"))
+    points = pd.concat(
+        [table.assign(comparison=name, predicted_bytes=table[x], measured_bytes=table[y]) for name, x, y in series]
+    )
+    points = points[(points["predicted_bytes"] > 0) & (points["measured_bytes"] > 0)]
+    ratios = pd.concat(
+        [table.assign(formula=name, ratio=table[col]) for name, col in
+         [("exact estimate", "estimate_over_measured"), ("naive formula", "naive_over_measured")] if col in table]
+    )
+    palette = dict(zip([s[0] for s in series], sns.color_palette("deep", 3)))
+    with style():
+        fig, (left, right) = facets(2, ncols=2, panel=(4.2, 3.4), sharey=False)
+        sns.scatterplot(points, x="predicted_bytes", y="measured_bytes", hue="comparison",
+                        hue_order=[s[0] for s in series], palette=palette,
+                        style="variant" if has_variant else None, s=45, ax=left, legend=False, zorder=3)
+        low = min(points["predicted_bytes"].min(), points["measured_bytes"].min())
+        high = max(points["predicted_bytes"].max(), points["measured_bytes"].max())
+        left.plot([low / 1.5, high * 1.5], [low / 1.5, high * 1.5], color="0.4", lw=0.8, ls=":", label="y = x")
+        left.set(xlabel="predicted bytes", ylabel="measured bytes",
+                 title="measured against predicted (on the dotted line = exact)")
+        bytes_axis(left, "x", [low, high])
+        bytes_axis(left, "y", [low, high])
+        sns.scatterplot(ratios, x="kv_cache_bytes", y="ratio", hue="formula",
+                        palette={"exact estimate": palette[series[0][0]], "naive formula": palette.get(
+                            "KV cache vs naive formula", "C1")},
+                        style="variant" if has_variant else None, s=45, ax=right, zorder=3)
+        right.axhline(1, color="0.4", lw=0.8, ls=":")
+        right.set(xlabel="measured KV-cache bytes", ylabel="predicted / measured",
+                  title="prediction error (1 = exact)")
+        bytes_axis(right, "x", ratios["kv_cache_bytes"])
+        right.set_ylim(0, max(2.2, float(ratios["ratio"].max()) * 1.1))
+        handles = [Line2D([], [], marker="o", ls="", color=palette[s[0]], label=s[0]) for s in series]
+        handles.append(Line2D([], [], color="0.4", lw=0.8, ls=":", label="y = x (exact)"))
+        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+        outside_legend(right)
+        fig.suptitle("KV-cache memory: measured against the exact estimate and the naive formula"
+                     + (f"\n(peak above baseline: {source})" if source else ""))
+    return fig
+
+
+# ------------------------------------------------------------------ 5. bandwidth
+def bandwidth_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Cached decode steps: bytes a step must read, its median time, the bandwidth achieved and the GPU's peak."""
+    ok = ok_rows(df)
+    need(ok, ["achieved_bandwidth_gbps"], "bandwidth")
+    rows = ok[ok["achieved_bandwidth_gbps"].notna()]
+    if "total_s_repeats" in rows:
+        rows = with_spread(rows)
+    out = keep(rows, SCENARIO + ["env_device_name", "decode_step_s", "decode_bytes_per_step_estimate",
+                                 "achieved_bandwidth_gbps", "env_gpu_bandwidth_gbps", "bandwidth_fraction",
+                                 "decode_roofline_s", "total_s_spread"])
+    return out
+
+
+def bandwidth_note(table: pd.DataFrame) -> str | None:
+    if "env_gpu_bandwidth_gbps" not in table or table["env_gpu_bandwidth_gbps"].isna().all():
+        return ("No peak memory bandwidth is known for this device (a CPU run, or a GPU that neither NVML nor "
+                "the GPU table describes): the achieved bandwidth is shown without its roof.")
+    return None
+
+
+def plot_bandwidth(df: pd.DataFrame) -> Figure:
+    """Achieved memory bandwidth of cached decode steps (bytes a step must read / its time) against the bytes
+    read per step, under the GPU's peak bandwidth (dashed) where it is known."""
+    import seaborn as sns
+
+    table = bandwidth_table(df)
+    need(table, ["decode_bytes_per_step_estimate"], "bandwidth")
+    table = table.assign(batch=table["batch_size"].map(str), variant=variant(table))
+    has_variant = table["variant"].notna().any()
+    with style():
+        fig, (ax,) = facets(1, panel=(5.6, 3.6))
+        sns.scatterplot(table, x="decode_bytes_per_step_estimate", y="achieved_bandwidth_gbps", hue="batch",
+                        hue_order=[str(b) for b in ordered(table["batch_size"])], palette="flare",
+                        style="variant" if has_variant else None, s=50, ax=ax, zorder=3)
+        top = float(table["achieved_bandwidth_gbps"].max())
+        if "env_gpu_bandwidth_gbps" in table:
+            peaks = table.dropna(subset=["env_gpu_bandwidth_gbps"])
+            by = [c for c in ["run", "env_device_name"] if c in peaks]
+            for _, peak in peaks.drop_duplicates(by + ["env_gpu_bandwidth_gbps"]).iterrows():
+                gbps = float(peak["env_gpu_bandwidth_gbps"])
+                ax.axhline(gbps, color="0.3", lw=1, ls="--")
+                name = " ".join(str(peak[c]) for c in by if len(peaks[c].unique()) > 1 or c == "env_device_name")
+                ax.annotate(f"peak {gbps:,.0f} GB/s {name}", (0.01, gbps), xycoords=("axes fraction", "data"),
+                            va="bottom", fontsize=7, color="0.3")
+                top = max(top, gbps)
+        ax.set_ylim(0, top * 1.12)
+        ax.set(xlabel="bytes a decode step reads (weights + KV cache)", ylabel="achieved bandwidth (GB/s)")
+        bytes_axis(ax, "x", table["decode_bytes_per_step_estimate"])
+        if ax.get_legend():
+            ax.get_legend().set_title("batch size")
+        outside_legend(ax)
+        note = bandwidth_note(table)
+        fig.suptitle("Decode roofline: achieved memory bandwidth" + (" (no peak known)" if note else " against the peak"))
+    return fig
+
+
+def spread_warnings(table: pd.DataFrame, limit: float = SPREAD_LIMIT) -> list[str]:
+    """One line per scenario of a figure's table whose timed repeats lie more than `limit` apart."""
+    if "total_s_spread" not in table:
+        return []
+    wide = table[table["total_s_spread"] > limit].drop_duplicates(
+        [c for c in ["run", "scenario_id"] if c in table] or None)
+    lines = []
+    for rec in wide.to_dict("records"):
+        name = rec.get("scenario_id") or f"P{rec.get('prompt_len')}-N{rec.get('new_tokens')}-B{rec.get('batch_size')}"
+        lines.append(f"{rec.get('run', '')}: {name} repeats spread {rec['total_s_spread']:.0%}".lstrip(": "))
+    return lines
