@@ -158,6 +158,11 @@ def presets(dtype: str = typer.Option("float16", help="dtype for the byte figure
     console.print(table)
 
 
+from .report import report_command  # noqa: E402
+
+app.command("report")(report_command)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes print one line and exit 2; bugs keep their traceback."""
     command = typer.main.get_command(app)

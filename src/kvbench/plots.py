@@ -73,11 +73,18 @@ def keep(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 
 def variant(df: pd.DataFrame, fields=VARIANT_FIELDS) -> pd.Series | None:
-    """A label for what tells lines apart beyond the figure's own axes (run, dtype, ...), None if nothing does."""
+    """A label for what tells lines apart beyond the figure's own axes (run, dtype, ...), None if nothing does.
+
+    Fields that only follow the run (each run has one model, one dtype) are left to the run's name. The
+    Series is named after the fields it joins (the legend's title).
+    """
     varying = [f for f in fields if f in df.columns and df[f].astype(str).nunique() > 1]
+    if "run" in varying:
+        runs = df.groupby(df["run"].astype(str))
+        varying = ["run"] + [f for f in varying if f != "run" and (runs[f].nunique(dropna=False) > 1).any()]
     if not varying:
         return None
-    return df[varying].astype(str).agg(" · ".join, axis=1)
+    return df[varying].astype(str).agg(" · ".join, axis=1).rename(" · ".join(varying))
 
 
 def cache_label(df: pd.DataFrame) -> pd.Series:
@@ -134,15 +141,56 @@ def count_axis(ax, which: str) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def outside_legend(ax) -> None:
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+LINESTYLES = ["-", "--", ":", "-."]
+
+
+def palette(values, name: str) -> dict:
     import seaborn as sns
 
-    if ax.get_legend() is not None:
-        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    return dict(zip(values, sns.color_palette(name, len(values))))
+
+
+def cycle(values, styles) -> dict:
+    return {v: styles[i % len(styles)] for i, v in enumerate(values)}
+
+
+def swatch(color) -> Line2D:
+    return Line2D([], [], color=color, lw=2.5)
+
+
+def mark(marker, color="0.35", ls="none") -> Line2D:
+    return Line2D([], [], color=color, marker=marker, ls=ls)
+
+
+def dash(ls, color="0.35") -> Line2D:
+    return Line2D([], [], color=color, ls=ls, lw=1.5)
+
+
+def legend(fig: Figure, sections: list[tuple[str, list[tuple[str, Line2D]]]], loc="outside right upper") -> None:
+    """One legend for the whole figure: a bold title per section, then its entries (empty sections skipped)."""
+    handles, labels, titles = [], [], []
+    for title, entries in sections:
+        if not entries:
+            continue
+        titles.append(len(labels))
+        handles.append(Line2D([], [], ls="none"))
+        labels.append(title)
+        for label, handle in entries:
+            handles.append(handle)
+            labels.append(str(label))
+    if handles:
+        leg = fig.legend(handles, labels, loc=loc, frameon=False, handlelength=2.2)
+        for i in titles:
+            leg.get_texts()[i].set_fontweight("bold")
 
 
 def ordered(values) -> list:
     return sorted(pd.unique(values), key=lambda v: (str(type(v)), v))
+
+
+def empty_panel(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
 
 
 # ------------------------------------------------------------------ 1. speedup
@@ -158,39 +206,33 @@ def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
     paired = paired[paired["speedup"].notna()].copy()
     if paired.empty:
         raise NoData("speedup: no cached scenario has an uncached twin with the same prompt, tokens and batch")
-    paired["total_s_spread"] = paired[["total_s_spread", "total_s_spread_nocache"]].max(axis=1)
     return keep(paired, SCENARIO + ["scenario_id_nocache", "total_s", "total_s_nocache", "speedup",
-                                    "ttft_s", "ttft_s_nocache", "total_s_spread"])
+                                    "ttft_s", "ttft_s_nocache", "total_s_spread", "total_s_spread_nocache"])
 
 
 def plot_speedup(df: pd.DataFrame) -> Figure:
     """Speedup (latency without cache / with cache) against prompt length; a panel per batch size,
-    a colour per new-token count, a line style per run or cache implementation where there are several."""
-    import seaborn as sns
-
+    a colour per new-token count, a marker and line style per run or cache implementation where there are several."""
     table = speedup_table(df)
-    table = table.assign(
-        new=table["new_tokens"].map(lambda n: f"{n}"),
-        variant=variant(table, VARIANT_FIELDS + ["cache_implementation"]),
-    )
-    batches = ordered(table["batch_size"])
-    hue_order = [str(n) for n in ordered(table["new_tokens"])]
+    var = variant(table, VARIANT_FIELDS + ["cache_implementation"])
+    table = table.assign(variant=var if var is not None else "")
+    batches, news, variants = ordered(table["batch_size"]), ordered(table["new_tokens"]), ordered(table["variant"])
+    colors, markers, styles = palette(news, "viridis"), cycle(variants, MARKERS), cycle(variants, LINESTYLES)
     with style():
         fig, axes = facets(len(batches))
-        for i, (ax, batch) in enumerate(zip(axes, batches)):
+        for ax, batch in zip(axes, batches):
             part = table[table["batch_size"] == batch]
-            sns.lineplot(
-                part, x="prompt_len", y="speedup", hue="new", hue_order=hue_order,
-                style="variant" if table["variant"].notna().any() else None, markers=True, errorbar=None,
-                ax=ax, legend=i == len(axes) - 1, palette="viridis", marker="o",
-            )
+            for (new, var_), line in part.groupby(["new_tokens", "variant"], sort=True):
+                line = line.sort_values("prompt_len")
+                ax.plot(line["prompt_len"], line["speedup"], color=colors[new], marker=markers[var_],
+                        ls=styles[var_], lw=1.6, ms=5)
             ax.axhline(1, color="0.4", lw=0.8, ls=":")
             log2_ticks(ax, table["prompt_len"])
             ax.set(title=f"batch size {batch}", xlabel="prompt length (tokens)", ylabel="speedup (x)")
         axes[0].set_ylim(0, max(1.1, float(table["speedup"].max()) * 1.08))
-        if axes[-1].get_legend():
-            axes[-1].get_legend().set_title("new tokens")
-        outside_legend(axes[-1])
+        legend(fig, [("new tokens", [(n, swatch(colors[n])) for n in news]),
+                     (var.name if var is not None else "", [(v, mark(markers[v], ls=styles[v])) for v in variants]
+                      if var is not None else [])])
         fig.suptitle("Speedup of the KV cache: latency without it / with it")
     return fig
 
@@ -232,32 +274,31 @@ def decode_steps_summary(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_decode_steps(df: pd.DataFrame) -> Figure:
-    """Decode step latency against the position it feeds: flat with the cache, growing without it."""
-    import seaborn as sns
-
+    """Decode step latency against the position it feeds: flat with the cache, growing without it.
+    A panel per batch size (columns) and run (rows, where there are several); a colour per prompt length."""
     table = decode_steps_table(df)
-    table = table.assign(cache=cache_label(table), variant=variant(table),
-                         prompt=table["prompt_len"].map(str), step_ms=table["step_s"] * 1e3)
-    batches = ordered(table["batch_size"])
-    variants = ordered(table["variant"].dropna()) if table["variant"].notna().any() else [None]
-    hue_order = [str(p) for p in ordered(table["prompt_len"])]
-    style_order = ordered(table["cache"])  # "with ..." (solid) before "without cache" (dashed)
+    var = variant(table)
+    table = table.assign(cache=cache_label(table), variant=var if var is not None else "", step_ms=table["step_s"] * 1e3)
+    batches, variants, prompts = ordered(table["batch_size"]), ordered(table["variant"]), ordered(table["prompt_len"])
+    caches = ordered(table["cache"])  # "with cache ..." before "without cache"
+    colors, styles = palette(prompts, "crest"), cycle(caches, LINESTYLES)
+    if "without cache" in styles and len(caches) <= 2:
+        styles = {c: "--" if c == "without cache" else "-" for c in caches}
     with style():
-        fig, axes = facets(len(batches) * len(variants), ncols=len(batches), nrows=len(variants), sharex=True)
+        fig, axes = facets(len(batches) * len(variants), ncols=len(batches), nrows=len(variants), sharey="row",
+                           sharex=True)
         for i, ax in enumerate(axes):
-            var, batch = variants[i // len(batches)], batches[i % len(batches)]
-            part = table[(table["batch_size"] == batch) & ((table["variant"] == var) if var else True)]
-            sns.lineplot(part, x="position", y="step_ms", hue="prompt", hue_order=hue_order, style="cache",
-                         style_order=style_order, errorbar=None, ax=ax, legend=i == len(axes) - 1,
-                         palette="crest", lw=1.2)
-            ax.set(title=f"batch size {batch}" + (f"\n{var}" if var else ""), xlabel="position fed (tokens)",
+            var_, batch = variants[i // len(batches)], batches[i % len(batches)]
+            part = table[(table["batch_size"] == batch) & (table["variant"] == var_)]
+            for (prompt, cache), line in part.groupby(["prompt_len", "cache"], sort=True):
+                ax.plot(line["position"], line["step_ms"], color=colors[prompt], ls=styles[cache], lw=1.3)
+            if part.empty:
+                empty_panel(ax, "no scenario")
+            ax.set(title=f"batch size {batch}" + (f"\n{var_}" if var_ else ""), xlabel="position fed (tokens)",
                    ylabel="decode step (ms)")
-        axes[0].set_ylim(0, float(table["step_ms"].max()) * 1.05)
-        if axes[-1].get_legend():
-            for text in axes[-1].get_legend().get_texts():
-                if text.get_text() == "prompt":
-                    text.set_text("prompt length")
-        outside_legend(axes[-1])
+            ax.set_ylim(bottom=0)
+        legend(fig, [("prompt length", [(p, swatch(colors[p])) for p in prompts]),
+                     ("cache", [(c, dash(styles[c])) for c in caches])])
         fig.suptitle("Decode step latency by position: with and without the cache")
     return fig
 
@@ -275,32 +316,32 @@ def positions_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_positions(df: pd.DataFrame) -> Figure:
-    """Measured positions (markers) on the analytic count (lines), with and without the cache; a panel per
-    new-token count."""
-    import seaborn as sns
-
+    """Measured positions (markers) on the analytic count (dashed lines), with and without the cache;
+    a panel per new-token count."""
     table = positions_table(df)
-    table = table.assign(cache=cache_label(table))
-    news = ordered(table["new_tokens"])
-    hue_order = ordered(table["cache"])
-    palette = dict(zip(hue_order, sns.color_palette("deep", len(hue_order))))
+    var = variant(table)
+    table = table.assign(cache=cache_label(table), variant=var if var is not None else "")
+    news, caches, variants = ordered(table["new_tokens"]), ordered(table["cache"]), ordered(table["variant"])
+    colors, markers = palette(caches, "deep"), cycle(variants, MARKERS)
     with style():
         fig, axes = facets(len(news))
-        for i, (ax, new) in enumerate(zip(axes, news)):
-            part = table[table["new_tokens"] == new].sort_values("prompt_len")
-            estimate = part.drop_duplicates(["cache", "prompt_len"])
-            sns.lineplot(estimate, x="prompt_len", y="positions_processed_estimate", hue="cache",
-                         hue_order=hue_order, palette=palette, ax=ax, legend=False, lw=1, ls="--", errorbar=None)
-            sns.scatterplot(part, x="prompt_len", y="positions_processed", hue="cache", hue_order=hue_order,
-                            palette=palette, ax=ax, s=40, legend=i == len(axes) - 1, zorder=3)
+        for ax, new in zip(axes, news):
+            part = table[table["new_tokens"] == new]
+            for cache, rows in part.groupby("cache"):
+                estimate = rows.drop_duplicates("prompt_len").sort_values("prompt_len")
+                ax.plot(estimate["prompt_len"], estimate["positions_processed_estimate"], color=colors[cache],
+                        ls="--", lw=1)
+                for var_, dots in rows.groupby("variant"):
+                    ax.plot(dots["prompt_len"], dots["positions_processed"], color=colors[cache], ls="none",
+                            marker=markers[var_], ms=6, zorder=3)
             count_axis(ax, "y")
             log2_ticks(ax, table["prompt_len"])
             ax.set(title=f"{new} new tokens", xlabel="prompt length (tokens)",
                    ylabel="positions processed per sequence")
-        legend = axes[-1].get_legend()
-        if legend:
-            legend.set_title("measured (dots), analytic (dashed)")
-        outside_legend(axes[-1])
+        legend(fig, [("cache", [(c, swatch(colors[c])) for c in caches]),
+                     ("", [("measured", mark("o")), ("analytic", dash("--"))]),
+                     (var.name if var is not None else "", [(v, mark(markers[v])) for v in variants]
+                      if var is not None else [])])
         fig.suptitle("Positions processed per generate: measured and analytic")
     return fig
 
@@ -323,56 +364,53 @@ def memory_table(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+MEMORY_SERIES = [  # (label, predicted column, measured column)
+    ("KV cache vs exact estimate", "kv_cache_bytes_estimate", "kv_cache_bytes"),
+    ("KV cache vs naive formula", "kv_cache_bytes_naive", "kv_cache_bytes"),
+    ("peak above baseline vs exact estimate", "kv_cache_bytes_estimate", "peak_memory_delta_bytes"),
+]
+
+
 def plot_memory(df: pd.DataFrame) -> Figure:
     """Left: measured bytes against predicted bytes (log-log) with the y = x line: the KV cache against the
     exact estimate and against the naive formula, and the peak memory above baseline against the estimate.
     Right: each prediction over the measured KV-cache bytes (1 = exact)."""
-    import seaborn as sns
-
     table = memory_table(df)
-    table = table.assign(variant=variant(table, VARIANT_FIELDS + ["cache_implementation"]))
-    has_variant = table["variant"].notna().any()
-    source = "; ".join(ordered(table["peak_memory_source"].dropna().astype(str))) if "peak_memory_source" in table else ""
-    series = [("KV cache vs exact estimate", "kv_cache_bytes_estimate", "kv_cache_bytes")]
-    if "kv_cache_bytes_naive" in table:
-        series.append(("KV cache vs naive formula", "kv_cache_bytes_naive", "kv_cache_bytes"))
-    if "peak_memory_delta_bytes" in table:
-        series.append(("peak above baseline vs exact estimate", "kv_cache_bytes_estimate", "peak_memory_delta_bytes"))
-    points = pd.concat(
-        [table.assign(comparison=name, predicted_bytes=table[x], measured_bytes=table[y]) for name, x, y in series]
-    )
-    points = points[(points["predicted_bytes"] > 0) & (points["measured_bytes"] > 0)]
-    ratios = pd.concat(
-        [table.assign(formula=name, ratio=table[col]) for name, col in
-         [("exact estimate", "estimate_over_measured"), ("naive formula", "naive_over_measured")] if col in table]
-    )
-    palette = dict(zip([s[0] for s in series], sns.color_palette("deep", 3)))
+    var = variant(table, VARIANT_FIELDS + ["cache_implementation"])
+    table = table.assign(variant=var if var is not None else "")
+    series = [s for s in MEMORY_SERIES if s[1] in table and s[2] in table]
+    colors = palette([s[0] for s in series], "deep")
+    variants = ordered(table["variant"])
+    markers = cycle(variants, MARKERS)
+    source = ("; ".join(ordered(table["peak_memory_source"].dropna().astype(str)))
+              if "peak_memory_source" in table else "")
     with style():
         fig, (left, right) = facets(2, ncols=2, panel=(4.2, 3.4), sharey=False)
-        sns.scatterplot(points, x="predicted_bytes", y="measured_bytes", hue="comparison",
-                        hue_order=[s[0] for s in series], palette=palette,
-                        style="variant" if has_variant else None, s=45, ax=left, legend=False, zorder=3)
-        low = min(points["predicted_bytes"].min(), points["measured_bytes"].min())
-        high = max(points["predicted_bytes"].max(), points["measured_bytes"].max())
-        left.plot([low / 1.5, high * 1.5], [low / 1.5, high * 1.5], color="0.4", lw=0.8, ls=":", label="y = x")
-        left.set(xlabel="predicted bytes", ylabel="measured bytes",
-                 title="measured against predicted (on the dotted line = exact)")
+        shown = []
+        for label, x, y in series:
+            rows = table[(table[x] > 0) & (table[y] > 0)]
+            for var_, dots in rows.groupby("variant"):
+                left.plot(dots[x], dots[y], ls="none", marker=markers[var_], color=colors[label], ms=6, zorder=3,
+                          alpha=0.9)
+            shown += [*rows[x], *rows[y]]
+        low, high = min(shown) / 1.5, max(shown) * 1.5
+        left.plot([low, high], [low, high], color="0.4", lw=0.8, ls=":")
+        left.set(xlabel="predicted bytes", ylabel="measured bytes", title="measured against predicted")
         bytes_axis(left, "x", [low, high])
         bytes_axis(left, "y", [low, high])
-        sns.scatterplot(ratios, x="kv_cache_bytes", y="ratio", hue="formula",
-                        palette={"exact estimate": palette[series[0][0]], "naive formula": palette.get(
-                            "KV cache vs naive formula", "C1")},
-                        style="variant" if has_variant else None, s=45, ax=right, zorder=3)
+        for label, x, y in series[:2]:  # the cache bytes: each formula over the measurement
+            for var_, dots in table.groupby("variant"):
+                right.plot(dots["kv_cache_bytes"], dots[x] / dots[y], ls="none", marker=markers[var_],
+                           color=colors[label], ms=6, zorder=3)
         right.axhline(1, color="0.4", lw=0.8, ls=":")
-        right.set(xlabel="measured KV-cache bytes", ylabel="predicted / measured",
-                  title="prediction error (1 = exact)")
-        bytes_axis(right, "x", ratios["kv_cache_bytes"])
-        right.set_ylim(0, max(2.2, float(ratios["ratio"].max()) * 1.1))
-        handles = [Line2D([], [], marker="o", ls="", color=palette[s[0]], label=s[0]) for s in series]
-        handles.append(Line2D([], [], color="0.4", lw=0.8, ls=":", label="y = x (exact)"))
-        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
-        outside_legend(right)
-        fig.suptitle("KV-cache memory: measured against the exact estimate and the naive formula"
+        right.set(xlabel="measured KV-cache bytes", ylabel="predicted / measured", title="prediction error (1 = exact)")
+        bytes_axis(right, "x", table["kv_cache_bytes"])
+        ratios = [table[x] / table[y] for _, x, y in series[:2]]
+        right.set_ylim(0, max(2.2, float(pd.concat(ratios).max()) * 1.1))
+        legend(fig, [("compared", [(s[0], mark("o", colors[s[0]])) for s in series] + [("y = x (exact)", dash(":"))]),
+                     (var.name if var is not None else "", [(v, mark(markers[v])) for v in variants]
+                      if var is not None else [])])
+        fig.suptitle("KV-cache memory: measured against the estimates"
                      + (f"\n(peak above baseline: {source})" if source else ""))
     return fig
 
@@ -401,47 +439,49 @@ def bandwidth_note(table: pd.DataFrame) -> str | None:
 def plot_bandwidth(df: pd.DataFrame) -> Figure:
     """Achieved memory bandwidth of cached decode steps (bytes a step must read / its time) against the bytes
     read per step, under the GPU's peak bandwidth (dashed) where it is known."""
-    import seaborn as sns
-
     table = bandwidth_table(df)
     need(table, ["decode_bytes_per_step_estimate"], "bandwidth")
-    table = table.assign(batch=table["batch_size"].map(str), variant=variant(table))
-    has_variant = table["variant"].notna().any()
+    var = variant(table)
+    table = table.assign(variant=var if var is not None else "")
+    batches, variants = ordered(table["batch_size"]), ordered(table["variant"])
+    colors, markers = palette(batches, "flare"), cycle(variants, MARKERS)
     with style():
         fig, (ax,) = facets(1, panel=(5.6, 3.6))
-        sns.scatterplot(table, x="decode_bytes_per_step_estimate", y="achieved_bandwidth_gbps", hue="batch",
-                        hue_order=[str(b) for b in ordered(table["batch_size"])], palette="flare",
-                        style="variant" if has_variant else None, s=50, ax=ax, zorder=3)
+        for (batch, var_), dots in table.groupby(["batch_size", "variant"]):
+            ax.plot(dots["decode_bytes_per_step_estimate"], dots["achieved_bandwidth_gbps"], ls="none",
+                    marker=markers[var_], color=colors[batch], ms=7, zorder=3)
         top = float(table["achieved_bandwidth_gbps"].max())
-        if "env_gpu_bandwidth_gbps" in table:
-            peaks = table.dropna(subset=["env_gpu_bandwidth_gbps"])
-            by = [c for c in ["run", "env_device_name"] if c in peaks]
-            for _, peak in peaks.drop_duplicates(by + ["env_gpu_bandwidth_gbps"]).iterrows():
-                gbps = float(peak["env_gpu_bandwidth_gbps"])
-                ax.axhline(gbps, color="0.3", lw=1, ls="--")
-                name = " ".join(str(peak[c]) for c in by if len(peaks[c].unique()) > 1 or c == "env_device_name")
-                ax.annotate(f"peak {gbps:,.0f} GB/s {name}", (0.01, gbps), xycoords=("axes fraction", "data"),
-                            va="bottom", fontsize=7, color="0.3")
-                top = max(top, gbps)
+        peaks = table.dropna(subset=["env_gpu_bandwidth_gbps"]) if "env_gpu_bandwidth_gbps" in table else table[:0]
+        by = [c for c in ["run", "env_device_name"] if c in peaks]
+        for _, peak in peaks.drop_duplicates(by + ["env_gpu_bandwidth_gbps"]).iterrows():
+            gbps = float(peak["env_gpu_bandwidth_gbps"])
+            ax.axhline(gbps, color="0.3", lw=1, ls="--")
+            name = " · ".join(str(peak[c]) for c in by if c == "env_device_name" or peaks[c].nunique() > 1)
+            ax.annotate(f"peak {gbps:,.0f} GB/s  {name}", (0.01, gbps), xycoords=("axes fraction", "data"),
+                        va="bottom", fontsize=7, color="0.3")
+            top = max(top, gbps)
         ax.set_ylim(0, top * 1.12)
         ax.set(xlabel="bytes a decode step reads (weights + KV cache)", ylabel="achieved bandwidth (GB/s)")
         bytes_axis(ax, "x", table["decode_bytes_per_step_estimate"])
-        if ax.get_legend():
-            ax.get_legend().set_title("batch size")
-        outside_legend(ax)
-        note = bandwidth_note(table)
-        fig.suptitle("Decode roofline: achieved memory bandwidth" + (" (no peak known)" if note else " against the peak"))
+        legend(fig, [("batch size", [(b, mark("o", colors[b])) for b in batches]),
+                     (var.name if var is not None else "", [(v, mark(markers[v])) for v in variants]
+                      if var is not None else [])])
+        fig.suptitle("Decode roofline: achieved memory bandwidth"
+                     + (" (no peak known)" if bandwidth_note(table) else " against the peak"))
     return fig
 
 
 def spread_warnings(table: pd.DataFrame, limit: float = SPREAD_LIMIT) -> list[str]:
-    """One line per scenario of a figure's table whose timed repeats lie more than `limit` apart."""
-    if "total_s_spread" not in table:
-        return []
-    wide = table[table["total_s_spread"] > limit].drop_duplicates(
-        [c for c in ["run", "scenario_id"] if c in table] or None)
+    """One line per scenario of a figure's table whose timed repeats lie more than `limit` apart
+    (`total_s_spread`, and `total_s_spread_nocache` for the uncached twin of a speedup)."""
     lines = []
-    for rec in wide.to_dict("records"):
-        name = rec.get("scenario_id") or f"P{rec.get('prompt_len')}-N{rec.get('new_tokens')}-B{rec.get('batch_size')}"
-        lines.append(f"{rec.get('run', '')}: {name} repeats spread {rec['total_s_spread']:.0%}".lstrip(": "))
-    return lines
+    for suffix in ("", "_nocache"):
+        if f"total_s_spread{suffix}" not in table:
+            continue
+        for rec in table[table[f"total_s_spread{suffix}"] > limit].to_dict("records"):
+            name = rec.get(f"scenario_id{suffix}") or (
+                f"P{rec.get('prompt_len')}-N{rec.get('new_tokens')}-B{rec.get('batch_size')}"
+                + ("-nocache" if suffix else ""))
+            line = f"{rec['run']}: {name}" if rec.get("run") else name
+            lines.append(f"{line}: repeats spread {rec[f'total_s_spread{suffix}']:.0%}")
+    return list(dict.fromkeys(lines))
