@@ -162,12 +162,17 @@ from .report import report_command  # noqa: E402
 
 app.command("report")(report_command)
 
+from .compare import compare_command  # noqa: E402
+
+app.command("compare")(compare_command)
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes print one line and exit 2; bugs keep their traceback."""
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="kvbench", standalone_mode=False)
+        # Outside standalone mode click returns a command's typer.Exit code instead of raising it.
+        code = command.main(args=argv, prog_name="kvbench", standalone_mode=False)
     except (UserError, click.UsageError, click.BadParameter) as exc:
         message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
         print(f"kvbench: error: {message}", file=sys.stderr)
@@ -177,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.Abort:
         print("kvbench: aborted", file=sys.stderr)
         return 130
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

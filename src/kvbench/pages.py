@@ -60,7 +60,9 @@ def fmt_value(column: str, value) -> str:
         return f"[{len(value)} values]"
     if isinstance(value, (bool,)) or not isinstance(value, (int, float)) or pd.isna(value):
         return str(value)
-    name = column.lower().removesuffix("_nocache")
+    name = column.lower()
+    for suffix in ("_nocache", "_base", "_new"):
+        name = name.removesuffix(suffix)
     if name.endswith("_bytes"):
         return fmt_bytes(value)
     if name.endswith("_s"):

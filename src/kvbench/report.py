@@ -75,8 +75,10 @@ FIGURES = [
 
 
 # ------------------------------------------------------------------ loading
-def load_runs(paths) -> pd.DataFrame:
-    """`load_results` over each path; runs whose names collide (two folders called `run`) get their path as name."""
+def load_runs(paths, one_run_per_path: bool = False) -> pd.DataFrame:
+    """`load_results` over each path, in order. Runs whose names collide (two folders called `run`) are named
+    by their path instead (and numbered if the paths collide too). With `one_run_per_path`, each path becomes one
+    run, whatever `run` its records carry."""
     from .results import load_results
 
     if not paths:
@@ -86,17 +88,23 @@ def load_runs(paths) -> pd.DataFrame:
         if not Path(path).exists():
             raise UserError(f"{path}: no such file or folder")
         frame = load_results(path)
-        if "run" not in frame:
-            frame["run"] = Path(path).name
+        if frame.empty:
+            raise UserError(f"{path}: no records")
+        if "run" not in frame or frame["run"].isna().any():
+            frame["run"] = frame["run"].fillna(Path(path).name) if "run" in frame else Path(path).name
+        frame["run"] = frame["run"].astype(str)
+        if one_run_per_path and frame["run"].nunique() > 1:
+            frame["run"] = str(path)
         frames.append(frame)
-    names = [set(f["run"].astype(str)) for f in frames]
+    names = [set(f["run"]) for f in frames]
+    taken: set[str] = set()
     for i, frame in enumerate(frames):
         if any(names[i] & names[j] for j in range(len(frames)) if j != i):
             frame["run"] = str(paths[i]) if frame["run"].nunique() == 1 else str(paths[i]) + ":" + frame["run"]
-    df = pd.concat(frames, ignore_index=True)
-    if df.empty:
-        raise UserError(f"{', '.join(map(str, paths))}: no records")
-    return df
+        if set(frame["run"]) & taken:
+            frame["run"] = frame["run"] + f" #{i + 1}"
+        taken |= set(frame["run"])
+    return pd.concat(frames, ignore_index=True)
 
 
 # ------------------------------------------------------------------ tables
