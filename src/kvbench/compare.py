@@ -171,9 +171,9 @@ def ratio_axis(ax, ratio: pd.Series, threshold: float) -> None:
     hi = max([1 + threshold, *positive]) * 1.15
     ax.set_xscale("log", base=2)
     ax.set_xlim(lo, hi)
-    ticks = [2.0 ** k for k in range(-10, 11) if lo <= 2.0 ** k <= hi]
-    while len(ticks) > 5:  # keep 1x, thin the rest to every other power of two
-        ticks = [t for t in ticks if round(math.log2(t)) % 2 == 0]
+    powers = [k for k in range(-30, 31) if lo <= 2.0 ** k <= hi]
+    step = max(1, math.ceil(len(powers) / 5))  # at most about five ticks, 1x among them
+    ticks = [2.0 ** k for k in powers if k % step == 0]
     if len(ticks) < 3:
         ticks = sorted({*ticks, *(t for t in (1 - threshold, 1 + threshold) if lo <= t <= hi)})
     ax.xaxis.set_major_locator(FixedLocator(ticks))

@@ -189,8 +189,9 @@ def write_page(page: Page, out_dir: str | Path, name: str, figures: dict) -> dic
     svgs = {stem: save_figure(fig, out_dir, stem)["svg"] for stem, fig in figures.items()}
     for s in page.sections:  # a figure this input cannot draw must not linger from an earlier report
         if s.figure and s.figure not in figures:
-            for fmt in ("png", "svg"):
-                (out_dir / FIGURES_DIR / f"{s.figure}.{fmt}").unlink(missing_ok=True)
+            for path in (FIGURES_DIR + f"/{s.figure}.png", FIGURES_DIR + f"/{s.figure}.svg",
+                         TABLES_DIR + f"/{s.figure}.csv"):
+                (out_dir / path).unlink(missing_ok=True)
     tables = out_dir / TABLES_DIR
     for s in page.sections:
         for t in s.tables:

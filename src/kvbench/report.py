@@ -193,14 +193,13 @@ def failures_table(df: pd.DataFrame) -> pd.DataFrame:
 
 # ------------------------------------------------------------------ the page
 def figure_section(spec: FigureSpec, df: pd.DataFrame, number: int, figures: dict) -> Section:
-    section = Section(title=f"{number}. {spec.title}", anchor=spec.name, text=[spec.how_to_read])
+    section = Section(title=f"{number}. {spec.title}", anchor=spec.name, text=[spec.how_to_read], figure=spec.name)
     try:
         table = spec.table(df)
         figures[spec.name] = spec.plot(df)
     except plots.NoData as exc:
         section.notes.append(f"No figure: {exc}.")
         return section
-    section.figure = spec.name
     section.warnings = plots.spread_warnings(table)
     if section.warnings:
         section.warning_title = (f"the timed repeats of these scenarios lie more than {plots.SPREAD_LIMIT:.0%} "
