@@ -195,3 +195,33 @@ def test_report_of_a_real_tiny_run(tmp_path):
     assert (positions["positions_processed"] == positions["positions_processed_estimate"]).all()
     memory = pd.read_csv(out / "tables" / "memory.csv")
     assert (memory["naive_over_measured"] == 2).all()
+
+
+def test_report_and_compare_read_pytest_benchmark_json(tmp_path):
+    pytest.importorskip("kvbench.benchjson", reason="kvbench.benchjson (pytest-benchmark JSON reader) not here")
+    from synthetic_runs import write_benchmark_json
+
+    base = write_benchmark_json(tmp_path / "base.json", grid(prompts=(16, 64), news=(8,), batches=(1,)))
+    new = write_benchmark_json(tmp_path / "new.json", grid(prompts=(16, 64), news=(8,), batches=(1,), slow=1.5))
+    assert main(["report", str(base)]) == 0
+    out = tmp_path / "base-report"
+    assert sorted(p.stem for p in (out / "figures").glob("*.png")) == sorted(FIGURE_NAMES)
+    speedup = pd.read_csv(out / "tables" / "speedup.csv")
+    assert len(speedup) == 2 and (speedup["run"] == "base").all()
+    assert main(["compare", str(base), str(new)]) == 1
+    assert main(["compare", str(base), str(base)]) == 0
+
+
+def test_failed_scenarios_and_missing_estimates_are_reported_not_fatal(tmp_path):
+    records = grid(prompts=(16, 64), news=(8,), batches=(1,))
+    records[0]["kv_cache_bytes_estimate"] = None  # an architecture kvbench cannot predict
+    oom = {k: records[3][k] for k in ("schema_version", "model", "device", "dtype", "scenario_id", "prompt_len",
+                                      "new_tokens", "batch_size", "use_cache", "cache_implementation", "decoding",
+                                      "num_beams")}
+    records[3] = {**oom, "status": "oom", "error": "CUDA out of memory. Tried to allocate 2.00 GiB"}
+    out = report(tmp_path, write_run(tmp_path / "partial", records))
+    html = (out / "report.html").read_text()
+    assert "off by up to 0.0% (1 without estimate)" in html and "3 ok of 4, 1 oom" in html
+    assert "Scenarios that did not run" in html and "CUDA out of memory" in html
+    assert pd.read_csv(out / "tables" / "failures.csv")["status"].tolist() == ["oom"]
+    assert len(pd.read_csv(out / "tables" / "speedup.csv")) == 1  # the pair with its oom twin is left out

@@ -11,9 +11,11 @@ from __future__ import annotations
 import base64
 import html
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .summary import fmt_bytes, fmt_seconds
@@ -53,22 +55,22 @@ class Page:
 
 # ------------------------------------------------------------------ formatting
 def fmt_value(column: str, value) -> str:
-    """A cell as text, by the unit in its column name."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
+    """A cell as text, by the unit in its column name (`_bytes`, `_s`, `_gbps`, spreads and fractions)."""
     if isinstance(value, (list, tuple, dict)):
         return f"[{len(value)} values]"
-    if isinstance(value, (bool,)) or not isinstance(value, (int, float)) or pd.isna(value):
+    if value is None or (isinstance(value, numbers.Real) and math.isnan(value)):
+        return "-"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         return str(value)
     name = column.lower()
     for suffix in ("_nocache", "_base", "_new"):
         name = name.removesuffix(suffix)
-    if name.endswith("_bytes"):
+    if "spread" in name or name.endswith("_fraction"):
+        return f"{value:.1%}"
+    if "_bytes" in name:
         return fmt_bytes(value)
-    if name.endswith("_s"):
+    if name.endswith("_s") or "_s_" in name:
         return fmt_seconds(value)
-    if "spread" in name or name.endswith("_fraction") or name.endswith("_change"):
-        return f"{value:+.1%}" if name.endswith("_change") else f"{value:.1%}"
     if float(value).is_integer():
         return f"{int(value)}"
     if name.endswith("_gbps"):

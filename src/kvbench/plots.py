@@ -393,6 +393,8 @@ def plot_memory(df: pd.DataFrame) -> Figure:
                 left.plot(dots[x], dots[y], ls="none", marker=markers[var_], color=colors[label], ms=6, zorder=3,
                           alpha=0.9)
             shown += [*rows[x], *rows[y]]
+        if not shown:
+            raise NoData("memory: no scenario has both a measurement and a prediction above zero bytes")
         low, high = min(shown) / 1.5, max(shown) * 1.5
         left.plot([low, high], [low, high], color="0.4", lw=0.8, ls=":")
         left.set(xlabel="predicted bytes", ylabel="measured bytes", title="measured against predicted")

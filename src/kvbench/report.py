@@ -150,15 +150,20 @@ def key_numbers(df: pd.DataFrame) -> pd.DataFrame:
             sp = plots.speedup_table(part)
             lo, hi = sp.loc[sp["speedup"].idxmin()], sp.loc[sp["speedup"].idxmax()]
             col["speedup (without / with cache)"] = (
-                f"{lo['speedup']:.2f}x ({_scenario_name(lo)}) to {hi['speedup']:.2f}x ({_scenario_name(hi)})")
+                f"{lo['speedup']:.2f}x ({_scenario_name(lo)})" if len(sp) == 1
+                else f"{lo['speedup']:.2f}x ({_scenario_name(lo)}) to {hi['speedup']:.2f}x ({_scenario_name(hi)})")
         except plots.NoData as exc:
             col["speedup (without / with cache)"] = str(exc).split(": ", 1)[-1]
         try:
             mem = plots.memory_table(part)
             big = mem.loc[mem["kv_cache_bytes"].idxmax()]
             col["largest KV cache measured"] = f"{fmt_bytes(big['kv_cache_bytes'])} ({_scenario_name(big)})"
-            err = (mem["estimate_over_measured"] - 1).abs().max()
-            col["exact estimate vs measured"] = "exact to the byte" if err == 0 else f"off by up to {err:.1%}"
+            err = (mem["estimate_over_measured"] - 1).abs()
+            col["exact estimate vs measured"] = (
+                "no exact estimate for this architecture" if err.isna().all()
+                else "exact to the byte" if err.max() == 0 and err.notna().all()
+                else f"off by up to {err.max():.1%}" + (f" ({int(err.isna().sum())} without estimate)"
+                                                        if err.isna().any() else ""))
             if "naive_over_measured" in mem:
                 naive = mem["naive_over_measured"]
                 col["naive formula vs measured"] = (f"{naive.min():.2f}x" if naive.min() == naive.max()
