@@ -53,7 +53,8 @@ def record(prompt_len: int, new_tokens: int, batch_size: int, use_cache: bool, *
         "prompt_len": prompt_len, "new_tokens": new_tokens, "batch_size": batch_size, "use_cache": use_cache,
         "cache_implementation": impl, "decoding": "greedy", "num_beams": 1, "seed": 0, "status": "ok", "error": None,
         "weight_bytes_estimate": WEIGHT_BYTES,
-        "positions_processed_estimate": seq if use_cache else new_tokens * prompt_len + new_tokens * (new_tokens - 1) // 2,
+        "positions_processed_estimate": (seq if use_cache
+                                         else new_tokens * prompt_len + new_tokens * (new_tokens - 1) // 2),
         "kv_cache_bytes_estimate": kv_bytes(seq, batch_size) if use_cache else 0,
         "kv_cache_bytes_naive": kv_bytes(seq, batch_size, HEADS) if use_cache else 0,
         **env,

@@ -16,6 +16,7 @@ import pandas as pd
 import typer
 
 from .errors import UserError
+from .plots import ok_rows
 
 KEYS = ["prompt_len", "new_tokens", "batch_size", "use_cache", "decoding", "num_beams"]
 RUN_LEVEL = ["model", "device", "dtype", "cache_implementation"]  # matched on unless they tell the runs apart
@@ -48,10 +49,6 @@ def parse_gate(text: str) -> tuple[str, ...]:
         if metric not in METRICS:
             raise UserError(f"--gate: {metric!r} is not one of {', '.join(METRICS)}")
     return metrics
-
-
-def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["status"].fillna("ok") == "ok"] if "status" in df else df
 
 
 def run_level_fields(df: pd.DataFrame) -> dict[str, dict[str, str]]:
@@ -186,7 +183,7 @@ def plot_compare(table: pd.DataFrame, threshold: float = 0.05):
     verdict, the threshold band shaded; left of 1 is faster or smaller."""
     from matplotlib.patches import Patch
 
-    from .plots import facets, legend, palette, style
+    from .figstyle import facets, legend, style
 
     metrics = [m for m in METRICS if f"{m}_ratio" in table and table[f"{m}_ratio"].notna().any()]
     several = table["new_run"].nunique() > 1

@@ -109,7 +109,7 @@ def md_table(frame: pd.DataFrame) -> str:
 # ------------------------------------------------------------------ writing
 def save_figure(fig, out_dir: Path, stem: str) -> dict[str, bytes]:
     """figures/<stem>.png and .svg, with fixed metadata so the same figure gives the same bytes."""
-    from .plots import style
+    from .figstyle import style
 
     folder = out_dir / FIGURES_DIR
     folder.mkdir(parents=True, exist_ok=True)

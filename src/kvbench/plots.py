@@ -10,31 +10,14 @@ cannot support (a column missing, no uncached twin, ...) raises `NoData` with th
 
 from __future__ import annotations
 
-import contextlib
-
-import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, NullLocator
 
-from .summary import fmt_bytes, speedups, with_spread
+from .figstyle import (LINESTYLES, MARKERS, bytes_axis, count_axis, cycle, dash, empty_panel, facets, legend,
+                       log2_ticks, mark, ordered, palette, style, swatch)
+from .summary import speedups, with_spread
 
-# Stable bytes for the same input (SVG ids salted by a constant, text as paths), and text from data never
-# read as mathtext (a "$" in a model name or path is just a character).
-RC = {
-    "svg.hashsalt": "kvbench",
-    "svg.fonttype": "path",
-    "text.parse_math": False,
-    "font.size": 9,
-    "axes.titlesize": 9,
-    "axes.labelsize": 9,
-    "legend.fontsize": 8,
-    "legend.title_fontsize": 8,
-    "figure.dpi": 100,
-    "savefig.dpi": 110,
-}
 SPREAD_LIMIT = 0.10  # repeats further apart than this (max - min over median) earn a warning
 SCENARIO = ["run", "model", "dtype", "device", "scenario_id", "prompt_len", "new_tokens", "batch_size",
             "use_cache", "cache_implementation", "decoding", "num_beams"]
@@ -45,16 +28,7 @@ class NoData(ValueError):
     """The records cannot support this figure; the message says why (shown in place of the figure)."""
 
 
-@contextlib.contextmanager
-def style():
-    """The rc settings and seaborn style the figures are drawn and saved under."""
-    import seaborn as sns
-
-    with matplotlib.rc_context(RC), sns.axes_style("whitegrid"):
-        yield
-
-
-# ------------------------------------------------------------------ helpers
+# ------------------------------------------------------------------ rows and labels
 def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
     """Rows of scenarios that ran (status "ok"; records without a status are taken as ok)."""
     return df[df["status"].fillna("ok") == "ok"] if "status" in df else df
@@ -95,102 +69,6 @@ def cache_label(df: pd.DataFrame) -> pd.Series:
     return pd.Series(
         np.where(cached, "with cache" + ((" (" + impl + ")") if several else ""), "without cache"), index=df.index
     )
-
-
-def facets(n: int, ncols: int = 3, panel=(3.6, 2.9), sharey=True, sharex=False, nrows: int | None = None):
-    """A constrained-layout Figure with `n` panels (row-major); unused panels removed."""
-    ncols = max(1, min(ncols, n))
-    nrows = nrows or -(-n // ncols)
-    fig = Figure(figsize=(max(6.4, panel[0] * ncols + 1.8), panel[1] * nrows + 0.6), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=sharey, sharex=sharex).ravel()
-    for ax in axes[n:]:
-        ax.remove()
-    return fig, list(axes[:n])
-
-
-def log2_ticks(ax, values) -> None:
-    values = sorted({int(v) for v in values})
-    if len(values) > 1:
-        ax.set_xscale("log", base=2)
-    ax.set_xticks(values, [str(v) for v in values])
-    ax.xaxis.set_minor_locator(NullLocator())
-
-
-def bytes_axis(ax, which: str, values) -> None:
-    """An axis of bytes labelled in KiB/MiB/GiB: logarithmic (ticks at powers of two) over a wide range,
-    linear over a narrow one."""
-    values = pd.Series(values, dtype=float)
-    values = values[values > 0]
-    axis = getattr(ax, f"{which}axis")
-    if len(values) and values.max() / values.min() > 4:
-        getattr(ax, f"set_{which}scale")("log", base=2)
-        axis.set_major_locator(LogLocator(base=2, numticks=7))
-    else:
-        axis.set_major_locator(MaxNLocator(5))
-    axis.set_major_formatter(FuncFormatter(lambda v, _: fmt_bytes(v).replace(".0 ", " ")))
-    axis.set_minor_locator(NullLocator())
-    axis.set_minor_formatter(NullFormatter())
-
-
-def count_axis(ax, which: str) -> None:
-    """A logarithmic axis of counts, labelled 10, 100, 1,000 (no mathtext)."""
-    getattr(ax, f"set_{which}scale")("log")
-    axis = getattr(ax, f"{which}axis")
-    axis.set_major_locator(LogLocator(base=10))
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
-    axis.set_minor_formatter(NullFormatter())
-
-
-MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
-LINESTYLES = ["-", "--", ":", "-."]
-
-
-def palette(values, name: str) -> dict:
-    import seaborn as sns
-
-    return dict(zip(values, sns.color_palette(name, len(values))))
-
-
-def cycle(values, styles) -> dict:
-    return {v: styles[i % len(styles)] for i, v in enumerate(values)}
-
-
-def swatch(color) -> Line2D:
-    return Line2D([], [], color=color, lw=2.5)
-
-
-def mark(marker, color="0.35", ls="none") -> Line2D:
-    return Line2D([], [], color=color, marker=marker, ls=ls)
-
-
-def dash(ls, color="0.35") -> Line2D:
-    return Line2D([], [], color=color, ls=ls, lw=1.5)
-
-
-def legend(fig: Figure, sections: list[tuple[str, list[tuple[str, Line2D]]]], loc="outside right upper") -> None:
-    """One legend for the whole figure: a bold title per section, then its entries (empty sections skipped)."""
-    handles, labels, titles = [], [], []
-    for title, entries in sections:
-        if not entries:
-            continue
-        titles.append(len(labels))
-        handles.append(Line2D([], [], ls="none"))
-        labels.append(title)
-        for label, handle in entries:
-            handles.append(handle)
-            labels.append(str(label))
-    if handles:
-        leg = fig.legend(handles, labels, loc=loc, frameon=False, handlelength=2.2)
-        for i in titles:
-            leg.get_texts()[i].set_fontweight("bold")
-
-
-def ordered(values) -> list:
-    return sorted(pd.unique(values), key=lambda v: (str(type(v)), v))
-
-
-def empty_panel(ax, text: str) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
 
 
 # ------------------------------------------------------------------ 1. speedup
@@ -278,7 +156,8 @@ def plot_decode_steps(df: pd.DataFrame) -> Figure:
     A panel per batch size (columns) and run (rows, where there are several); a colour per prompt length."""
     table = decode_steps_table(df)
     var = variant(table)
-    table = table.assign(cache=cache_label(table), variant=var if var is not None else "", step_ms=table["step_s"] * 1e3)
+    table = table.assign(cache=cache_label(table), variant=var if var is not None else "",
+                         step_ms=table["step_s"] * 1e3)
     batches, variants, prompts = ordered(table["batch_size"]), ordered(table["variant"]), ordered(table["prompt_len"])
     caches = ordered(table["cache"])  # "with cache ..." before "without cache"
     colors, styles = palette(prompts, "crest"), cycle(caches, LINESTYLES)
@@ -415,6 +294,16 @@ def plot_memory(df: pd.DataFrame) -> Figure:
         fig.suptitle("KV-cache memory: measured against the estimates"
                      + (f"\n(peak above baseline: {source})" if source else ""))
     return fig
+
+
+def memory_note(table: pd.DataFrame) -> str | None:
+    if "peak_memory_delta_bytes" not in table:
+        return "The records hold no peak memory, only the cache's bytes."
+    flat = int((table["peak_memory_delta_bytes"].fillna(0) <= 0).sum())
+    if flat:
+        return (f"{flat} of {len(table)} scenarios show no peak memory above the baseline (zero or unreadable; the "
+                "process can reuse memory it already holds), so they have no green point.")
+    return None
 
 
 # ------------------------------------------------------------------ 5. bandwidth

@@ -62,6 +62,7 @@ FIGURES = [
         "attention and sliding windows and lands off the line where they apply. Green: peak memory above the "
         "baseline during generate (its source is in the title): the cache plus activations and allocator slack. "
         "Right: each prediction over the measured cache bytes (1 = exact).",
+        note=plots.memory_note,
     ),
     FigureSpec(
         "bandwidth", "Decode roofline: achieved memory bandwidth", plots.bandwidth_table, plots.plot_bandwidth,
