@@ -51,10 +51,17 @@ def facets(n: int, ncols: int = 3, panel=(3.6, 2.9), sharey=True, sharex=False, 
 
 
 def log2_ticks(ax, values) -> None:
+    """A base-2 logarithmic x axis with a tick at each value; values crowding a labelled neighbour
+    (within a factor 1.3) keep their tick but lose their label."""
     values = sorted({int(v) for v in values})
     if len(values) > 1:
         ax.set_xscale("log", base=2)
-    ax.set_xticks(values, [str(v) for v in values])
+    labels, last = [], None
+    for v in values:
+        crowded = last is not None and v / last < 1.3
+        labels.append("" if crowded else str(v))
+        last = last if crowded else v
+    ax.set_xticks(values, labels)
     ax.xaxis.set_minor_locator(NullLocator())
 
 

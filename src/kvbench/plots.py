@@ -160,7 +160,7 @@ def plot_decode_steps(df: pd.DataFrame) -> Figure:
                          step_ms=table["step_s"] * 1e3)
     batches, variants, prompts = ordered(table["batch_size"]), ordered(table["variant"]), ordered(table["prompt_len"])
     caches = ordered(table["cache"])  # "with cache ..." before "without cache"
-    colors, styles = palette(prompts, "crest"), cycle(caches, LINESTYLES)
+    colors, styles = palette(prompts, "viridis"), cycle(caches, LINESTYLES)
     if "without cache" in styles and len(caches) <= 2:
         styles = {c: "--" if c == "without cache" else "-" for c in caches}
     with style():
@@ -175,6 +175,7 @@ def plot_decode_steps(df: pd.DataFrame) -> Figure:
                 empty_panel(ax, "no scenario")
             ax.set(title=f"batch size {batch}" + (f"\n{var_}" if var_ else ""), xlabel="position fed (tokens)",
                    ylabel="decode step (ms)")
+        for ax in axes:  # after every panel is drawn: the shared top then covers them all
             ax.set_ylim(bottom=0)
         legend(fig, [("prompt length", [(p, swatch(colors[p])) for p in prompts]),
                      ("cache", [(c, dash(styles[c])) for c in caches])])
