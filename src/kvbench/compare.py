@@ -16,7 +16,7 @@ import pandas as pd
 import typer
 
 from .errors import UserError
-from .plots import ok_rows
+from .summary import ok_rows
 
 KEYS = ["prompt_len", "new_tokens", "batch_size", "use_cache", "decoding", "num_beams"]
 RUN_LEVEL = ["model", "device", "dtype", "cache_implementation"]  # matched on unless they tell the runs apart

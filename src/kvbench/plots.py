@@ -16,9 +16,8 @@ from matplotlib.figure import Figure
 
 from .figstyle import (LINESTYLES, MARKERS, bytes_axis, count_axis, cycle, dash, empty_panel, facets, legend,
                        log2_ticks, mark, ordered, palette, style, swatch)
-from .summary import speedups, with_spread
+from .summary import SPREAD_LIMIT, ok_rows, speedups, with_spread
 
-SPREAD_LIMIT = 0.10  # repeats further apart than this (max - min over median) earn a warning
 SCENARIO = ["run", "model", "dtype", "device", "scenario_id", "prompt_len", "new_tokens", "batch_size",
             "use_cache", "cache_implementation", "decoding", "num_beams"]
 VARIANT_FIELDS = ["run", "model", "dtype", "device", "decoding", "num_beams"]
@@ -29,11 +28,6 @@ class NoData(ValueError):
 
 
 # ------------------------------------------------------------------ rows and labels
-def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows of scenarios that ran (status "ok"; records without a status are taken as ok)."""
-    return df[df["status"].fillna("ok") == "ok"] if "status" in df else df
-
-
 def need(df: pd.DataFrame, columns: list[str], figure: str) -> None:
     missing = [c for c in columns if c not in df.columns or df[c].isna().all()]
     if missing:

@@ -5,56 +5,59 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 import pandas as pd
 import typer
 
-from . import plots
 from .errors import UserError
 from .pages import Page, Section, Table, write_page
-from .summary import fmt_bytes, with_spread
+from .summary import SPREAD_LIMIT, fmt_bytes, with_spread
 
 RUN_FIELDS = ["model", "model_source", "model_type", "device", "dtype"]
 
 
 @dataclass(frozen=True)
 class FigureSpec:
+    """One figure of the report: `kvbench.plots.<name>_table` and `plots.plot_<name>` draw it."""
+
     name: str  # figures/<name>.png|svg, tables/<name>.csv
     title: str
-    table: Callable[[pd.DataFrame], pd.DataFrame]
-    plot: Callable[[pd.DataFrame], object]
     how_to_read: str
-    display: Callable[[pd.DataFrame], pd.DataFrame] | None = None  # a shorter table to show (CSV keeps all)
-    note: Callable[[pd.DataFrame], str | None] | None = None
+    display: str | None = None  # a `plots` function giving a shorter table to show (the CSV keeps all)
+    note: str | None = None  # a `plots` function of the table giving a note to show, or None
+
+    def call(self, what: str, *args):
+        from . import plots  # matplotlib loads only when a report is drawn
+
+        return getattr(plots, what)(*args)
 
 
 FIGURES = [
     FigureSpec(
-        "speedup", "Speedup: latency without the cache over latency with it", plots.speedup_table,
-        plots.plot_speedup,
+        "speedup", "Speedup: latency without the cache over latency with it",
         "Each point is one scenario: the median generate latency without the cache divided by the median with it. "
         "Above the dotted line at 1 the cache wins. Without the cache every step reprocesses the whole sequence, "
         "so the gain grows with the prompt length and the number of new tokens; on small models and short "
         "sequences, per-step overheads can hide it.",
     ),
     FigureSpec(
-        "decode_steps", "Per-step decode latency by position", plots.decode_steps_table, plots.plot_decode_steps,
+        "decode_steps", "Per-step decode latency by position",
         "Each line is the median repeat of one scenario; decode step k feeds position prompt_len + k. With the "
         "cache (solid) a step processes one new position and reads the cache, so its latency stays nearly flat; "
         "without it (dashed) a step reprocesses the whole sequence so far, so its latency grows with the position. "
         "Of scenarios that differ only in their number of new tokens, the longest is drawn.",
-        display=plots.decode_steps_summary,
+        display="decode_steps_summary",
     ),
     FigureSpec(
-        "positions", "Token positions processed per generate", plots.positions_table, plots.plot_positions,
+        "positions", "Token positions processed per generate",
         "Positions the model's forward passes processed per sequence during one generate, counted by a hook on "
         "forward (dots), against the analytic count (dashed): P + N - 1 with the cache (the prompt once, then one "
         "position per step), N*P + N(N-1)/2 without it (every step reprocesses everything). A dot off its line "
         "means generate did work the analytic model does not describe.",
     ),
     FigureSpec(
-        "memory", "Memory: measured KV-cache bytes against the estimates", plots.memory_table, plots.plot_memory,
+        "memory", "Memory: measured KV-cache bytes against the estimates",
         "Left: each point puts a measurement (y) against a prediction (x); on the dotted y = x line the prediction "
         "is exact. Blue: the bytes the returned cache holds against kvbench's exact estimate (per layer: key/value "
         "heads, sliding windows, beams, static preallocation). Orange: the same bytes against the naive formula "
@@ -62,15 +65,15 @@ FIGURES = [
         "attention and sliding windows and lands off the line where they apply. Green: peak memory above the "
         "baseline during generate (its source is in the title): the cache plus activations and allocator slack. "
         "Right: each prediction over the measured cache bytes (1 = exact).",
-        note=plots.memory_note,
+        note="memory_note",
     ),
     FigureSpec(
-        "bandwidth", "Decode roofline: achieved memory bandwidth", plots.bandwidth_table, plots.plot_bandwidth,
+        "bandwidth", "Decode roofline: achieved memory bandwidth",
         "A cached decode step must read every weight and the whole KV cache once; those bytes over the measured "
         "median step time are the bandwidth it achieved. The dashed line is the GPU's peak memory bandwidth "
         "(NVML, or the bundled GPU table). Decode is memory-bound: points near the roof run about as fast as the "
         "memory allows; far below it, overheads (kernel launches, Python, small batches) dominate.",
-        note=plots.bandwidth_note,
+        note="bandwidth_note",
     ),
 ]
 
@@ -141,6 +144,8 @@ def _scenario_name(rec: dict) -> str:
 
 def key_numbers(df: pd.DataFrame) -> pd.DataFrame:
     """The answers at a glance, one column per run: speedup, cache bytes, estimate errors, bandwidth, noise."""
+    from . import plots
+
     rows: dict[str, dict[str, str]] = {}
     for run, part in df.groupby(df["run"].astype(str), sort=False):
         col: dict[str, str] = {}
@@ -194,25 +199,27 @@ def failures_table(df: pd.DataFrame) -> pd.DataFrame:
     if "status" not in df:
         return df.iloc[0:0]
     bad = df[df["status"].fillna("ok") != "ok"]
-    return plots.keep(bad, ["run", "scenario_id", "status", "error"])
+    return bad[[c for c in ["run", "scenario_id", "status", "error"] if c in bad]].reset_index(drop=True)
 
 
 # ------------------------------------------------------------------ the page
 def figure_section(spec: FigureSpec, df: pd.DataFrame, number: int, figures: dict) -> Section:
+    from .plots import NoData, spread_warnings
+
     section = Section(title=f"{number}. {spec.title}", anchor=spec.name, text=[spec.how_to_read], figure=spec.name)
     try:
-        table = spec.table(df)
-        figures[spec.name] = spec.plot(df)
-    except plots.NoData as exc:
+        table = spec.call(f"{spec.name}_table", df)
+        figures[spec.name] = spec.call(f"plot_{spec.name}", df)
+    except NoData as exc:
         section.notes.append(f"No figure: {exc}.")
         return section
-    section.warnings = plots.spread_warnings(table)
+    section.warnings = spread_warnings(table)
     if section.warnings:
-        section.warning_title = (f"the timed repeats of these scenarios lie more than {plots.SPREAD_LIMIT:.0%} "
+        section.warning_title = (f"the timed repeats of these scenarios lie more than {SPREAD_LIMIT:.0%} "
                                  "apart (max - min over median), so their timings are noisy:")
-    if spec.note and (note := spec.note(table)):
+    if spec.note and (note := spec.call(spec.note, table)):
         section.notes.append(note)
-    display = spec.display(df) if spec.display else None
+    display = spec.call(spec.display, df) if spec.display else None
     section.tables.append(Table(f"Table behind figure {number}", table, name=spec.name, display=display))
     return section
 

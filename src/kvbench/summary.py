@@ -10,9 +10,18 @@ import pandas as pd
 PAIR_KEYS = ["run", "model", "device", "dtype", "prompt_len", "new_tokens", "batch_size", "decoding", "num_beams"]
 
 
+# Repeats further apart than this, (max - min) / median, make a timing noisy (the report warns).
+SPREAD_LIMIT = 0.10
+
+
+def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of scenarios that ran (status "ok"; records without a status are taken as ok)."""
+    return df[df["status"].fillna("ok") == "ok"] if "status" in df else df
+
+
 def speedups(df: pd.DataFrame) -> pd.DataFrame:
     """One row per cached scenario that has an uncached twin: latencies, speedup, positions, KV bytes."""
-    ok = df[df["status"] == "ok"] if "status" in df else df
+    ok = ok_rows(df)
     keys = [k for k in PAIR_KEYS if k in ok.columns]
     cached = ok[ok["use_cache"].astype(bool)]
     uncached = ok[~ok["use_cache"].astype(bool)]
