@@ -269,8 +269,8 @@ def default_out(paths: list[Path]) -> Path:
 
 def report_command(
     runs: List[Path] = typer.Argument(..., help="run folders, records.jsonl or pytest-benchmark JSON files"),
-    out: Optional[Path] = typer.Option(None, help="output folder (default RUN/report for one run folder, "
-                                                  "else ./kvbench-report)"),
+    out: Optional[Path] = typer.Option(None, help="output folder (default: RUN/report for one run folder, "
+                                                  "<file>-report beside one file, else ./kvbench-report)"),
 ):
     """Figures and tables of one or several runs: report.html (self-contained), report.md, PNG/SVG, CSV."""
     import matplotlib
