@@ -164,8 +164,13 @@ def presets(dtype: str = typer.Option("float16", help="dtype for the byte figure
     console.print(table)
 
 
+# The consumers' commands live beside what they use; registered here so `kvbench --help` lists them all.
+from .compare import compare_command  # noqa: E402
 from .plan_cli import frontier_command, plan_command  # noqa: E402
+from .report import report_command  # noqa: E402
 
+app.command("report")(report_command)
+app.command("compare")(compare_command)
 app.command("plan")(plan_command)
 app.command("frontier")(frontier_command)
 
@@ -174,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes print one line and exit 2; bugs keep their traceback."""
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="kvbench", standalone_mode=False)
+        # Outside standalone mode click returns a command's typer.Exit code instead of raising it.
+        code = command.main(args=argv, prog_name="kvbench", standalone_mode=False)
     except (UserError, *CLICK_ERRORS) as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # bare `kvbench`: the help, not an error
             print(exc.format_message())
@@ -187,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     except (typer.Abort, click.Abort):
         print("kvbench: aborted", file=sys.stderr)
         return 130
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":
