@@ -93,6 +93,24 @@ def test_axis_options_replace_the_grids_axes(pytester):
     ]
 
 
+@pytest.mark.parametrize("grid, count", [("standard", 36), ("long", 16)])
+def test_bigger_grids(pytester, grid, count):
+    copy_bench(pytester)
+    pytester.makepyfile(test_ids=SCENARIO_TEST)
+    ids = collected_ids(pytester.runpytest("-p", "no:cacheprovider", "--collect-only", "-q", f"--kv-grid={grid}"))
+    assert len(ids) == len(set(ids)) == count
+
+
+def test_kvbench_marker_selects_the_kvbench_tests(pytester):
+    copy_bench(pytester, "test_bench_sweep")
+    pytester.makepyfile(test_other="def test_other():\n    pass\n")
+    args = ("-p", "no:cacheprovider", "--collect-only", "-q", "--kv-prompt-len=8", "--kv-batch-size=1")
+    assert collected_ids(pytester.runpytest(*args, "-m", "kvbench")) == [
+        "test_generate[P8-N32-B1-cache-dynamic-greedy]", "test_generate[P8-N32-B1-nocache-greedy]"]
+    assert collected_ids(pytester.runpytest(*args, "-m", "not kvbench")) == ["test_other"]
+    assert "kvbench: a benchmark of generate" in pytester.runpytest("--markers").stdout.str()
+
+
 @pytest.mark.parametrize("option, message", [
     ("--kv-prompt-len=16,x", "--kv-prompt-len: 'x' is not a positive integer"),
     ("--kv-batch-size=0", "--kv-batch-size: '0' is not a positive integer"),
