@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from bench_support import copy_bench, kv_args, strict_json, transformers_imported, write_tiny_config  # noqa: F401
+from bench_support import TINY, copy_bench, kv_args, strict_json, transformers_imported, write_tiny_config  # noqa: F401
 from kvbench import Scenario, measure
 from kvbench.measure import as_loaded
 from kvbench.models import config_from_dict, random_model
 from kvbench.pytest_plugin import (
-    BENCHMARK_OWNED, expected_positions, extra_info_from, generation_problems, pair_id,
+    BENCHMARK_OWNED, expected_positions, extra_info_from, forget_static_cache, generation_problems, pair_id,
 )
 
 pytest_plugins = ["pytester"]
@@ -302,10 +302,7 @@ def test_extra_info_is_json_safe():
 
 
 def test_a_real_record_becomes_plain_json_types():
-    config = config_from_dict(json.loads(json.dumps({
-        "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256, "max_position_embeddings": 128,
-    })))
+    config = config_from_dict(dict(TINY))
     loaded = as_loaded(random_model(config, torch.device("cpu"), torch.float32).eval())
     info = extra_info_from(measure(loaded, Scenario(8, 4), repeats=1, warmup=0))
 
@@ -344,3 +341,13 @@ def test_pair_id_groups_cached_and_uncached_twins():
     assert pair_id(Scenario(16, 32, 4)) == pair_id(Scenario(16, 32, 4, use_cache=False)) == "P16-N32-B4-greedy"
     assert pair_id(Scenario(16, 32, 1, cache_implementation="static")) == "P16-N32-B1-greedy"
     assert pair_id(Scenario(16, 32, 1, decoding="beam", num_beams=2)) == "P16-N32-B1-beam2"
+
+
+def test_forget_static_cache_sizes_each_scenario_afresh():
+    loaded = as_loaded(random_model(config_from_dict(dict(TINY)), torch.device("cpu"), torch.float32).eval())
+    small, big = Scenario(8, 4, cache_implementation="static"), Scenario(64, 16, cache_implementation="static")
+    fresh = measure(loaded, small, repeats=1, warmup=0)["kv_cache_bytes"]
+    measure(loaded, big, repeats=1, warmup=0)
+    after_big = measure(loaded, small, repeats=1, warmup=0)["kv_cache_bytes"]  # transformers keeps the longest
+    forget_static_cache(loaded.model)
+    assert measure(loaded, small, repeats=1, warmup=0)["kv_cache_bytes"] == fresh <= after_big
