@@ -248,12 +248,14 @@ def kv_model(kv_model):  # one token short, as a model stopping early on EOS wou
     kv_model.model.generate = short
     return kv_model
 """)
-    result = pytester.runpytest(*kv_args(tiny, batch_size="1"), "--benchmark-disable")
-    result.assert_outcomes(failed=2)
-    result.stdout.fnmatch_lines([
-        "*P8-N4-B1-cache-dynamic-greedy: generated 3 new tokens, not 4; 3 forward calls, not 4; "
-        "positions per call [[]8, 1, 1[]], not [[]8, 1, 1, 1[]]*",
-    ])
+    for mode in ("--benchmark-disable", "--benchmark-json=out.json"):
+        result = pytester.runpytest(*kv_args(tiny, batch_size="1", rounds="1"), mode)
+        result.assert_outcomes(failed=2)
+        result.stdout.fnmatch_lines([
+            "*P8-N4-B1-cache-dynamic-greedy: generated 3 new tokens, not 4; 3 forward calls, not 4; "
+            "positions per call [[]8, 1, 1[]], not [[]8, 1, 1, 1[]]*",
+        ])
+    assert strict_json(pytester.path / "out.json")["benchmarks"] == []  # no timings of a wrong generation
 
 
 def test_two_saved_runs_compare(pytester, tiny):

@@ -158,12 +158,9 @@ def kv_model(kv_settings):
     from .models import load_model
 
     try:
-        loaded = load_model(kv_settings.model, device=kv_settings.device, dtype=kv_settings.dtype)
+        return load_model(kv_settings.model, device=kv_settings.device, dtype=kv_settings.dtype)
     except UserError as exc:
         pytest.exit(f"kvbench: --kv-model {kv_settings.model}: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
-    yield loaded
-    del loaded
-    _free_memory_of(kv_settings.device)
 
 
 @pytest.fixture
@@ -231,18 +228,21 @@ def benchmark_generate(benchmark, loaded, scenario: Scenario, rounds: int = 5, w
                            iterations=1)
     except torch.OutOfMemoryError as exc:
         held.clear()
-        _free_memory_of(device)
+        gc.collect()
+        torch.cuda.empty_cache()
         pytest.skip(f"out of memory on {device}: {str(exc).splitlines()[0]}")
     if "out" in held:  # --benchmark-disable runs no teardown
         teardown()
     record = measure(loaded, scenario, repeats=1, warmup=0)
     if record["status"] == "oom":
+        benchmark.has_error = True  # pytest-benchmark saves no timings without their record
         pytest.skip(f"out of memory on {device}: {record['error']}")
     info = extra_info_from(record)
     benchmark.extra_info.update(info)
-    if check:
-        problems = generation_problems(info, scenario, shapes)
-        assert not problems, f"{scenario.id}: " + "; ".join(problems)
+    problems = generation_problems(info, scenario, shapes) if check else []
+    if problems:
+        benchmark.has_error = True  # nor timings of a wrong generation
+        raise AssertionError(f"{scenario.id}: " + "; ".join(problems))
     return info
 
 
@@ -297,14 +297,6 @@ def synchronize(device) -> None:
 
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _free_memory_of(device) -> None:
-    import torch
-
-    gc.collect()
-    if torch.device(device).type == "cuda":
-        torch.cuda.empty_cache()
 
 
 # ---------------------------------------------------------------- machine_info
