@@ -14,7 +14,8 @@ import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
-# 2 layers, grouped-query attention (4 heads, 2 KV heads), a 256-token context (the original study needs 155): generate takes milliseconds.
+# 2 layers, grouped-query attention (4 heads, 2 KV heads), 256 positions (the original study needs 155):
+# generate takes milliseconds.
 TINY = {
     "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
     "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256, "max_position_embeddings": 256,

@@ -58,7 +58,8 @@ def test_benchmark_json_loads_into_run_folder_columns(pytester, tiny, tmp_path):
     data = strict_json(out_json)
     stats = {b["extra_info"]["scenario_id"]: b["stats"] for b in data["benchmarks"] if b["extra_info"]}
     for scenario_id, row in bench.iterrows():
-        assert row["total_s"] == stats[scenario_id]["median"] and row["repeats"] == stats[scenario_id]["rounds"] == 2
+        assert row["total_s"] == stats[scenario_id]["median"]
+        assert row["repeats"] == stats[scenario_id]["rounds"] == 2
         assert row["total_s_repeats"] == stats[scenario_id]["data"] and len(row["total_s_repeats"]) == 2
         assert row["tokens_per_s"] == pytest.approx(4 / row["total_s"])
         assert row["benchmark"] == f"test_bench_sweep.py::test_generate[{scenario_id}]"
@@ -73,7 +74,8 @@ def test_benchmark_json_loads_into_run_folder_columns(pytester, tiny, tmp_path):
     stripped = tmp_path / "stripped.json"
     stripped.write_text(json.dumps(data))
     records = records_from_benchmark_json(stripped)
-    assert [(r["env_torch"], r["env_device"]) for r in records] == [(data["machine_info"]["kvbench"]["torch"], "cpu")] * 2
+    machine = data["machine_info"]["kvbench"]
+    assert [(r["env_torch"], r["env_device"]) for r in records] == [(machine["torch"], "cpu")] * 2
 
 
 def test_autosaved_files_load_with_and_without_raw_data(pytester, tiny):

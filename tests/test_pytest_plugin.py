@@ -244,7 +244,8 @@ import pytest
 def kv_model(kv_model):  # one token short, as a model stopping early on EOS would be
     generate = kv_model.model.generate
     def short(**kw):
-        return generate(**{**kw, "max_new_tokens": kw["max_new_tokens"] - 1, "min_new_tokens": kw["min_new_tokens"] - 1})
+        return generate(**{**kw, "max_new_tokens": kw["max_new_tokens"] - 1,
+                           "min_new_tokens": kw["min_new_tokens"] - 1})
     kv_model.model.generate = short
     return kv_model
 """)
@@ -277,8 +278,8 @@ def test_two_saved_runs_compare(pytester, tiny):
     }
     elsewhere = pytester.mkdir("elsewhere")  # (the command imports a conftest.py in its folder)
     cli = subprocess.run(
-        [sys.executable, "-m", "pytest_benchmark", f"--storage=file://{pytester.path / '.benchmarks'}", "compare",
-         "0001", "0002", "--group-by=name"],
+        [sys.executable, "-m", "pytest_benchmark", f"--storage=file://{pytester.path / '.benchmarks'}",
+         "compare", "0001", "0002", "--group-by=name"],
         cwd=elsewhere, capture_output=True, text=True, timeout=120,
     )
     assert cli.returncode == 0, cli.stderr

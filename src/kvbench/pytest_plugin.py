@@ -70,10 +70,13 @@ class KVSettings:
 def pytest_addoption(parser):
     group = parser.getgroup("kvbench", "kvbench (KV-cache benchmarks of transformers generate)")
     add = group.addoption
-    add("--kv-model", default="tiny", help="preset name, path to a config.json or model folder, or Hub id (default: tiny)")
+    add("--kv-model", default="tiny",
+        help="preset name, path to a config.json or model folder, or Hub id (default: tiny)")
     add("--kv-device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
-    add("--kv-dtype", default="auto", help="auto (float32 on CPU; the model's half type on GPU), float16, bfloat16, float32")
-    add("--kv-grid", default="quick", choices=sorted(GRIDS), help="scenario grid (default: quick); the options below replace one axis")
+    add("--kv-dtype", default="auto",
+        help="auto (float32 on CPU; the model's half type on GPU), float16, bfloat16, float32")
+    add("--kv-grid", default="quick", choices=sorted(GRIDS),
+        help="scenario grid (default: quick); the options below replace one axis")
     add("--kv-prompt-len", default=None, help="prompt lengths, comma-separated")
     add("--kv-new-tokens", default=None, help="new-token counts, comma-separated")
     add("--kv-batch-size", default=None, help="batch sizes, comma-separated")
