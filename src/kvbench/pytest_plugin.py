@@ -1,0 +1,327 @@
+"""kvbench's pytest plugin: options, fixtures and hooks for pytest-benchmark suites of `generate`.
+
+Loaded through the `pytest11` entry point once kvbench is installed (`-p kvbench.pytest_plugin` otherwise).
+A suite in a few lines:
+
+    def test_generate(kv_benchmark, kv_scenario):   # one test per scenario of the --kv-grid
+        kv_benchmark(kv_scenario)
+
+Timing belongs to pytest-benchmark: the timed target is `model.generate` alone (pedantic rounds, inputs made in
+setup, a CUDA synchronize closing each round). Everything else in the benchmark's `extra_info` is kvbench's record of
+the same scenario, from `kvbench.measure(..., repeats=1, warmup=0)` run after the timed rounds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+from dataclasses import dataclass
+
+import pytest
+
+from .cli import QUICK, choice_list, int_list
+from .errors import UserError
+from .results import json_safe
+from .scenario import CACHE_IMPLEMENTATIONS, DECODINGS, Scenario, grid
+
+# The grids (--kv-grid); --kv-prompt-len, --kv-new-tokens, ... replace one axis of the chosen grid.
+# `quick` is `kvbench run`'s default grid: seconds on the CPU with a tiny model.
+GRIDS = {
+    "quick": dict(
+        prompt_len=QUICK["prompt_len"], new_tokens=QUICK["new_tokens"], batch_size=QUICK["batch_size"],
+        use_cache="both", cache_implementation="dynamic",
+    ),
+    "standard": dict(
+        prompt_len="64,256,1024", new_tokens="64,256", batch_size="1,8", use_cache="both",
+        cache_implementation="dynamic,static",
+    ),
+    "long": dict(
+        prompt_len="1024,3072", new_tokens="256,1024", batch_size="1,8", use_cache="both",
+        cache_implementation="dynamic",
+    ),
+}
+USE_CACHE = {"on": (True,), "off": (False,), "both": (True, False)}
+AXES = ("prompt_len", "new_tokens", "batch_size", "use_cache", "cache_implementation")
+
+# pytest-benchmark owns the latency of the whole generate: these record fields come from its stats instead
+# (kvbench.benchjson puts them back: total_s is the median of the rounds).
+BENCHMARK_OWNED = ("total_s", "total_s_repeats", "repeats", "tokens_per_s")
+
+# The `env_*` fields that describe the machine and its software, and do not change from run to run.
+STABLE_ENV = (
+    "env_device", "env_device_name", "env_gpu_memory_bytes", "env_gpu_bandwidth_gbps", "env_driver", "env_cuda",
+    "env_torch", "env_transformers", "env_python", "env_kvbench",
+)
+
+
+@dataclass(frozen=True)
+class KVSettings:
+    """What the --kv-* options ask for."""
+
+    model: str
+    device: str
+    dtype: str
+    grid: str
+    scenarios: tuple[Scenario, ...]
+    rounds: int
+    warmup_rounds: int
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("kvbench", "kvbench (KV-cache benchmarks of transformers generate)")
+    add = group.addoption
+    add("--kv-model", default="tiny",
+        help="preset name, path to a config.json or model folder, or Hub id (default: tiny)")
+    add("--kv-device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    add("--kv-dtype", default="auto",
+        help="auto (float32 on CPU; the model's half type on GPU), float16, bfloat16, float32")
+    add("--kv-grid", default="quick", choices=sorted(GRIDS),
+        help="scenario grid (default: quick); the options below replace one axis")
+    add("--kv-prompt-len", default=None, help="prompt lengths, comma-separated")
+    add("--kv-new-tokens", default=None, help="new-token counts, comma-separated")
+    add("--kv-batch-size", default=None, help="batch sizes, comma-separated")
+    add("--kv-use-cache", default=None, help="on, off or both")
+    add("--kv-cache-implementation", default=None, help="dynamic, static (comma-separated for both)")
+    add("--kv-decoding", default="greedy", help="greedy, sample, beam (comma-separated)")
+    add("--kv-num-beams", default="4", help="beams for --kv-decoding beam (default: 4)")
+    add("--kv-rounds", default="5", help="timed rounds per scenario (default: 5)")
+    add("--kv-warmup-rounds", default="1", help="untimed rounds before them (default: 1)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "kvbench: a benchmark of generate measured by kvbench (added automatically)")
+    kv_settings_from(config)  # bad --kv-* values stop the session here, with one line
+
+
+_SETTINGS = pytest.StashKey[KVSettings]()
+
+
+def kv_settings_from(config) -> KVSettings:
+    """The parsed --kv-* options (parsed once per session; a bad value raises pytest.UsageError)."""
+    if _SETTINGS in config.stash:
+        return config.stash[_SETTINGS]
+    opt = config.getoption
+    try:
+        axes = {axis: opt(f"kv_{axis}") or GRIDS[opt("kv_grid")][axis] for axis in AXES}
+        if axes["use_cache"] not in USE_CACHE:
+            raise UserError(f"--kv-use-cache: {axes['use_cache']!r} is not one of on, off, both")
+        (num_beams,) = int_list("--kv-num-beams", opt("kv_num_beams"))
+        (rounds,) = int_list("--kv-rounds", opt("kv_rounds"))
+        warmup = opt("kv_warmup_rounds")
+        if not str(warmup).isdigit():
+            raise UserError(f"--kv-warmup-rounds: {warmup!r} is not 0 or a positive integer")
+        scenarios = grid(
+            int_list("--kv-prompt-len", axes["prompt_len"]), int_list("--kv-new-tokens", axes["new_tokens"]),
+            int_list("--kv-batch-size", axes["batch_size"]), USE_CACHE[axes["use_cache"]],
+            choice_list("--kv-cache-implementation", axes["cache_implementation"], CACHE_IMPLEMENTATIONS),
+            choice_list("--kv-decoding", opt("kv_decoding"), DECODINGS), num_beams=num_beams,
+        )
+        from .models import resolve_device, resolve_dtype
+
+        device = resolve_device(opt("kv_device"))
+        if opt("kv_dtype") != "auto":
+            resolve_dtype(opt("kv_dtype"), device)
+    except ValueError as exc:  # UserError, and "--kv-rounds 4,5" unpacking into one value
+        raise pytest.UsageError(f"kvbench: {exc}") from None
+    settings = KVSettings(
+        model=opt("kv_model"), device=opt("kv_device"), dtype=opt("kv_dtype"), grid=opt("kv_grid"),
+        scenarios=tuple(scenarios), rounds=rounds, warmup_rounds=int(warmup),
+    )
+    config.stash[_SETTINGS] = settings
+    return settings
+
+
+def pytest_generate_tests(metafunc):
+    """A test asking for `kv_scenario` runs once per scenario of the grid; its id is the scenario's id."""
+    if "kv_scenario" not in metafunc.fixturenames:
+        return
+    if any("kv_scenario" in m.args[0] for m in metafunc.definition.iter_markers("parametrize")):
+        return  # the test chose its own scenarios
+    scenarios = kv_settings_from(metafunc.config).scenarios
+    # The parameter is the scenario as a plain dict, so pytest-benchmark's `params` stay JSON.
+    metafunc.parametrize("kv_scenario", [s.as_dict() for s in scenarios], ids=[s.id for s in scenarios], indirect=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if {"kv_benchmark", "kv_model"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker("kvbench")
+
+
+# ---------------------------------------------------------------- fixtures
+@pytest.fixture(scope="session")
+def kv_settings(pytestconfig) -> KVSettings:
+    """The --kv-* options, parsed: model, device, dtype, grid's scenarios, rounds, warm-up rounds."""
+    return kv_settings_from(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def kv_model(kv_settings):
+    """The model of --kv-model on --kv-device in --kv-dtype, loaded once per session (a `kvbench.LoadedModel`)."""
+    from .models import load_model
+
+    try:
+        return load_model(kv_settings.model, device=kv_settings.device, dtype=kv_settings.dtype)
+    except UserError as exc:
+        pytest.exit(f"kvbench: --kv-model {kv_settings.model}: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+@pytest.fixture
+def kv_scenario(request) -> Scenario:
+    """The scenario this test runs (parametrized over the --kv-grid; or `indirect=True` with Scenario/dict)."""
+    param = request.param
+    return param if isinstance(param, Scenario) else Scenario(**param)
+
+
+@pytest.fixture
+def kv_benchmark(benchmark, kv_model, kv_settings):
+    """`kv_benchmark(scenario, rounds=None, warmup_rounds=None, check=True) -> dict`: time generate under
+    pytest-benchmark, fill `benchmark.extra_info` with kvbench's record, check the generation, return the record."""
+
+    def run(scenario: Scenario, *, rounds: int | None = None, warmup_rounds: int | None = None, check: bool = True):
+        return benchmark_generate(
+            benchmark, kv_model, scenario,
+            rounds=kv_settings.rounds if rounds is None else rounds,
+            warmup_rounds=kv_settings.warmup_rounds if warmup_rounds is None else warmup_rounds,
+            check=check,
+        )
+
+    return run
+
+
+# ---------------------------------------------------------------- the measurement
+def benchmark_generate(benchmark, loaded, scenario: Scenario, rounds: int = 5, warmup_rounds: int = 1,
+                       check: bool = True) -> dict:
+    """Time `generate` for one scenario with pytest-benchmark, and record it with kvbench.
+
+    Skips (with the reason) a scenario longer than the model's context, or one that runs out of memory.
+    Under --benchmark-disable the target runs once and the record and checks still happen.
+    """
+    import torch
+
+    from .measure import check_fits, measure
+    from .models import synthetic_inputs
+
+    try:
+        check_fits(loaded, scenario)
+    except UserError as exc:
+        pytest.skip(str(exc))
+    if benchmark.group is None:  # cached and uncached twins side by side: the table shows the speedup
+        benchmark.group = pair_id(scenario)
+    forget_static_cache(loaded.model)
+    model, device, kwargs = loaded.model, loaded.device, scenario.generate_kwargs()
+    held, shapes = {}, []
+
+    def setup():
+        inputs = synthetic_inputs(loaded.config, scenario.batch_size, scenario.prompt_len, device, scenario.seed)
+        torch.manual_seed(scenario.seed)  # sampling draws the same tokens every round
+        synchronize(device)
+        return (), inputs
+
+    def generate(**inputs):
+        with torch.inference_mode():
+            held["out"] = model.generate(**inputs, **kwargs)
+        synchronize(device)  # the round's wall clock stops after the device has finished
+
+    def teardown(**inputs):  # frees the output (and its cache) outside the timed region
+        shapes.append(tuple(held.pop("out").sequences.shape))
+
+    try:
+        benchmark.pedantic(generate, setup=setup, teardown=teardown, rounds=rounds, warmup_rounds=warmup_rounds,
+                           iterations=1)
+    except torch.OutOfMemoryError as exc:
+        held.clear()
+        gc.collect()
+        torch.cuda.empty_cache()
+        pytest.skip(f"out of memory on {device}: {str(exc).splitlines()[0]}")
+    if "out" in held:  # --benchmark-disable runs no teardown
+        teardown()
+    record = measure(loaded, scenario, repeats=1, warmup=0)
+    if record["status"] == "oom":
+        benchmark.has_error = True  # pytest-benchmark saves no timings without their record
+        pytest.skip(f"out of memory on {device}: {record['error']}")
+    info = extra_info_from(record)
+    benchmark.extra_info.update(info)
+    problems = generation_problems(info, scenario, shapes) if check else []
+    if problems:
+        benchmark.has_error = True  # nor timings of a wrong generation
+        raise AssertionError(f"{scenario.id}: " + "; ".join(problems))
+    return info
+
+
+def extra_info_from(record: dict) -> dict:
+    """kvbench's record as JSON-safe `extra_info`, without the fields pytest-benchmark's stats own."""
+    return {k: v for k, v in json_safe(record).items() if k not in BENCHMARK_OWNED}
+
+
+def expected_positions(scenario: Scenario) -> list[int]:
+    """Positions each forward call of generate processes: [P, 1, 1, ...] with the cache, [P, P+1, ...] without."""
+    p, n = scenario.prompt_len, scenario.new_tokens
+    return [p] + [1] * (n - 1) if scenario.use_cache else [p + k for k in range(n)]
+
+
+def generation_problems(record: dict, scenario: Scenario, shapes=()) -> list[str]:
+    """What is wrong with a scenario's generation: token count, forward calls, positions, KV bytes, output shapes."""
+    n, problems = scenario.new_tokens, []
+    if record.get("generated_tokens") != n:
+        problems.append(f"generated {record.get('generated_tokens')} new tokens, not {n}")
+    if record.get("forward_calls") != n:
+        problems.append(f"{record.get('forward_calls')} forward calls, not {n}")
+    if record.get("positions_per_call") != expected_positions(scenario):
+        problems.append(f"positions per call {record.get('positions_per_call')}, not {expected_positions(scenario)}")
+    if scenario.use_cache:
+        estimate = record.get("kv_cache_bytes_estimate")
+        if estimate is not None and record.get("kv_cache_bytes") != estimate:
+            problems.append(f"KV cache holds {record.get('kv_cache_bytes')} bytes, estimate says {estimate}")
+    elif record.get("kv_cache_bytes") != 0:
+        problems.append(f"no cache asked for, but {record.get('kv_cache_bytes')} bytes of cache came back")
+    want = (scenario.batch_size, scenario.total_len)
+    problems += [f"timed generate returned sequences of shape {s}, not {want}" for s in shapes if s != want]
+    return problems
+
+
+def pair_id(scenario: Scenario) -> str:
+    """The scenario's id without its cache setting: `P16-N32-B1-greedy` (the group of its cached/uncached twins)."""
+    return dataclasses.replace(scenario, use_cache=False).id.replace("-nocache", "")
+
+
+def forget_static_cache(model) -> None:
+    """Let the next static-cache generate size its cache for its own scenario.
+
+    transformers keeps the longest static cache length seen so far on the model (`_previous_max_cache_length` in
+    5.x, the cache itself as `_cache` in 4.x): a short scenario after a long one would get the long one's cache.
+    """
+    for name in ("_previous_max_cache_length", "_cache"):
+        model.__dict__.pop(name, None)
+
+
+def synchronize(device) -> None:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---------------------------------------------------------------- machine_info
+def machine_info_from(config) -> dict:
+    """The stable facts about the machine and software kvbench measures on (no clocks, memory in use, commits)."""
+    from .env import environment
+    from .models import resolve_device
+
+    env = environment(resolve_device(kv_settings_from(config).device))
+    return {key.removeprefix("env_"): env.get(key) for key in STABLE_ENV}
+
+
+def update_machine_info(config, machine_info: dict) -> None:
+    """pytest-benchmark's `pytest_benchmark_update_machine_info`, for suites that opt in from their conftest.py:
+
+        from kvbench.pytest_plugin import update_machine_info as pytest_benchmark_update_machine_info
+
+    Adds `machine_info["kvbench"]` (device, GPU, driver, CUDA, torch, transformers versions) and drops the CPU's
+    momentary clock (`hz_actual`), so `--benchmark-compare` warns only when the machine really differs.
+    """
+    machine_info["kvbench"] = machine_info_from(config)
+    cpu = machine_info.get("cpu")
+    if isinstance(cpu, dict):
+        for key in ("hz_actual", "hz_actual_friendly"):
+            cpu.pop(key, None)
