@@ -69,7 +69,7 @@ def _environment(device_str: str) -> tuple:
     device = torch.device(device_str)
     env = {
         "env_kvbench": __version__,
-        "env_torch": torch.__version__,
+        "env_torch": str(torch.__version__),
         "env_transformers": transformers.__version__,
         "env_python": platform.python_version(),
         "env_platform": platform.platform(),

@@ -16,7 +16,6 @@ then bisects down to `resolution` tokens, assuming that what fails at some conte
 
 from __future__ import annotations
 
-import gc
 from dataclasses import replace
 from typing import Callable
 
@@ -25,22 +24,10 @@ import torch
 
 from .capacity import Calibration, Target, longest_context, make_workload
 from .errors import UserError
+from .measure import free_memory, is_oom
 
 Probe = Callable[[int, int], dict]
 GROUP = ["run", "model", "dtype", "cache_implementation", "num_beams", "new_tokens", "memory_cap_bytes", "batch_size"]
-
-
-def is_oom(exc: BaseException) -> bool:
-    """Out-of-memory as torch raises it, and the allocation failures cuBLAS/cuDNN report near a memory cap."""
-    text = str(exc)
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text.lower() or "ALLOC_FAILED" in text
-
-
-def free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
 
 
 def search_longest_context(probe: Probe, batch_size: int, *, min_context: int, max_context: int,
@@ -187,8 +174,7 @@ def compare_frontier(records: pd.DataFrame, calibration: Calibration | None = No
 # ---------------------------------------------------------------------------------------------- on a real GPU
 def cuda_probe(loaded, new_tokens: int, cache_implementation: str = "dynamic", num_beams: int = 1) -> Probe:
     """A probe that runs one generate of `context - new_tokens` prompt tokens on the loaded CUDA model."""
-    from .env import environment
-    from .measure import base_record, measure
+    from .measure import measure
     from .scenario import Scenario
 
     decoding = "beam" if num_beams > 1 else "greedy"
@@ -196,19 +182,7 @@ def cuda_probe(loaded, new_tokens: int, cache_implementation: str = "dynamic", n
     def probe(batch_size: int, context_len: int) -> dict:
         scenario = Scenario(context_len - new_tokens, new_tokens, batch_size, True, cache_implementation, decoding,
                             num_beams)
-        for attr in ("_previous_max_cache_length", "_cache"):  # a static cache sized by an earlier, longer probe
-            loaded.model.__dict__.pop(attr, None)
-        try:
-            record = measure(loaded, scenario, repeats=1, warmup=0)
-            if record["status"] == "oom":  # measure caught it; free what the failed call left before the next probe
-                free_memory()
-            return record
-        except RuntimeError as exc:  # cuBLAS workspace and other allocations that fail near the cap
-            if not is_oom(exc):
-                raise
-            free_memory()
-            return base_record(loaded, scenario) | environment(loaded.device) | {
-                "status": "oom", "error": str(exc).splitlines()[0]}
+        return measure(loaded, scenario, repeats=1, warmup=0)  # catches out-of-memory and frees memory
 
     return probe
 

@@ -18,6 +18,30 @@ from .scenario import Scenario
 SCHEMA_VERSION = 1
 
 
+def is_oom(exc: BaseException) -> bool:
+    """Out-of-memory as torch raises it, and the allocation failures cuBLAS/cuDNN report near a memory cap."""
+    text = str(exc)
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text.lower() or "ALLOC_FAILED" in text
+
+
+def free_memory() -> None:
+    """Drop what a failed or finished call left behind, so the next one starts from the same level."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def forget_static_cache(model) -> None:
+    """Let the next static-cache generate size its cache for its own scenario.
+
+    transformers keeps the longest static cache length seen so far on the model (`_previous_max_cache_length` in
+    5.x, the cache itself as `_cache` in 4.x): a short scenario after a long one would get the long one's cache.
+    """
+    for name in ("_previous_max_cache_length", "_cache"):
+        model.__dict__.pop(name, None)
+
+
 def as_loaded(model) -> LoadedModel:
     """Accept a LoadedModel or a bare transformers model."""
     if isinstance(model, LoadedModel):
@@ -111,6 +135,7 @@ def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1) -> dic
     """Measure one scenario: medians of `repeats` timed generates after `warmup` untimed ones.
 
     Out of memory on a GPU gives a record with status "oom" (and frees what it can); other errors raise.
+    Each call sizes a static cache for its own scenario (see `forget_static_cache`).
     """
     if repeats < 1 or warmup < 0:
         raise UserError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
@@ -120,18 +145,19 @@ def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1) -> dic
     record.update(environment(loaded.device))
     clock, nvml = Clock(loaded.device), nvml_handle(loaded.device)
     inputs = synthetic_inputs(loaded.config, scenario.batch_size, scenario.prompt_len, loaded.device, scenario.seed)
+    forget_static_cache(loaded.model)
     try:
         with torch.inference_mode():
             for _ in range(warmup):
                 generate_once(loaded, scenario, inputs, clock, nvml)
             runs = [generate_once(loaded, scenario, inputs, clock, nvml) for _ in range(repeats)]
-    except torch.OutOfMemoryError as exc:
+    except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError too
+        if not is_oom(exc):
+            raise
         record.update(status="oom", error=str(exc).splitlines()[0])
         return record
     finally:
-        gc.collect()
-        if loaded.device.type == "cuda":
-            torch.cuda.empty_cache()
+        free_memory()
     record.update(summarize(runs))
     record["tokens_per_s"] = record["generated_tokens"] * scenario.batch_size / record["total_s"]
     weight_bytes = loaded.weight_bytes

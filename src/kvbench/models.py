@@ -45,7 +45,7 @@ class LoadedModel:
 
 
 def _preset_files() -> dict[str, Path]:
-    root = resources.files("kvbench") / "presets"
+    root = resources.files("kvbench") / "presets"  # shipped with the package (package data)
     return {Path(p.name).stem: Path(str(p)) for p in root.iterdir() if p.name.endswith(".json")}
 
 

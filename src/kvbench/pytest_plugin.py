@@ -199,7 +199,7 @@ def benchmark_generate(benchmark, loaded, scenario: Scenario, rounds: int = 5, w
     """
     import torch
 
-    from .measure import check_fits, measure
+    from .measure import check_fits, forget_static_cache, measure
     from .models import synthetic_inputs
 
     try:
@@ -283,16 +283,6 @@ def generation_problems(record: dict, scenario: Scenario, shapes=()) -> list[str
 def pair_id(scenario: Scenario) -> str:
     """The scenario's id without its cache setting: `P16-N32-B1-greedy` (the group of its cached/uncached twins)."""
     return dataclasses.replace(scenario, use_cache=False).id.replace("-nocache", "")
-
-
-def forget_static_cache(model) -> None:
-    """Let the next static-cache generate size its cache for its own scenario.
-
-    transformers keeps the longest static cache length seen so far on the model (`_previous_max_cache_length` in
-    5.x, the cache itself as `_cache` in 4.x): a short scenario after a long one would get the long one's cache.
-    """
-    for name in ("_previous_max_cache_length", "_cache"):
-        model.__dict__.pop(name, None)
 
 
 def synchronize(device) -> None:
