@@ -7,6 +7,7 @@ model built from a tiny config written by the test: nothing is downloaded and no
 from __future__ import annotations
 
 import gc
+import sys
 import json
 from pathlib import Path
 
@@ -29,9 +30,14 @@ def write_tiny_config(folder: Path) -> Path:
 
 
 def copy_bench(pytester, *suites: str) -> None:
-    """bench/conftest.py and the named suites of bench/, into the pytester folder."""
+    """bench/conftest.py and the named suites of bench/, into the pytester folder.
+
+    When the outer session collected bench/ too (`pytest tests bench`), its modules of the same names are in
+    sys.modules; they are hidden for the inner run (pytester restores sys.modules afterwards).
+    """
     pytester.makeconftest((BENCH / "conftest.py").read_text())
     for name in suites:
+        sys.modules.pop(name, None)
         pytester.makepyfile(**{name: (BENCH / f"{name}.py").read_text()})
 
 

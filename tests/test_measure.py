@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import kvbench
-from kvbench.measure import get_cache
+from kvbench.kvcache import cache_from_output
 from kvbench.models import synthetic_inputs
 
 
@@ -67,7 +67,7 @@ def test_instruments_do_not_change_generation(tiny_loaded):
 def test_cache_from_generate_output(tiny_loaded):
     inputs = synthetic_inputs(tiny_loaded.config, 1, 5, "cpu")
     out = tiny_loaded.model.generate(**inputs, **kvbench.Scenario(5, 3).generate_kwargs())
-    assert kvbench.cache_nbytes(get_cache(out)) > 0
+    assert kvbench.cache_nbytes(cache_from_output(out)) > 0
 
 
 def test_prompt_beyond_context_is_refused(tiny_loaded):

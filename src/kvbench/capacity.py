@@ -28,7 +28,7 @@ import torch
 
 from . import estimate
 from .errors import UserError
-from .kvcache import kv_cache_bytes_at, kv_layer_specs
+from .kvcache import dtype_nbytes, kv_cache_bytes_at, kv_layer_specs
 
 MIB, GIB = 2**20, 2**30
 DEFAULT_OVERHEAD_BYTES = 500 * MIB  # CUDA context, cuBLAS workspace, allocator slack (before calibration)
@@ -101,7 +101,7 @@ class Workload:
 
     @cached_property
     def compute_bytes(self) -> int:
-        return estimate.dtype_bytes(self.dtype)
+        return dtype_nbytes(self.dtype)
 
     @cached_property
     def weight_bytes(self) -> int:

@@ -142,7 +142,7 @@ def print_summary(records: list[dict]) -> None:
 def presets(dtype: str = typer.Option("float16", help="dtype for the byte figures")):
     """List the bundled model presets: size, context, and KV-cache bytes per token."""
     from . import estimate
-    from .kvcache import kv_bytes_per_token
+    from .kvcache import dtype_nbytes, kv_bytes_per_token
     from .models import list_presets, preset_config, preset_info, resolve_dtype
     from .summary import fmt_bytes
     import torch
@@ -157,8 +157,8 @@ def presets(dtype: str = typer.Option("float16", help="dtype for the byte figure
         window = getattr(config, "sliding_window", None)
         table.add_row(
             name, config.model_type, f"{params / 1e9:.2f} B" if params > 1e8 else f"{params / 1e6:.1f} M",
-            fmt_bytes(params * estimate.dtype_bytes(dt)), str(getattr(config, "max_position_embeddings", "-")),
-            str(window) if window else "-", fmt_bytes(kv_bytes_per_token(config, dt)),
+            fmt_bytes(params * dtype_nbytes(dt)), str(getattr(config, "max_position_embeddings", "-")),
+            str(window) if window else "-", fmt_bytes(kv_bytes_per_token(config, dt, count_sliding=True)),
             preset_info(name).get("hub_id", "-"),
         )
     console.print(table)

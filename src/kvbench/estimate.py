@@ -10,14 +10,8 @@ from functools import lru_cache
 
 import torch
 
-from .kvcache import kv_cache_bytes_at
+from .kvcache import dtype_nbytes, kv_cache_bytes_at
 from .scenario import Scenario
-
-
-def dtype_bytes(dtype) -> int:
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype.removeprefix("torch."))
-    return torch.empty((), dtype=dtype).element_size()
 
 
 @lru_cache(maxsize=64)
@@ -38,7 +32,7 @@ def param_count(config) -> int:
 
 
 def weight_bytes_estimate(config, dtype) -> int:
-    return param_count(config) * dtype_bytes(dtype)
+    return param_count(config) * dtype_nbytes(dtype)
 
 
 def positions_processed_estimate(prompt_len: int, new_tokens: int, use_cache: bool) -> int:

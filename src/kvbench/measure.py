@@ -11,7 +11,7 @@ from . import estimate
 from .env import environment
 from .errors import UserError
 from .instruments import Clock, memory_probe, nvml_handle, record_forwards
-from .kvcache import cache_nbytes, estimate_kv_cache_bytes, naive_kv_cache_bytes
+from .kvcache import cache_from_output, cache_nbytes, estimate_kv_cache_bytes, naive_kv_cache_bytes
 from .models import LoadedModel, synthetic_inputs
 from .scenario import Scenario
 
@@ -61,14 +61,6 @@ def check_fits(loaded: LoadedModel, scenario: Scenario) -> None:
         )
 
 
-def get_cache(out):
-    """The cache returned by generate: `.cache` in transformers 5, `.past_key_values` in 4."""
-    for key in ("cache", "past_key_values"):
-        if key in out.keys():
-            return out[key]
-    return None
-
-
 def generate_once(loaded: LoadedModel, scenario: Scenario, inputs: dict, clock: Clock, nvml=None) -> dict:
     """One timed generate: total, per-forward marks, positions, cache bytes and peak memory."""
     torch.manual_seed(scenario.seed)  # sampling draws the same tokens every repeat
@@ -78,7 +70,7 @@ def generate_once(loaded: LoadedModel, scenario: Scenario, inputs: dict, clock: 
         end = clock.mark()
         seconds = clock.intervals([start, *forwards.marks, end])
     generated = out.sequences.shape[1] - scenario.prompt_len
-    cache_bytes = cache_nbytes(get_cache(out)) if scenario.use_cache else 0
+    cache_bytes = cache_nbytes(cache_from_output(out)) if scenario.use_cache else 0
     del out
     # seconds: start->call1, call1->call2, ..., callN->end. The first token exists when call 2 starts.
     return {
