@@ -47,3 +47,16 @@ def test_presets_lists_kv_bytes_per_token(capsys):
     assert main(["presets"]) == 0
     text = capsys.readouterr().out
     assert "tiny" in text and "phi-3-mini-4k" in text and "KV / token" in text
+
+
+def test_unreachable_hub_is_one_line_with_the_bundled_preset(monkeypatch, tmp_path, capsys):
+    import transformers
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.\nCheck your connection.")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", offline)
+    code = main(["run", "--model", "microsoft/Phi-3-mini-4k-instruct", "--out", str(tmp_path / "never")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "cannot load 'microsoft/Phi-3-mini-4k-instruct'" in err and "--model phi-3-mini-4k" in err

@@ -159,7 +159,7 @@ def presets(dtype: str = typer.Option("float16", help="dtype for the byte figure
             name, config.model_type, f"{params / 1e9:.2f} B" if params > 1e8 else f"{params / 1e6:.1f} M",
             fmt_bytes(params * dtype_nbytes(dt)), str(getattr(config, "max_position_embeddings", "-")),
             str(window) if window else "-", fmt_bytes(kv_bytes_per_token(config, dt, count_sliding=True)),
-            preset_info(name).get("hub_id", "-"),
+            preset_info(name).get("hub_id") or "-",
         )
     console.print(table)
 

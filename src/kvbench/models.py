@@ -155,7 +155,9 @@ def resolve_spec(spec, trust_remote_code: bool = False) -> tuple[str, object, st
             config = AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code)
         except Exception as exc:  # offline, gated, unknown id: one line for the user
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"cannot load {spec!r} from the Hugging Face Hub: {first}") from None
+            bundled = [name for name in list_presets() if preset_info(name).get("hub_id") == spec]
+            hint = f" (its config is bundled: --model {bundled[0]} builds it with random weights)" if bundled else ""
+            raise UserError(f"cannot load {spec!r} from the Hugging Face Hub: {first}{hint}") from None
         return spec, config, "hub", spec
     raise UserError(
         f"unknown model {spec!r}: not a preset ({', '.join(list_presets())}), "
