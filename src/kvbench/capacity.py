@@ -138,14 +138,10 @@ def _text_config(config):
 
 
 def _auto_dtype(config, target: Target | None) -> torch.dtype:
-    """The config's half type where the card has it (bf16 -> fp16 on cards without bf16); float16 otherwise."""
-    from .models import DTYPES
+    """`kvbench run`'s choice on the target card (bf16 -> fp16 on cards without bf16)."""
+    from .models import gpu_half_dtype
 
-    wanted = getattr(config, "dtype", None) if hasattr(config, "dtype") else getattr(config, "torch_dtype", None)
-    wanted = DTYPES.get(str(wanted).removeprefix("torch."), torch.float16)
-    if wanted == torch.bfloat16 and target is not None and not target.bf16:
-        return torch.float16
-    return wanted if wanted != torch.float32 else torch.float16
+    return gpu_half_dtype(config, target is None or target.bf16)
 
 
 def make_workload(model, dtype: str = "auto", kv_dtype: str | None = None, cache_implementation: str = "dynamic",

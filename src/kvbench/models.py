@@ -92,8 +92,17 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+def gpu_half_dtype(config, bf16_supported: bool) -> torch.dtype:
+    """The config's half type where the card has it (bf16 -> fp16 on cards without bf16); float16 otherwise."""
+    wanted = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    wanted = DTYPES.get(str(wanted).removeprefix("torch."), torch.float16)
+    if wanted == torch.bfloat16 and not bf16_supported:
+        return torch.float16
+    return wanted if wanted != torch.float32 else torch.float16
+
+
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device, config=None) -> torch.dtype:
-    """"auto": float32 on the CPU; on a GPU the config's dtype where the card supports it, else float16."""
+    """"auto": float32 on the CPU; on a GPU the config's half type where the card supports it, else float16."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype != "auto":
@@ -102,11 +111,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device, config=None) -
         return DTYPES[dtype]
     if device.type == "cpu":
         return torch.float32
-    wanted = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-    wanted = DTYPES.get(str(wanted).removeprefix("torch."), torch.float16)
-    if wanted == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return wanted if wanted != torch.float32 else torch.float16
+    return gpu_half_dtype(config, torch.cuda.is_bf16_supported())
 
 
 def random_model(config, device: torch.device, dtype: torch.dtype):
