@@ -35,6 +35,13 @@ def weight_bytes_estimate(config, dtype) -> int:
     return param_count(config) * dtype_nbytes(dtype)
 
 
+def positions_per_call(prompt_len: int, new_tokens: int, use_cache: bool) -> list[int]:
+    """Positions each of generate's N forward calls processes: [P, 1, 1, ...] with the cache, [P, P+1, ...] without."""
+    if use_cache:
+        return [prompt_len] + [1] * (new_tokens - 1)
+    return [prompt_len + k for k in range(new_tokens)]
+
+
 def positions_processed_estimate(prompt_len: int, new_tokens: int, use_cache: bool) -> int:
     """Sequence positions that forward passes process per sequence during one generate.
 

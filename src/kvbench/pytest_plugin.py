@@ -256,8 +256,9 @@ def extra_info_from(record: dict) -> dict:
 
 def expected_positions(scenario: Scenario) -> list[int]:
     """Positions each forward call of generate processes: [P, 1, 1, ...] with the cache, [P, P+1, ...] without."""
-    p, n = scenario.prompt_len, scenario.new_tokens
-    return [p] + [1] * (n - 1) if scenario.use_cache else [p + k for k in range(n)]
+    from .estimate import positions_per_call
+
+    return positions_per_call(scenario.prompt_len, scenario.new_tokens, scenario.use_cache)
 
 
 def generation_problems(record: dict, scenario: Scenario, shapes=()) -> list[str]:
