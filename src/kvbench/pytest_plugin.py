@@ -14,7 +14,6 @@ the same scenario, from `kvbench.measure(..., repeats=1, warmup=0)` run after th
 from __future__ import annotations
 
 import dataclasses
-import gc
 from dataclasses import dataclass
 
 import pytest
@@ -199,7 +198,7 @@ def benchmark_generate(benchmark, loaded, scenario: Scenario, rounds: int = 5, w
     """
     import torch
 
-    from .measure import check_fits, forget_static_cache, measure
+    from .measure import check_fits, forget_static_cache, free_memory, measure
     from .models import synthetic_inputs
 
     try:
@@ -231,8 +230,7 @@ def benchmark_generate(benchmark, loaded, scenario: Scenario, rounds: int = 5, w
                            iterations=1)
     except torch.OutOfMemoryError as exc:
         held.clear()
-        gc.collect()
-        torch.cuda.empty_cache()
+        free_memory()
         pytest.skip(f"out of memory on {device}: {str(exc).splitlines()[0]}")
     if "out" in held:  # --benchmark-disable runs no teardown
         teardown()

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import gc
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
 
 from .env import environment
-from .measure import SCHEMA_VERSION, base_record, check_fits, measure
+from .measure import SCHEMA_VERSION, base_record, check_fits, free_memory, measure
 from .models import LoadedModel
 from .results import RunWriter
 from .scenario import Scenario
@@ -59,9 +57,7 @@ def run_sweep(
                 record = base_record(loaded, scenario) | environment(loaded.device)
                 record.update(status="error", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
                 record["traceback"] = traceback.format_exc(limit=-3)
-                gc.collect()
-                if loaded.device.type == "cuda":
-                    torch.cuda.empty_cache()
+                free_memory()
             writer.write(record)
             records.append(record)
             if progress:
