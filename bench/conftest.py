@@ -6,7 +6,9 @@ The fixtures and --kv-* options come from kvbench's pytest plugin (`kvbench.pyte
 import kvbench.pytest_plugin
 
 # pytest-benchmark's machine_info gets a `kvbench` block (device, GPU, driver, CUDA, torch, transformers).
-from kvbench.pytest_plugin import update_machine_info as pytest_benchmark_update_machine_info  # noqa: F401
+from kvbench.pytest_plugin import (
+    update_machine_info as pytest_benchmark_update_machine_info,  # noqa: F401
+)
 
 
 def pytest_addoption(parser, pluginmanager):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from kvbench import Scenario, measure
-from kvbench.models import synthetic_inputs
+from kvbench.measuring.models import synthetic_inputs
 from kvbench.pytest_plugin import synchronize
 
 SCENARIOS = [Scenario(64, 32, 1, use_cache=True), Scenario(64, 32, 1, use_cache=False), Scenario(256, 32, 4)]

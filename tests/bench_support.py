@@ -7,8 +7,8 @@ model built from a tiny config written by the test: nothing is downloaded and no
 from __future__ import annotations
 
 import gc
-import sys
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,10 +68,11 @@ def transformers_imported():
     """
     import torch
 
-    from kvbench.env import environment
-    from kvbench.measure import as_loaded, measure
-    from kvbench.models import config_from_dict, random_model
-    from kvbench.scenario import Scenario
+    from kvbench.inputs.configs import config_from_dict
+    from kvbench.inputs.scenario import Scenario
+    from kvbench.measuring.environment import environment
+    from kvbench.measuring.measure import as_loaded, measure
+    from kvbench.measuring.models import random_model
 
     loaded = as_loaded(random_model(config_from_dict(dict(TINY)), torch.device("cpu"), torch.float32).eval())
     for scenario in (Scenario(4, 2), Scenario(4, 2, use_cache=False), Scenario(4, 2, cache_implementation="static")):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kvbench.results import RunWriter
+from kvbench.results.store import RunWriter
 
 LAYERS, HEADS, KV_HEADS, HEAD_DIM, ELEMENT_BYTES = 4, 8, 4, 32, 4  # grouped-query: naive formula is 2x
 WEIGHT_BYTES = 13_000_000

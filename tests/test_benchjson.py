@@ -5,11 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
+from bench_support import (  # noqa: F401
+    copy_bench,
+    kv_args,
+    strict_json,
+    transformers_imported,
+    write_tiny_config,
+)
 
-from bench_support import copy_bench, kv_args, strict_json, transformers_imported, write_tiny_config  # noqa: F401
 from kvbench import Scenario, UserError, load_model, load_results, run_sweep
-from kvbench.benchjson import records_from_benchmark_json
-from kvbench.summary import speedups
+from kvbench.results.benchjson import records_from_benchmark_json
+from kvbench.results.frame import speedups
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.usefixtures("transformers_imported")

@@ -3,12 +3,12 @@
 import pandas as pd
 import pytest
 
-from kvbench import capacity
-from kvbench.calibration import calibrate, fit_quality
-from kvbench.cli import main
+from kvbench.cli.app import main
 from kvbench.errors import UserError
-from kvbench.plan import plan_capacity
-from kvbench.results import RunWriter, load_results
+from kvbench.estimate import capacity
+from kvbench.plan.calibration import calibrate, fit_quality
+from kvbench.plan.plan import plan_capacity
+from kvbench.results.store import RunWriter, load_results
 
 TRUE = dict(scale=1.7, offset=3_000_000, overhead=400_000_000, fraction=0.6, step_s=2e-4, bandwidth=2000.0)
 SCENARIOS = [(1, 16, 8), (4, 256, 8), (8, 512, 4), (1, 4, 300), (2, 8, 400), (16, 1024, 2), (2, 128, 64)]
@@ -76,9 +76,9 @@ def test_calibrated_plan_uses_the_fit():
 
 
 def test_cpu_records_cannot_calibrate(tmp_path):
-    from kvbench.measure import measure
-    from kvbench.models import load_model
-    from kvbench.scenario import Scenario
+    from kvbench.inputs.scenario import Scenario
+    from kvbench.measuring.measure import measure
+    from kvbench.measuring.models import load_model
 
     loaded = load_model("tiny", device="cpu", dtype="float32")
     record = measure(loaded, Scenario(prompt_len=8, new_tokens=3), repeats=1, warmup=0)

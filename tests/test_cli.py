@@ -2,7 +2,7 @@
 
 import pytest
 
-from kvbench.cli import main
+from kvbench.cli.app import main
 
 
 def test_run_writes_a_run_folder(tiny_config_file, tmp_path, capsys):

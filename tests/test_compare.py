@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-
-from kvbench.cli import main
-from kvbench.compare import PEAK_MEMORY_FLOOR_BYTES, compare_table, parse_threshold
-from kvbench.errors import UserError
-from kvbench.report import load_runs
 from synthetic_runs import ENV, grid, write_run
+
+from kvbench.cli.app import main
+from kvbench.errors import UserError
+from kvbench.report.compare import (
+    PEAK_MEMORY_FLOOR_BYTES,
+    compare_table,
+    parse_threshold,
+)
+from kvbench.report.report import load_runs
 
 SMALL = dict(prompts=(16, 64), news=(8,), batches=(1,))
 

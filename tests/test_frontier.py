@@ -4,12 +4,17 @@ import pandas as pd
 import pytest
 import torch
 
-from kvbench import capacity
-from kvbench.capacity import Target
-from kvbench.cli import main
+from kvbench.cli.app import main
 from kvbench.errors import UserError
-from kvbench.frontier import compare_frontier, find_frontier, frontier_table, search_longest_context
-from kvbench.results import RunWriter, load_results
+from kvbench.estimate import capacity
+from kvbench.estimate.capacity import Target
+from kvbench.plan.frontier import (
+    compare_frontier,
+    find_frontier,
+    frontier_table,
+    search_longest_context,
+)
+from kvbench.results.store import RunWriter, load_results
 
 
 class FakeProbe:
@@ -155,8 +160,8 @@ def test_frontier_refuses_without_cuda(monkeypatch, capsys):
 def test_cuda_probe_glue_runs_one_generate_on_any_device(monkeypatch):
     """The probe used on a GPU, run on the CPU with the tiny preset: one generate, a `measure` record; allocation
     failures that are not torch.OutOfMemoryError (cuBLAS near a cap) become "oom" records too."""
-    from kvbench.frontier import cuda_probe
-    from kvbench.models import load_model
+    from kvbench.measuring.models import load_model
+    from kvbench.plan.frontier import cuda_probe
 
     loaded = load_model("tiny", device="cpu", dtype="float32")
     loaded.model._previous_max_cache_length = 10_000  # a static size left by an earlier, longer probe

@@ -1,4 +1,4 @@
-"""kvbench.kvcache against the caches transformers really builds.
+"""kvbench.estimate.kvcache (and kvbench.measuring.cache_bytes) against the caches transformers really builds.
 
 Tiny random-weights models (2 layers, hidden 64) of a dozen architectures run ``generate`` for exactly N new
 tokens; the bytes their cache holds must equal the estimate from the config alone, to the byte.
@@ -12,17 +12,19 @@ import pytest
 import torch
 import transformers
 
-from kvbench.kvcache import (
+from kvbench.estimate.kvcache import (
     LayerSpec,
-    cache_from_output,
-    cache_nbytes,
-    cache_visible_nbytes,
     dtype_nbytes,
     estimate_kv_cache_bytes,
     kv_bytes_per_token,
     kv_cache_bytes_at,
     kv_layer_specs,
     naive_kv_cache_bytes,
+)
+from kvbench.measuring.cache_bytes import (
+    cache_from_output,
+    cache_nbytes,
+    cache_visible_nbytes,
 )
 
 warnings.filterwarnings("ignore")

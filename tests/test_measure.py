@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import kvbench
-from kvbench.kvcache import cache_from_output
-from kvbench.models import synthetic_inputs
+from kvbench.measuring.cache_bytes import cache_from_output
+from kvbench.measuring.models import synthetic_inputs
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
@@ -53,7 +53,8 @@ def test_one_new_token_has_no_decode_steps(tiny_loaded):
 
 def test_instruments_do_not_change_generation(tiny_loaded):
     """The hooks only observe: the same tokens come out as from a bare generate."""
-    from kvbench.instruments import Clock, record_forwards
+    from kvbench.measuring.clock import Clock
+    from kvbench.measuring.forwards import record_forwards
 
     scenario = kvbench.Scenario(9, 4, batch_size=2)
     inputs = synthetic_inputs(tiny_loaded.config, 2, 9, "cpu")

@@ -6,9 +6,9 @@ import json
 import pandas as pd
 import pytest
 
-from kvbench.cli import main
-from kvbench.gpus import gpu_table
-from kvbench.models import list_presets
+from kvbench.cli.app import main
+from kvbench.estimate.gpus import gpu_table
+from kvbench.inputs.configs import list_presets
 
 
 @pytest.mark.parametrize("model", list_presets())

@@ -10,13 +10,25 @@ import sys
 import numpy as np
 import pytest
 import torch
+from bench_support import (  # noqa: F401
+    TINY,
+    copy_bench,
+    kv_args,
+    strict_json,
+    transformers_imported,
+    write_tiny_config,
+)
 
-from bench_support import TINY, copy_bench, kv_args, strict_json, transformers_imported, write_tiny_config  # noqa: F401
 from kvbench import Scenario, measure
-from kvbench.measure import as_loaded
-from kvbench.models import config_from_dict, random_model
+from kvbench.inputs.configs import config_from_dict
+from kvbench.measuring.measure import as_loaded
+from kvbench.measuring.models import random_model
 from kvbench.pytest_plugin import (
-    BENCHMARK_OWNED, expected_positions, extra_info_from, generation_problems, pair_id,
+    BENCHMARK_OWNED,
+    expected_positions,
+    extra_info_from,
+    generation_problems,
+    pair_id,
 )
 
 pytest_plugins = ["pytester"]
@@ -139,11 +151,11 @@ def test_unknown_model_stops_the_session(pytester):
 
 
 def test_model_is_loaded_once_per_session(pytester, tiny, monkeypatch):
-    import kvbench.models
+    import kvbench.measuring.models
 
     loads = []
-    real = kvbench.models.load_model
-    monkeypatch.setattr(kvbench.models, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
+    real = kvbench.measuring.models.load_model
+    monkeypatch.setattr(kvbench.measuring.models, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
     copy_bench(pytester, "test_bench_sweep")
     pytester.makepyfile(test_same="""
         seen = []

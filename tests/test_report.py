@@ -8,11 +8,12 @@ import re
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
-
-from kvbench import load_results, plots
-from kvbench.cli import main
-from kvbench.report import environment_differences, key_numbers, load_runs
 from synthetic_runs import GPU_ENV, grid, record, write_run
+
+from kvbench import load_results
+from kvbench.cli.app import main
+from kvbench.report import plots
+from kvbench.report.report import environment_differences, key_numbers, load_runs
 
 FIGURE_NAMES = ["speedup", "decode_steps", "positions", "memory", "bandwidth"]
 MARKUP = '<script>alert("x")</script><img src="http://example.invalid/x.png">'
@@ -198,7 +199,7 @@ def test_report_of_a_real_tiny_run(tmp_path):
 
 
 def test_report_and_compare_read_pytest_benchmark_json(tmp_path):
-    pytest.importorskip("kvbench.benchjson", reason="kvbench.benchjson (pytest-benchmark JSON reader) not here")
+    pytest.importorskip("kvbench.results.benchjson", reason="kvbench.results.benchjson (pytest-benchmark JSON reader) not here")
     from synthetic_runs import write_benchmark_json
 
     base = write_benchmark_json(tmp_path / "base.json", grid(prompts=(16, 64), news=(8,), batches=(1,)))

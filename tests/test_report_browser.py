@@ -10,9 +10,9 @@ import json
 import shutil
 
 import pytest
-
-from kvbench.cli import main
 from synthetic_runs import GPU_ENV, grid, write_run
+
+from kvbench.cli.app import main
 
 FIGURES = {"speedup", "decode_steps", "positions", "memory", "bandwidth"}
 MARKUP = '<script>alert("x")</script><img src="http://example.invalid/x.png" onerror="alert(1)">'

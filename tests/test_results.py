@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import kvbench
-from kvbench.results import RunWriter, json_safe
-from kvbench.runner import run_sweep
+from kvbench.measuring.runner import run_sweep
+from kvbench.results.store import RunWriter, json_safe
 
 
 def test_json_safe():
@@ -33,7 +33,7 @@ def test_sweep_round_trips_to_dataframe(tiny_loaded, tmp_path):
 
 
 def test_a_failing_scenario_keeps_the_finished_records(tiny_loaded, tmp_path, monkeypatch):
-    import kvbench.runner as runner
+    import kvbench.measuring.runner as runner
 
     real = runner.measure
 

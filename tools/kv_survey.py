@@ -26,7 +26,12 @@ from transformers import AutoModelForCausalLM, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from kvbench.kvcache import cache_from_output, cache_nbytes, cache_visible_nbytes, estimate_kv_cache_bytes
+from kvbench.estimate.kvcache import estimate_kv_cache_bytes
+from kvbench.measuring.cache_bytes import (
+    cache_from_output,
+    cache_nbytes,
+    cache_visible_nbytes,
+)
 
 warnings.filterwarnings("ignore")
 transformers.logging.set_verbosity_error()

@@ -18,10 +18,17 @@ from dataclasses import dataclass
 
 import pytest
 
-from .cli import QUICK, choice_list, int_list
 from .errors import UserError
-from .results import json_safe
-from .scenario import CACHE_IMPLEMENTATIONS, DECODINGS, Scenario, grid
+from .inputs.scenario import (
+    CACHE_IMPLEMENTATIONS,
+    DECODINGS,
+    QUICK,
+    Scenario,
+    choice_list,
+    grid,
+    int_list,
+)
+from .results.schema import json_safe
 
 # The grids (--kv-grid); --kv-prompt-len, --kv-new-tokens, ... replace one axis of the chosen grid.
 # `quick` is `kvbench run`'s default grid: seconds on the CPU with a tiny model.
@@ -115,7 +122,7 @@ def kv_settings_from(config) -> KVSettings:
             choice_list("--kv-cache-implementation", axes["cache_implementation"], CACHE_IMPLEMENTATIONS),
             choice_list("--kv-decoding", opt("kv_decoding"), DECODINGS), num_beams=num_beams,
         )
-        from .models import resolve_device, resolve_dtype
+        from .measuring.models import resolve_device, resolve_dtype
 
         device = resolve_device(opt("kv_device"))
         if opt("kv_dtype") != "auto":
@@ -157,7 +164,7 @@ def kv_settings(pytestconfig) -> KVSettings:
 @pytest.fixture(scope="session")
 def kv_model(kv_settings):
     """The model of --kv-model on --kv-device in --kv-dtype, loaded once per session (a `kvbench.LoadedModel`)."""
-    from .models import load_model
+    from .measuring.models import load_model
 
     try:
         return load_model(kv_settings.model, device=kv_settings.device, dtype=kv_settings.dtype)
@@ -198,8 +205,8 @@ def benchmark_generate(benchmark, loaded, scenario: Scenario, rounds: int = 5, w
     """
     import torch
 
-    from .measure import check_fits, forget_static_cache, free_memory, measure
-    from .models import synthetic_inputs
+    from .measuring.measure import check_fits, forget_static_cache, free_memory, measure
+    from .measuring.models import synthetic_inputs
 
     try:
         check_fits(loaded, scenario)
@@ -254,7 +261,7 @@ def extra_info_from(record: dict) -> dict:
 
 def expected_positions(scenario: Scenario) -> list[int]:
     """Positions each forward call of generate processes: [P, 1, 1, ...] with the cache, [P, P+1, ...] without."""
-    from .estimate import positions_per_call
+    from .estimate.positions import positions_per_call
 
     return positions_per_call(scenario.prompt_len, scenario.new_tokens, scenario.use_cache)
 
@@ -294,8 +301,8 @@ def synchronize(device) -> None:
 # ---------------------------------------------------------------- machine_info
 def machine_info_from(config) -> dict:
     """The stable facts about the machine and software kvbench measures on (no clocks, memory in use, commits)."""
-    from .env import environment
-    from .models import resolve_device
+    from .measuring.environment import environment
+    from .measuring.models import resolve_device
 
     env = environment(resolve_device(kv_settings_from(config).device))
     return {key.removeprefix("env_"): env.get(key) for key in STABLE_ENV}

@@ -1,0 +1,54 @@
+"""The `kvbench` command: the Typer app, every command registered on it, and `main` (the entry point).
+
+User mistakes print one line and exit 2; bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from ..errors import UserError
+from .common import CLICK_ERRORS
+from .plan import frontier_command, plan_command
+from .presets import presets
+from .report import compare_command, report_command
+from .run import run
+
+app = typer.Typer(
+    help="Measure what the KV cache of a transformers causal LM buys (latency) and costs (memory).",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
+)
+app.command("run")(run)
+app.command("presets")(presets)
+app.command("report")(report_command)
+app.command("compare")(compare_command)
+app.command("plan")(plan_command)
+app.command("frontier")(frontier_command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user mistakes print one line and exit 2; bugs keep their traceback."""
+    command = typer.main.get_command(app)
+    try:
+        # Outside standalone mode click returns a command's typer.Exit code instead of raising it.
+        code = command.main(args=argv, prog_name="kvbench", standalone_mode=False)
+    except (UserError, *CLICK_ERRORS) as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `kvbench`: the help, not an error
+            print(exc.format_message())
+            return 0
+        message = str(exc) if isinstance(exc, UserError) else exc.format_message()
+        print(f"kvbench: error: {' '.join(message.split())}", file=sys.stderr)
+        return 2
+    except (typer.Exit, click.exceptions.Exit) as exc:
+        return exc.exit_code
+    except (typer.Abort, click.Abort):
+        print("kvbench: aborted", file=sys.stderr)
+        return 130
+    return code if isinstance(code, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""`kvbench report` and `kvbench compare`: the commands over `kvbench.report`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import pandas as pd
+import typer
+
+from ..report.compare import (
+    GATED,
+    METRICS,
+    compare_page,
+    compare_table,
+    parse_gate,
+    parse_threshold,
+    plot_compare,
+    unmatched,
+)
+from ..report.report import default_out, write_report
+from .common import console
+
+
+def report_command(
+    runs: List[Path] = typer.Argument(..., help="run folders, records.jsonl or pytest-benchmark JSON files"),
+    out: Optional[Path] = typer.Option(None, help="output folder (default: RUN/report for one run folder, "
+                                                  "<file>-report beside one file, else ./kvbench-report)"),
+):
+    """Figures and tables of one or several runs: report.html (self-contained), report.md, PNG/SVG, CSV."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out_dir = out or default_out(runs)
+    paths = write_report(runs, out_dir)
+    typer.echo(f"report: {paths['html']}")
+    typer.echo(f"markdown: {paths['markdown']} (figures in {out_dir / 'figures'}, tables in {out_dir / 'tables'})")
+
+
+def print_comparison(table: pd.DataFrame, threshold: float, env: pd.DataFrame, notes: list[str]) -> None:
+    from rich.table import Table as RichTable
+
+
+    styles = {"regression": "red", "improvement": "green"}
+    metrics = [m for m in METRICS if f"{m}_ratio" in table]
+    out = RichTable(title=f"new / base (threshold ±{threshold:.0%})")
+    for col in ["new run", "scenario", *metrics, "verdict"]:
+        out.add_column(col, justify="left" if col in ("new run", "scenario", "verdict") else "right")
+    for rec in table.to_dict("records"):
+        cells = []
+        for m in metrics:
+            ratio = rec[f"{m}_ratio"]
+            text = "-" if pd.isna(ratio) else f"{ratio:.3f}"
+            style = styles.get(rec[f"{m}_verdict"])
+            cells.append(f"[{style}]{text}[/]" if style else text)
+        verdict = rec["verdict"]
+        out.add_row(rec["new_run"], rec["scenario"], *cells,
+                    f"[{styles[verdict]}]{verdict}[/]" if verdict in styles else verdict)
+    console.print(out)
+    for note in notes:
+        console.print(f"[yellow]note[/] {note}", markup=True, highlight=False)
+    if len(env):
+        console.print("environment differs: " + "; ".join(
+            f"{r['field']}: " + " vs ".join(str(v) for v in list(r.values())[1:]) for r in env.to_dict("records")),
+            highlight=False)
+
+
+def compare_command(
+    base: Path = typer.Argument(..., help="the reference run (run folder, records.jsonl or pytest-benchmark JSON)"),
+    new: List[Path] = typer.Argument(..., help="runs to compare with it"),
+    threshold: str = typer.Option("5%", help="changes beyond this mark a regression or improvement (5% or 0.05)"),
+    out: Optional[Path] = typer.Option(None, help="also write compare.html, compare.md, figure and CSV here"),
+    gate: str = typer.Option(",".join(GATED), help="metrics whose regression fails the comparison "
+                                                   f"(comma-separated, of {', '.join(METRICS)}; 'none' for none)"),
+):
+    """Match scenarios across runs and show new / base ratios; exit 1 on a regression beyond the threshold."""
+    from ..report.report import environment_differences, load_runs
+
+    limit = parse_threshold(threshold)
+    gated = parse_gate(gate)
+    paths = [base, *new]
+    df = load_runs(paths, one_run_per_path=True)
+    names = list(pd.unique(df["run"]))
+    table = compare_table(df, names[0], names[1:], limit, gated)
+    env = environment_differences(df)
+    notes = unmatched(df, names[0], names[1:], table)
+    print_comparison(table, limit, env, notes)
+    if out:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from ..report.pages import write_page
+
+        page = compare_page(df, names[0], names[1:], table, limit, [str(p) for p in paths], gated)
+        written = write_page(page, out, "compare", {"compare": plot_compare(table, limit)})
+        typer.echo(f"comparison: {written['html']}")
+    if (table["verdict"] == "regression").any():
+        raise typer.Exit(1)

@@ -1,0 +1,286 @@
+"""The KV cache in bytes: measured on a cache object, and estimated from a model config.
+
+Two sides that must agree to the byte (tests/test_kvcache.py checks them on real caches):
+
+* measured -- ``cache_nbytes(cache)`` (in ``kvbench.measuring.cache_bytes``): the memory the cache object really holds. Every tensor reachable from it
+  (keys, values, quantized states, SSM/conv states, indexer keys, ...) is counted by its *storage*, each storage
+  once. This differs from the visible ``numel * element_size`` in one place: a sliding-window layer of a dynamic
+  cache keeps its last ``window - 1`` tokens as a *view* of the tensor that ``torch.cat`` produced at the last step,
+  so the allocator still holds ``window`` tokens (or the whole prompt right after a long prefill).
+  ``cache_visible_nbytes(cache)`` gives the visible figure.
+* estimated -- ``kv_cache_bytes_at`` / ``estimate_kv_cache_bytes``: a pure function of the config and the scenario
+  that reproduces what transformers allocates (rules below, found by experiment with transformers 4.57, 5.17, 5.24).
+
+Rules of transformers' caches (T = positions fed through the cache; generate feeds P + N - 1 of them, since the
+last sampled token is never fed back; the forward calls feed [P, 1, 1, ...] tokens):
+
+* full attention layer, dynamic cache: T tokens (``torch.cat`` each step, contiguous).
+* sliding / chunked layer (window w), dynamic cache: visible ``min(T, w - 1)`` tokens, a view of the last
+  ``torch.cat`` result, which holds ``min(T - k, w - 1) + k`` tokens where k = tokens fed by the last forward.
+  Right after a prefill of P tokens (k = P) it holds all P, however large the window is; after a decode step
+  (k = 1) it holds ``min(T, w)``. Beam search reorders the cache (``index_select``) after every step, which makes
+  compact copies: then storage = visible = ``min(T, w - 1)``.
+* static cache: ``generate`` preallocates ``max_cache_len = max_length - 1 = P + N - 1`` tokens per full layer
+  and ``min(w, max_cache_len)`` per sliding layer (w, not w - 1), whatever T is; its batch is
+  ``batch_size * num_beams``. The size sticks to the model object (5.x: ``model._previous_max_cache_length``,
+  4.x: ``model._cache``): a later, shorter call keeps the larger cache. The estimate is for a model's first
+  static call (or its largest).
+* the batch dimension of every cache tensor is ``batch_size * num_beams``.
+* scalar (0-dim) tensors -- the step counters ``cumulative_length`` of static layers, ``_sliding_window_tensor``,
+  per-tensor FP8 scales -- are bookkeeping of a few bytes, exist in some versions only, and are not counted.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading a config
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class LayerSpec(NamedTuple):
+    """What one decoder layer keeps per token and sequence: ``kind`` is "full", "sliding" (window = sliding window
+    or attention chunk) or "none" (no cache: MLP-only layers, layers reusing another layer's KV)."""
+
+    kind: str
+    kv_heads: int
+    k_head_dim: int
+    v_head_dim: int
+    window: int | None
+
+
+# Architectures whose cache is not the standard per-layer keys/values of a Cache object, or whose modeling code
+# feeds or shapes it differently from what the config says; estimating them would give a wrong number.
+UNSUPPORTED = {
+    "reformer": "keeps LSH buckets and states of its own, not a Cache",
+    "rwkv": "keeps a recurrent state per layer, not a KV cache",
+    "xlnet": "keeps memory tensors (mems), not a KV cache",
+    "xlstm": "keeps an xLSTM recurrent state, not a KV cache",
+    "minimax": "keeps lightning-attention states in a cache class of its own",
+    "cpmant": "prepends prompt tokens of its own to the cached sequence",
+    "xlm": "feeds the whole sequence at every step",
+    "hrm_text": "cycles its layers several times, each with a cache entry of its own",
+    "dory": "loops its recurrent layers, each loop writing cache layers of its own",
+    "deepseek_v4": "keeps compressed (CSA/HCA) attention states in cache layers of its own",
+}
+# Architectures that run without any cache even when asked for one.
+NO_KV_CACHE = {"openai-gpt"}
+# Multi-head latent attention (DeepSeek-V2/V3 style): from transformers 5.15 these cache the compressed latent
+# (kv_lora_rank wide, as "keys") and the shared rotary key (qk_rope_head_dim, as "values"), one head; before,
+# the decompressed per-head keys (qk_nope + qk_rope) and values (v_head_dim).
+MLA_LATENT_CACHE = {"deepseek_v2", "deepseek_v3", "minicpm3", "longcat_flash", "glm4_moe_lite", "youtu",
+                    "kimi_linear", "sarvam_mla", "bailing_hybrid", "axk1", "mistral4", "mistral_large4"}
+# Config fields of SSM / linear-attention / convolution state. A config with one of them and no explicit
+# `layer_types` (Jamba, Mamba, Nemotron-H, RecurrentGemma in 4.x) cannot be told apart layer by layer, and the
+# hybrid cache classes of transformers 4.x (LFM2, ...) allocate such state for every layer.
+STATE_FIELDS = ("state_size", "ssm_state_size", "mamba_d_state", "linear_conv_kernel_dim", "conv_L_cache",
+                "block_types", "layers_block_type")
+_LEGACY_LAYER_TYPES = {"attention": "full_attention", "mamba": "linear_attention",
+                       "deepseek_sparse_attention": "indexed_attention", "qwen_sparse_attention": "indexed_attention"}
+
+
+def _transformers_version() -> tuple[int, int]:
+    import transformers
+
+    major, minor = transformers.__version__.split(".")[:2]
+    return int(major), int(minor)
+
+
+def _text_config(config: Any) -> Any:
+    get = getattr(config, "get_text_config", None)
+    return get(decoder=True) if get is not None else config
+
+
+def _per_layer_configs(cfg: Any, n_layers: int) -> list[Any]:
+    """One config per layer: heterogeneous configs (transformers >= 5.2x, e.g. Gemma-4) override attributes such as
+    head_dim or num_key_value_heads layer by layer; a plain config serves every layer."""
+    if getattr(cfg, "is_heterogeneous", False):
+        return list(cfg.per_layer_config)
+    return [cfg] * n_layers
+
+
+def _layer_types(cfg: Any, layer_cfgs: list[Any]) -> list[str]:
+    """The cache layer type of every layer, as transformers' Dynamic/StaticCache derive it from the config."""
+    types = getattr(cfg, "layer_types", None)
+    if types is None:  # no explicit pattern: a layer slides if its config has a window
+        types = ["sliding_attention" if getattr(c, "sliding_window", None) is not None else
+                 "chunked_attention" if getattr(c, "attention_chunk_size", None) is not None else
+                 "full_attention" for c in layer_cfgs]
+    types = [_LEGACY_LAYER_TYPES.get(t, t) for t in types]
+    types = ["none" if t in ("moe", "mlp", "dummy") else t for t in types]
+    # Layers that reuse the KV of an earlier layer keep none of their own (Gemma-3n, Gemma-4)
+    modes = getattr(cfg, "kv_sharing_modes", None)
+    if modes is not None:
+        types = ["none" if mode == "reuse" else t for t, mode in zip(types, modes)]
+    elif getattr(cfg, "num_kv_shared_layers", 0):
+        shared = cfg.num_kv_shared_layers
+        types = types[: len(types) - shared] + ["none"] * shared
+    return list(types)
+
+
+def _kv_heads(cfg: Any, model_type: str) -> int:
+    heads = cfg.num_attention_heads
+    if model_type == "falcon":  # old architecture: multi-query (1) or multi-head; the new one (Falcon-40B/180B)
+        # broadcasts its num_kv_heads groups to every head *before* caching, so its cache holds all heads
+        return 1 if cfg.multi_query and not cfg.new_decoder_architecture else heads
+    if getattr(cfg, "multi_query", False):  # GPT-BigCode
+        return 1
+    return getattr(cfg, "num_key_value_heads", None) or heads
+
+
+def kv_layer_specs(config: Any) -> list[LayerSpec]:
+    """One ``LayerSpec`` per decoder layer, read from a transformers config (no model needed).
+
+    Raises NotImplementedError, naming the architecture or layer type, where the cache holds something this
+    module does not model (SSM / linear-attention states, sparse-attention indexers, custom cache classes)."""
+    cfg = _text_config(config)
+    model_type = getattr(cfg, "model_type", "") or getattr(config, "model_type", "")
+    for name in (model_type, getattr(config, "model_type", "")):
+        if name in UNSUPPORTED:
+            raise NotImplementedError(f"KV cache of '{name}' is not estimated: it {UNSUPPORTED[name]}")
+    if getattr(cfg, "layer_types", None) is None or _transformers_version() < (5, 0):
+        for field in STATE_FIELDS:
+            if getattr(cfg, field, None) is not None:
+                raise NotImplementedError(f"KV cache of '{model_type}' is not estimated: its config has '{field}', "
+                                          "the mark of SSM / linear-attention state this estimator does not model")
+    n_layers = cfg.num_hidden_layers
+    if model_type in NO_KV_CACHE:
+        return [LayerSpec("none", 0, 0, 0, None)] * n_layers
+
+    layer_cfgs = _per_layer_configs(cfg, n_layers)
+    specs = []
+    for i, layer_type in enumerate(_layer_types(cfg, layer_cfgs)):
+        lc = layer_cfgs[i]
+        if layer_type == "none":
+            specs.append(LayerSpec("none", 0, 0, 0, None))
+            continue
+        if layer_type == "full_attention":
+            kind, window = "full", None
+        elif layer_type == "sliding_attention":
+            kind, window = "sliding", lc.sliding_window
+        elif layer_type == "chunked_attention":
+            kind, window = "sliding", getattr(lc, "attention_chunk_size", None) or lc.sliding_window
+        else:
+            raise NotImplementedError(
+                f"KV cache of '{model_type}' is not estimated: layer {i} is '{layer_type}', whose cached state "
+                "(SSM / linear attention / sparse indexer) this estimator does not model"
+            )
+        if kind == "sliding" and not window:
+            raise ValueError(f"layer {i} of '{model_type}' is '{layer_type}' but its config has no window size")
+
+        if getattr(lc, "kv_lora_rank", None):  # multi-head latent attention
+            if model_type not in MLA_LATENT_CACHE:
+                raise NotImplementedError(f"latent attention of '{model_type}' is not estimated")
+            if _transformers_version() >= (5, 15):
+                specs.append(LayerSpec(kind, 1, lc.kv_lora_rank, lc.qk_rope_head_dim, window))
+            else:
+                k_dim = lc.qk_nope_head_dim + lc.qk_rope_head_dim
+                specs.append(LayerSpec(kind, lc.num_attention_heads, k_dim, lc.v_head_dim, window))
+            continue
+
+        kv_heads = _kv_heads(lc, model_type)
+        if model_type == "mimo_v2_flash" and kind == "sliding":  # its sliding layers have twice the KV heads
+            kv_heads *= 2
+        k_dim = getattr(lc, "head_dim", None) or lc.hidden_size // lc.num_attention_heads
+        v_dim = getattr(lc, "v_head_dim", None) or k_dim
+        specs.append(LayerSpec(kind, kv_heads, k_dim, v_dim, window))
+    return specs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Estimating bytes
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def dtype_nbytes(dtype: torch.dtype | str) -> int:
+    """Bytes per element of a torch dtype or its name ("float16", "bfloat16", "torch.float32", "fp16", "bf16")."""
+    if isinstance(dtype, str):
+        name = dtype.removeprefix("torch.")
+        name = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32",
+                "fp64": "float64", "double": "float64"}.get(name, name)
+        dtype = getattr(torch, name, None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"unknown dtype {name!r}")  # noqa: TRY004 - a bad name, not a bad type
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _layer_tokens(spec: LayerSpec, seq_len: int, last_step_tokens: int, reordered: bool,
+                  max_cache_len: int | None) -> int:
+    """Tokens of storage one layer holds per sequence (see the module docstring for the rules)."""
+    if spec.kind == "none":
+        return 0
+    if max_cache_len is not None:  # static cache: preallocated, independent of seq_len
+        return max_cache_len if spec.kind == "full" else min(spec.window, max_cache_len)
+    if spec.kind == "full" or seq_len == 0:
+        return seq_len
+    keep = spec.window - 1  # a dynamic sliding layer keeps the last window - 1 tokens ...
+    if reordered:  # ... as compact copies after a beam-search reorder
+        return min(seq_len, keep)
+    return min(seq_len - last_step_tokens, keep) + last_step_tokens  # ... else as a view of the last cat
+
+
+def kv_cache_bytes_at(config: Any, *, batch_size: int, seq_len: int, dtype: torch.dtype | str, num_beams: int = 1,
+                      cache_implementation: str | None = "dynamic", max_cache_len: int | None = None,
+                      last_step_tokens: int = 1) -> int:
+    """Bytes the cache holds once ``seq_len`` positions have been fed through it.
+
+    ``last_step_tokens`` is how many of them the latest forward fed: 1 while decoding, ``seq_len`` right after the
+    prefill (a dynamic sliding layer then still holds the whole prompt, not just its window). For a static cache
+    ``max_cache_len`` is its preallocated length (default: ``seq_len``). ``num_beams`` multiplies the batch, and
+    beam search compacts sliding layers at every step."""
+    if seq_len < 0 or batch_size < 1 or num_beams < 1:
+        raise ValueError("seq_len must be >= 0, batch_size and num_beams >= 1")
+    if cache_implementation in (None, "dynamic"):
+        max_cache_len = None
+        last_step_tokens = max(1, min(last_step_tokens, seq_len))
+    elif cache_implementation == "static":
+        max_cache_len = seq_len if max_cache_len is None else max_cache_len
+        if max_cache_len < seq_len:
+            raise ValueError(f"a static cache of {max_cache_len} tokens cannot hold {seq_len}")
+    else:
+        raise ValueError(f"cache_implementation {cache_implementation!r} is not estimated (dynamic or static)")
+    if num_beams > 1 and _transformers_version() < (5, 0) and getattr(_text_config(config), "num_kv_shared_layers", 0):
+        raise NotImplementedError("beam search with KV-shared layers (Gemma-3n) in transformers 4.x: its cache keeps "
+                                  "copies of the shared states that beam reordering leaves behind")
+    sequences = batch_size * num_beams
+    total = 0
+    for spec in kv_layer_specs(config):
+        tokens = _layer_tokens(spec, seq_len, last_step_tokens, num_beams > 1, max_cache_len)
+        total += sequences * spec.kv_heads * (spec.k_head_dim + spec.v_head_dim) * tokens
+    return total * dtype_nbytes(dtype)
+
+
+def estimate_kv_cache_bytes(config: Any, *, batch_size: int, prompt_len: int, new_tokens: int,
+                            dtype: torch.dtype | str, num_beams: int = 1,
+                            cache_implementation: str | None = "dynamic") -> int:
+    """Bytes of the cache that ``model.generate`` returns after ``new_tokens`` tokens from a
+    ``batch_size x prompt_len`` prompt (min_new_tokens = max_new_tokens = new_tokens, use_cache=True): it has seen
+    ``prompt_len + new_tokens - 1`` positions, the last of them fed alone (or the whole prompt when
+    new_tokens == 1); a static cache is sized ``prompt_len + new_tokens - 1``."""
+    if prompt_len < 1 or new_tokens < 1:
+        raise ValueError("prompt_len and new_tokens must be >= 1")
+    seq_len = prompt_len + new_tokens - 1
+    return kv_cache_bytes_at(config, batch_size=batch_size, seq_len=seq_len, dtype=dtype, num_beams=num_beams,
+                             cache_implementation=cache_implementation, max_cache_len=seq_len,
+                             last_step_tokens=prompt_len if new_tokens == 1 else 1)
+
+
+def kv_bytes_per_token(config: Any, dtype: torch.dtype | str, *, count_sliding: bool = False) -> int:
+    """Bytes one more token adds to the cache of one sequence in the long-context steady state: the full-attention
+    layers only, as sliding windows have stopped growing. ``count_sliding=True`` adds the sliding layers, i.e. the
+    rate while their windows are still filling (the classic "KV bytes per token" of a model)."""
+    kinds = ("full", "sliding") if count_sliding else ("full",)
+    per_token = sum(s.kv_heads * (s.k_head_dim + s.v_head_dim) for s in kv_layer_specs(config) if s.kind in kinds)
+    return per_token * dtype_nbytes(dtype)
+
+
+def naive_kv_cache_bytes(config: Any, *, batch_size: int, seq_len: int, dtype: torch.dtype | str) -> int:
+    """The textbook formula of the original study, 2 x layers x heads x (hidden / heads) x tokens x batch x bytes:
+    deliberately blind to grouped-query attention, sliding windows and head_dim overrides."""
+    cfg = _text_config(config)
+    heads = cfg.num_attention_heads
+    per_token = 2 * cfg.num_hidden_layers * heads * (cfg.hidden_size // heads)
+    return per_token * seq_len * batch_size * dtype_nbytes(dtype)

@@ -1,0 +1,197 @@
+"""measure(model, scenario) -> one flat, JSON-safe record: measurements beside their analytic estimates."""
+
+from __future__ import annotations
+
+import gc
+import statistics
+
+import torch
+
+from ..errors import UserError
+from ..estimate.kvcache import estimate_kv_cache_bytes, naive_kv_cache_bytes
+from ..estimate.positions import positions_processed_estimate
+from ..estimate.roofline import decode_bytes_per_step, roofline
+from ..estimate.weights import weight_bytes_estimate
+from ..inputs.scenario import Scenario
+from ..results.schema import SCHEMA_VERSION
+from .cache_bytes import cache_from_output, cache_nbytes
+from .clock import Clock
+from .environment import environment
+from .forwards import record_forwards
+from .memory import memory_probe
+from .models import LoadedModel, synthetic_inputs
+from .nvml import nvml_handle
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Out-of-memory as torch raises it, and the allocation failures cuBLAS/cuDNN report near a memory cap."""
+    text = str(exc)
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text.lower() or "ALLOC_FAILED" in text
+
+
+def free_memory() -> None:
+    """Drop what a failed or finished call left behind, so the next one starts from the same level."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def forget_static_cache(model) -> None:
+    """Let the next static-cache generate size its cache for its own scenario.
+
+    transformers keeps the longest static cache length seen so far on the model (`_previous_max_cache_length` in
+    5.x, the cache itself as `_cache` in 4.x): a short scenario after a long one would get the long one's cache.
+    """
+    for name in ("_previous_max_cache_length", "_cache"):
+        model.__dict__.pop(name, None)
+
+
+def as_loaded(model) -> LoadedModel:
+    """Accept a LoadedModel or a bare transformers model."""
+    if isinstance(model, LoadedModel):
+        return model
+    param = next(model.parameters())
+    return LoadedModel(
+        name=getattr(model.config, "_name_or_path", "") or type(model).__name__, model=model,
+        config=model.config, device=param.device, dtype=param.dtype, source="in-memory model",
+    )
+
+
+def check_fits(loaded: LoadedModel, scenario: Scenario) -> None:
+    if loaded.context_len and scenario.total_len > loaded.context_len:
+        raise UserError(
+            f"prompt_len + new_tokens = {scenario.total_len} exceeds {loaded.name}'s context of "
+            f"{loaded.context_len} tokens"
+        )
+
+
+def generate_once(loaded: LoadedModel, scenario: Scenario, inputs: dict, clock: Clock, nvml=None) -> dict:
+    """One timed generate: total, per-forward marks, positions, cache bytes and peak memory."""
+    torch.manual_seed(scenario.seed)  # sampling draws the same tokens every repeat
+    with memory_probe(loaded.device, nvml) as memory, record_forwards(loaded.model, clock) as forwards:
+        start = clock.mark()
+        out = loaded.model.generate(**inputs, **scenario.generate_kwargs())
+        end = clock.mark()
+        seconds = clock.intervals([start, *forwards.marks, end])
+    generated = out.sequences.shape[1] - scenario.prompt_len
+    cache_bytes = cache_nbytes(cache_from_output(out)) if scenario.use_cache else 0
+    del out
+    # seconds: start->call1, call1->call2, ..., callN->end. The first token exists when call 2 starts.
+    return {
+        "total_s": sum(seconds),
+        "ttft_s": sum(seconds[:2]) if len(seconds) > 2 else sum(seconds),
+        "decode_steps_s": seconds[2:],
+        "positions": forwards.positions,
+        "generated_tokens": generated,
+        "kv_cache_bytes": cache_bytes,
+        **memory,
+    }
+
+
+def base_record(loaded: LoadedModel, scenario: Scenario) -> dict:
+    """Who, what, where and the analytic estimates: everything known before generate runs."""
+    config, dtype = loaded.config, loaded.dtype
+    seq_len = scenario.total_len - 1  # the last sampled token is never fed back
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "model": loaded.name,
+        "model_source": loaded.source,
+        "model_type": getattr(config, "model_type", None),
+        "device": str(loaded.device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "scenario_id": scenario.id,
+        **scenario.as_dict(),
+        "status": "ok",
+        "error": None,
+        "weight_bytes_estimate": weight_bytes_estimate(config, dtype),
+        "positions_processed_estimate": positions_processed_estimate(
+            scenario.prompt_len, scenario.new_tokens, scenario.use_cache
+        ),
+        "kv_cache_bytes_estimate": 0,
+        "kv_cache_bytes_naive": 0,
+    }
+    if scenario.use_cache:
+        try:
+            record["kv_cache_bytes_estimate"] = kv_estimate(config, scenario, dtype)
+        except NotImplementedError as exc:  # an architecture whose cache kvbench cannot predict exactly
+            record.update(kv_cache_bytes_estimate=None, kv_cache_estimate_error=str(exc))
+        sequences = scenario.batch_size * scenario.num_beams
+        record["kv_cache_bytes_naive"] = naive_kv_cache_bytes(config, batch_size=sequences, seq_len=seq_len, dtype=dtype)
+    return record
+
+
+def kv_estimate(config, scenario: Scenario, dtype) -> int:
+    return estimate_kv_cache_bytes(
+        config, batch_size=scenario.batch_size, prompt_len=scenario.prompt_len, new_tokens=scenario.new_tokens,
+        dtype=dtype, num_beams=scenario.num_beams, cache_implementation=scenario.cache_implementation,
+    )
+
+
+def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1) -> dict:
+    """Measure one scenario: medians of `repeats` timed generates after `warmup` untimed ones.
+
+    Out of memory on a GPU gives a record with status "oom" (and frees what it can); other errors raise.
+    Each call sizes a static cache for its own scenario (see `forget_static_cache`).
+    """
+    if repeats < 1 or warmup < 0:
+        raise UserError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    loaded = as_loaded(model)
+    check_fits(loaded, scenario)
+    record = base_record(loaded, scenario)
+    record.update(environment(loaded.device))
+    clock, nvml = Clock(loaded.device), nvml_handle(loaded.device)
+    inputs = synthetic_inputs(loaded.config, scenario.batch_size, scenario.prompt_len, loaded.device, scenario.seed)
+    forget_static_cache(loaded.model)
+    try:
+        with torch.inference_mode():
+            for _ in range(warmup):
+                generate_once(loaded, scenario, inputs, clock, nvml)
+            runs = [generate_once(loaded, scenario, inputs, clock, nvml) for _ in range(repeats)]
+    except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError too
+        if not is_oom(exc):
+            raise
+        record.update(status="oom", error=str(exc).splitlines()[0])
+        return record
+    finally:
+        free_memory()
+    record.update(summarize(runs))
+    record["tokens_per_s"] = record["generated_tokens"] * scenario.batch_size / record["total_s"]
+    weight_bytes = loaded.weight_bytes
+    per_step = decode_bytes_per_step(loaded.config, scenario, loaded.dtype, weight_bytes)
+    record.update(
+        weight_bytes=weight_bytes,
+        decode_bytes_per_step_estimate=per_step,
+        **roofline(per_step, record.get("env_gpu_bandwidth_gbps"), record["decode_step_s"]),
+    )
+    return record
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Medians over repeats (raw repeats kept), the per-step latencies of the median repeat, and memory peaks."""
+    totals = [r["total_s"] for r in runs]
+    step_medians = [statistics.median(r["decode_steps_s"]) if r["decode_steps_s"] else None for r in runs]
+    median_run = runs[sorted(range(len(runs)), key=totals.__getitem__)[len(runs) // 2]]
+    last = runs[-1]
+    positions = last["positions"]
+    out = {
+        "repeats": len(runs),
+        "total_s": statistics.median(totals),
+        "total_s_repeats": totals,
+        "ttft_s": statistics.median(r["ttft_s"] for r in runs),
+        "ttft_s_repeats": [r["ttft_s"] for r in runs],
+        "decode_step_s": statistics.median(step_medians) if step_medians[0] is not None else None,
+        "decode_step_s_repeats": step_medians,
+        "decode_steps_s": median_run["decode_steps_s"],
+        "forward_calls": len(positions),
+        "positions_per_call": positions,
+        "positions_processed": sum(positions),
+        "generated_tokens": last["generated_tokens"],
+        "kv_cache_bytes": last["kv_cache_bytes"],
+    }
+    memory_keys = [k for k in last if k.endswith("_bytes") and k not in out]
+    for key in memory_keys:  # peaks: the largest over repeats; levels before: the last repeat's
+        values = [r[key] for r in runs if r.get(key) is not None]
+        out[key] = (max(values) if "peak" in key or "delta" in key else values[-1]) if values else None
+    out["peak_memory_source"] = last["peak_memory_source"]
+    return out

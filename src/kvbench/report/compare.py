@@ -1,0 +1,238 @@
+"""`kvbench compare BASE NEW... [--threshold 5%]`: the same scenarios across runs, as ratios new / base.
+
+Scenarios match on prompt length, new tokens, batch size, cache on/off, decoding and beams, and on model, device,
+dtype and cache implementation unless those are what tells the runs apart (one value per run, different between
+runs: two dtypes, two cache implementations). Latency and memory beyond the threshold are marked; a regression
+in a gated metric makes the command exit 1, so it can gate CI.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from ..errors import UserError
+from ..results.frame import ok_rows
+
+KEYS = ["prompt_len", "new_tokens", "batch_size", "use_cache", "decoding", "num_beams"]
+RUN_LEVEL = ["model", "device", "dtype", "cache_implementation"]  # matched on unless they tell the runs apart
+METRICS = ["total_s", "ttft_s", "decode_step_s", "kv_cache_bytes", "peak_memory_delta_bytes"]  # lower is better
+GATED = ("total_s", "kv_cache_bytes", "peak_memory_delta_bytes")  # a regression in these fails the comparison
+# Peak memory above baseline moves by a few pages between identical runs (RSS on CPU, allocator rounding):
+# a change smaller than this is never a regression or an improvement.
+PEAK_MEMORY_FLOOR_BYTES = 1 << 20
+
+
+def parse_threshold(text: str) -> float:
+    """ "5%" or "0.05" -> 0.05."""
+    raw = str(text).strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise UserError(f"--threshold: {text!r} is not a percentage like 5% or a fraction like 0.05") from None
+    if not raw.endswith("%") and value >= 1:
+        raise UserError(f"--threshold: {text!r} reads as {value:.0%}; write {raw}% for {raw} percent")
+    if not 0 <= value < 10:
+        raise UserError(f"--threshold: {text!r} must be between 0% and 1000%")
+    return value
+
+
+def parse_gate(text: str) -> tuple[str, ...]:
+    if text.strip() == "none":
+        return ()
+    metrics = tuple(m.strip() for m in text.split(","))
+    for metric in metrics:
+        if metric not in METRICS:
+            raise UserError(f"--gate: {metric!r} is not one of {', '.join(METRICS)}")
+    return metrics
+
+
+def run_level_fields(df: pd.DataFrame) -> dict[str, dict[str, str]]:
+    """Fields with one value in each run that differ between runs: {field: {run: value}}."""
+    out = {}
+    for field in RUN_LEVEL:
+        if field not in df:
+            continue
+        rows = df[df["use_cache"].astype(bool)] if field == "cache_implementation" and "use_cache" in df else df
+        per_run = rows.groupby(rows["run"].astype(str), sort=False)[field].agg(lambda s: list(pd.unique(s.dropna())))
+        if per_run.map(len).eq(1).all() and per_run.map(lambda v: str(v[0])).nunique() > 1:
+            out[field] = {run: str(v[0]) for run, v in per_run.items()}
+    return out
+
+
+def match_keys(ok: pd.DataFrame) -> list[str]:
+    """The columns scenarios are matched on: KEYS, and the run-level fields that do not tell the runs apart."""
+    compared = run_level_fields(ok)
+    return [k for k in KEYS + RUN_LEVEL if k in ok and k not in compared]
+
+
+def scenario_label(rows: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """A readable name from the match keys, like a scenario id: P16-N32-B1-cache-dynamic-greedy[-float16]."""
+    cached = rows["use_cache"].astype(bool)
+    cache = pd.Series("nocache", index=rows.index).where(~cached, "cache")
+    if "cache_implementation" in keys:
+        cache = cache.where(~cached, "cache-" + rows["cache_implementation"].astype(str))
+    decoding = rows["decoding"].astype(str) if "decoding" in keys else pd.Series("", index=rows.index)
+    if "num_beams" in keys:
+        beams = rows["num_beams"].fillna(1).astype(int)
+        decoding = decoding.where(beams <= 1, "beam" + beams.astype(str))
+    label = ("P" + rows["prompt_len"].astype(str) + "-N" + rows["new_tokens"].astype(str) + "-B"
+             + rows["batch_size"].astype(str) + "-" + cache + ("-" + decoding if "decoding" in keys else ""))
+    for key in ["dtype", "device", "model"]:
+        if key in keys and rows[key].nunique() > 1:
+            label = label + "-" + rows[key].astype(str)
+    return label
+
+
+def compare_table(df: pd.DataFrame, base: str, news: list[str], threshold: float = 0.05,
+                  gated=GATED) -> pd.DataFrame:
+    """One row per scenario of each NEW run matched in BASE: each metric's base, new, ratio and verdict, and the
+    scenario's verdict (regression if any gated metric regressed, else improvement if any improved)."""
+    ok = ok_rows(df)
+    missing = [k for k in KEYS[:4] if k not in ok]
+    if missing:
+        raise UserError(f"cannot match scenarios: the records have no {', '.join(missing)}")
+    ok = ok.assign(use_cache=ok["use_cache"].astype(bool))
+    keys = match_keys(ok)
+    metrics = [m for m in METRICS if m in ok and ok[m].notna().any()]
+    base_rows = ok[ok["run"].astype(str) == base]
+    frames = []
+    for new in news:
+        new_rows = ok[ok["run"].astype(str) == new]
+        cols = keys + metrics
+        merged = base_rows[cols].merge(new_rows[cols], on=keys, suffixes=("_base", "_new"))
+        if merged.empty:
+            continue
+        merged.insert(0, "scenario", scenario_label(merged, keys))
+        merged.insert(0, "new_run", new)
+        merged.insert(0, "base_run", base)
+        verdicts = pd.Series("within", index=merged.index)
+        for metric in metrics:
+            b, n = merged[f"{metric}_base"], merged[f"{metric}_new"]
+            ratio = (n / b).where((b > 0) & n.notna())
+            merged[f"{metric}_ratio"] = ratio
+            verdict = pd.Series("", index=merged.index).where(ratio.isna(), "within")
+            verdict[ratio > 1 + threshold] = "regression"
+            verdict[ratio < 1 - threshold] = "improvement"
+            if metric == "peak_memory_delta_bytes":
+                verdict[ratio.notna() & ((n - b).abs() < PEAK_MEMORY_FLOOR_BYTES)] = "within"
+            merged[f"{metric}_verdict"] = verdict
+            if metric in gated:
+                verdicts[(verdict == "improvement") & (verdicts == "within")] = "improvement"
+                verdicts[verdict == "regression"] = "regression"
+        merged["verdict"] = verdicts
+        frames.append(merged)
+    if not frames:
+        raise UserError(f"no scenario of {', '.join(news)} matches one of {base} (matched on {', '.join(keys)})")
+    table = pd.concat(frames, ignore_index=True)
+    order = ["base_run", "new_run", "scenario", *[k for k in keys if k not in KEYS]]
+    for metric in metrics:
+        order += [f"{metric}_base", f"{metric}_new", f"{metric}_ratio", f"{metric}_verdict"]
+    return table[order + ["verdict"]]
+
+
+def unmatched(df: pd.DataFrame, base: str, news: list[str], table: pd.DataFrame) -> list[str]:
+    """Lines naming the scenarios that did not run, and those of one run without a counterpart in the other."""
+    lines = []
+    if "status" in df:
+        for rec in df[df["status"].fillna("ok") != "ok"].to_dict("records"):
+            lines.append(f"{rec['run']}: {rec.get('scenario_id') or '?'} did not run ({rec['status']})")
+    ok = ok_rows(df).assign(use_cache=lambda d: d["use_cache"].astype(bool))
+    keys = match_keys(ok)
+
+    def labels(run):
+        rows = ok[ok["run"].astype(str) == run]
+        return set(scenario_label(rows, keys)) if len(rows) else set()
+
+    for new in news:
+        matched = set(table.loc[table["new_run"] == new, "scenario"])
+        for run, other in ((base, new), (new, base)):
+            extra = sorted(labels(run) - matched)
+            if extra:
+                lines.append(f"{run}: no counterpart in {other} for {', '.join(extra)}")
+    return lines
+
+
+# ------------------------------------------------------------------ figure
+def ratio_axis(ax, ratio: pd.Series, threshold: float) -> None:
+    """A logarithmic axis of ratios (halving and doubling equally far from 1), ticks at powers of two and
+    at the threshold band's edges."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    positive = ratio[ratio > 0]
+    lo = min([1 - threshold, *positive]) / 1.15 if threshold < 1 else min([0.5, *positive]) / 1.15
+    hi = max([1 + threshold, *positive]) * 1.15
+    ax.set_xscale("log", base=2)
+    ax.set_xlim(lo, hi)
+    powers = [k for k in range(-30, 31) if lo <= 2.0 ** k <= hi]
+    step = max(1, math.ceil(len(powers) / 5))  # at most about five ticks, 1x among them
+    ticks = [2.0 ** k for k in powers if k % step == 0]
+    if len(ticks) < 3:
+        ticks = sorted({*ticks, *(t for t in (1 - threshold, 1 + threshold) if lo <= t <= hi)})
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}x"))
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
+def plot_compare(table: pd.DataFrame, threshold: float = 0.05):
+    """Ratios new / base side by side: a panel per metric, a bar per scenario (and new run), coloured by
+    verdict, the threshold band shaded; left of 1 is faster or smaller."""
+    from matplotlib.patches import Patch
+
+    from .figstyle import facets, legend, style
+
+    metrics = [m for m in METRICS if f"{m}_ratio" in table and table[f"{m}_ratio"].notna().any()]
+    several = table["new_run"].nunique() > 1
+    labels = table["scenario"] + ((" · " + table["new_run"].astype(str)) if several else "")
+    colors = {"regression": "#c0392b", "improvement": "#2e8b57", "within": "#8c8c8c", "": "#8c8c8c"}
+    y = range(len(table))[::-1]
+    with style():
+        fig, axes = facets(len(metrics), ncols=len(metrics), panel=(2.6, 0.8 + 0.24 * len(table)), sharey=False)
+        for ax, metric in zip(axes, metrics):
+            ratio = table[f"{metric}_ratio"]
+            ax.axvspan(1 - threshold, 1 + threshold, color="0.9", zorder=0)
+            ax.barh(list(y), (ratio.where(ratio > 0) - 1).fillna(0), left=1, height=0.7,
+                    color=[colors[v] for v in table[f"{metric}_verdict"]], zorder=2)
+            ax.axvline(1, color="0.3", lw=0.8)
+            ax.set_yticks(list(y), labels if ax is axes[0] else [""] * len(table))
+            ratio_axis(ax, ratio, threshold)
+            ax.set(title=metric, xlabel="new / base")
+            ax.grid(axis="y", visible=False)
+        legend(fig, [("verdict", [(k if k != "within" else "within threshold", Patch(color=c))
+                                  for k, c in colors.items() if k]),
+                     ("", [(f"±{threshold:.0%} band", Patch(color="0.9"))])])
+        fig.suptitle("New run over base, per scenario (lower is better)")
+    return fig
+
+
+# ------------------------------------------------------------------ command
+def compare_page(df: pd.DataFrame, base: str, news: list[str], table: pd.DataFrame, threshold: float,
+                 sources: list[str], gated=GATED):
+    from .pages import Page, Section, Table
+    from .report import environment_differences
+
+    regressions, improvements = (table["verdict"] == "regression").sum(), (table["verdict"] == "improvement").sum()
+    gates = ", ".join(m for m in gated if f"{m}_ratio" in table) or "nothing"
+    compared = run_level_fields(ok_rows(df))
+    summary = Section("Verdict", "verdict", text=[
+        f"{regressions} regression(s) and {improvements} improvement(s) beyond ±{threshold:.0%} in "
+        f"{len(table)} matched scenario(s); gated on {gates} (lower is better; peak memory changes under "
+        f"{PEAK_MEMORY_FLOOR_BYTES >> 20} MiB are ignored).",
+        "Matched across: " + (", ".join(f"{f} ({' vs '.join(v.values())})" for f, v in compared.items())
+                              if compared else "nothing (same model, device, dtype and cache implementation)") + ".",
+    ], notes=unmatched(df, base, news, table), figure="compare", tables=[
+        Table("Ratios new / base per scenario", table, name="compare", collapsed=False)])
+    if regressions:
+        summary.warning_title = "these scenarios regressed:"
+        summary.warnings = [f"{r['new_run']}: {r['scenario']}" for r in table[table["verdict"] == "regression"]
+                            .to_dict("records")]
+    env = environment_differences(df)
+    env_section = Section("Environment differences", "environment", text=[
+        "Fields whose values differ between the runs." if len(env) else "No environment field differs."],
+        tables=[Table("Differing fields", env, name="environment_differences", collapsed=False, text=True)]
+        if len(env) else [])
+    page = Page(f"kvbench compare: {base} vs {', '.join(news)}",
+                [f"Base: {base}. New: {', '.join(news)}.", f"Read from: {', '.join(sources)}."],
+                [summary, env_section])
+    return page

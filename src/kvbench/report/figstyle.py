@@ -1,0 +1,148 @@
+"""The drawing kit the figures share: rc settings for stable bytes, panels, legends, axes of bytes and counts.
+
+Figures are plain `matplotlib.figure.Figure` objects (no pyplot state), drawn under `style()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import (
+    FuncFormatter,
+    LogLocator,
+    MaxNLocator,
+    NullFormatter,
+    NullLocator,
+)
+
+from ..units import fmt_bytes
+
+# Stable bytes for the same input (SVG ids salted by a constant, text as paths), and text from data never
+# read as mathtext (a "$" in a model name or path is just a character).
+RC = {
+    "svg.hashsalt": "kvbench",
+    "svg.fonttype": "path",
+    "text.parse_math": False,
+    "font.size": 9,
+    "axes.titlesize": 9,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "legend.title_fontsize": 8,
+    "figure.dpi": 100,
+    "savefig.dpi": 110,
+}
+
+@contextlib.contextmanager
+def style():
+    """The rc settings and seaborn style the figures are drawn and saved under."""
+    import seaborn as sns
+
+    with matplotlib.rc_context(RC), sns.axes_style("whitegrid"):
+        yield
+
+
+def facets(n: int, ncols: int = 3, panel=(3.6, 2.9), sharey=True, sharex=False, nrows: int | None = None):
+    """A constrained-layout Figure with `n` panels (row-major); unused panels removed."""
+    ncols = max(1, min(ncols, n))
+    nrows = nrows or -(-n // ncols)
+    fig = Figure(figsize=(max(6.4, panel[0] * ncols + 1.8), panel[1] * nrows + 0.6), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=sharey, sharex=sharex).ravel()
+    for ax in axes[n:]:
+        ax.remove()
+    return fig, list(axes[:n])
+
+
+def log2_ticks(ax, values) -> None:
+    """A base-2 logarithmic x axis with a tick at each value; values crowding a labelled neighbour
+    (within a factor 1.3) keep their tick but lose their label."""
+    values = sorted({int(v) for v in values})
+    if len(values) > 1:
+        ax.set_xscale("log", base=2)
+    labels, last = [], None
+    for v in values:
+        crowded = last is not None and v / last < 1.3
+        labels.append("" if crowded else str(v))
+        last = last if crowded else v
+    ax.set_xticks(values, labels)
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
+def bytes_axis(ax, which: str, values) -> None:
+    """An axis of bytes labelled in KiB/MiB/GiB: logarithmic (ticks at powers of two) over a wide range,
+    linear over a narrow one."""
+    values = pd.Series(values, dtype=float)
+    values = values[values > 0]
+    axis = getattr(ax, f"{which}axis")
+    if len(values) and values.max() / values.min() > 4:
+        getattr(ax, f"set_{which}scale")("log", base=2)
+        axis.set_major_locator(LogLocator(base=2, numticks=7))
+    else:
+        axis.set_major_locator(MaxNLocator(5))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: fmt_bytes(v).replace(".0 ", " ")))
+    axis.set_minor_locator(NullLocator())
+    axis.set_minor_formatter(NullFormatter())
+
+
+def count_axis(ax, which: str) -> None:
+    """A logarithmic axis of counts, labelled 10, 100, 1,000 (no mathtext)."""
+    getattr(ax, f"set_{which}scale")("log")
+    axis = getattr(ax, f"{which}axis")
+    axis.set_major_locator(LogLocator(base=10))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+LINESTYLES = ["-", "--", ":", "-."]
+
+
+def palette(values, name: str) -> dict:
+    import seaborn as sns
+
+    return dict(zip(values, sns.color_palette(name, len(values))))
+
+
+def cycle(values, styles) -> dict:
+    return {v: styles[i % len(styles)] for i, v in enumerate(values)}
+
+
+def swatch(color) -> Line2D:
+    return Line2D([], [], color=color, lw=2.5)
+
+
+def mark(marker, color="0.35", ls="none") -> Line2D:
+    return Line2D([], [], color=color, marker=marker, ls=ls)
+
+
+def dash(ls, color="0.35") -> Line2D:
+    return Line2D([], [], color=color, ls=ls, lw=1.5)
+
+
+def legend(fig: Figure, sections: list[tuple[str, list[tuple[str, Line2D]]]], loc="outside right upper") -> None:
+    """One legend for the whole figure: a bold title per section, then its entries (empty sections skipped)."""
+    handles, labels, titles = [], [], []
+    for title, entries in sections:
+        if not entries:
+            continue
+        titles.append(len(labels))
+        handles.append(Line2D([], [], ls="none"))
+        labels.append(title)
+        for label, handle in entries:
+            handles.append(handle)
+            labels.append(str(label))
+    if handles:
+        leg = fig.legend(handles, labels, loc=loc, frameon=False, handlelength=2.2)
+        for i in titles:
+            leg.get_texts()[i].set_fontweight("bold")
+
+
+def ordered(values) -> list:
+    return sorted(pd.unique(values), key=lambda v: (str(type(v)), v))
+
+
+def empty_panel(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")

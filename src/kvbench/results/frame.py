@@ -1,0 +1,48 @@
+"""Tables derived from records: the speedup of the cache per scenario (cached rows matched to uncached), and the
+spread of repeated timings."""
+
+from __future__ import annotations
+
+import statistics
+
+import pandas as pd
+
+# What identifies a scenario apart from the cache setting.
+PAIR_KEYS = ["run", "model", "device", "dtype", "prompt_len", "new_tokens", "batch_size", "decoding", "num_beams"]
+
+
+# Repeats further apart than this, (max - min) / median, make a timing noisy (the report warns).
+SPREAD_LIMIT = 0.10
+
+
+def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of scenarios that ran (status "ok"; records without a status are taken as ok)."""
+    return df[df["status"].fillna("ok") == "ok"] if "status" in df else df
+
+
+def speedups(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per cached scenario that has an uncached twin: latencies, speedup, positions, KV bytes."""
+    ok = ok_rows(df)
+    keys = [k for k in PAIR_KEYS if k in ok.columns]
+    cached = ok[ok["use_cache"].astype(bool)]
+    uncached = ok[~ok["use_cache"].astype(bool)]
+    cols = [c for c in ["total_s", "ttft_s", "decode_step_s", "positions_processed", "total_s_spread", "scenario_id"]
+            if c in ok.columns]
+    merged = cached.merge(uncached[keys + cols], on=keys, suffixes=("", "_nocache"), how="left")
+    merged["speedup"] = merged["total_s_nocache"] / merged["total_s"]
+    return merged.sort_values(keys + ["cache_implementation"]).reset_index(drop=True)
+
+
+def spread(repeats) -> float:
+    """How far the repeats of one measurement lie apart: (max - min) / median; NaN without two repeats."""
+    values = [v for v in repeats if v is not None] if isinstance(repeats, (list, tuple)) else []
+    if len(values) < 2:
+        return float("nan")
+    median = statistics.median(values)
+    return (max(values) - min(values)) / median if median else float("nan")
+
+
+def with_spread(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with `total_s_spread` (the spread of `total_s_repeats`), NaN where the repeats are absent."""
+    repeats = df["total_s_repeats"] if "total_s_repeats" in df else pd.Series([None] * len(df), index=df.index)
+    return df.assign(total_s_spread=[spread(r) for r in repeats])

@@ -1,0 +1,152 @@
+"""The layout stays true: imports run one way between the stages of the flow, with no cycle, and no module grows
+past about 400 lines. Read from the source with `ast` (nothing is imported)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "kvbench"
+
+# Each part of the package (the first name below `kvbench`) and the parts it may import. The order is the flow:
+# inputs -> estimate (analytic) and results -> measuring -> report / plan -> cli -> the entry points.
+BASE = {"errors", "units", "version"}
+ALLOWED = {
+    "errors": set(),
+    "version": set(),
+    "units": {"errors"},
+    "inputs": BASE,
+    "estimate": BASE | {"inputs"},
+    "results": BASE | {"inputs"},
+    "measuring": BASE | {"inputs", "estimate", "results"},
+    "report": BASE | {"inputs", "estimate", "results"},
+    "plan": BASE | {"inputs", "estimate", "results", "measuring"},
+    "cli": BASE | {"inputs", "estimate", "results", "measuring", "report", "plan"},
+    "pytest_plugin": BASE | {"inputs", "estimate", "results", "measuring"},
+    "__init__": BASE | {"inputs", "estimate", "results", "measuring", "report", "plan"},
+    "__main__": {"cli"},
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every kvbench module a file imports, at the top or inside functions, relative imports resolved."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = module_name(path).split(".")
+    if path.name != "__init__.py":  # a module's package is its parent; a package's, itself
+        package = package[:-1]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.split(".")[0] == "kvbench"}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != "kvbench":
+                continue
+            for alias in node.names:  # `from . import plots` imports the module kvbench.report.plots
+                sub = f"{target}.{alias.name}"
+                is_module = (SRC.parent / Path(*sub.split("."))).with_suffix(".py").exists()
+                found.add(sub if is_module else target)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    return {module_name(p): imports_of(p) for p in sorted(SRC.rglob("*.py"))}
+
+
+def part(module: str) -> str:
+    names = module.split(".")
+    return names[1] if len(names) > 1 else "__init__"
+
+
+def direction_violations(graph: dict[str, set[str]]) -> list[str]:
+    bad = []
+    for module, targets in graph.items():
+        here = part(module)
+        for target in sorted(targets):
+            there = part(target)
+            if there != here and there not in ALLOWED[here]:
+                bad.append(f"{module} imports {target} ({here} may import: {', '.join(sorted(ALLOWED[here]))})")
+    return bad
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import cycle between modules (a package's __init__ counts as a module), found by depth-first search."""
+    found, state = [], {}
+
+    def visit(node, stack):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in graph:
+                continue
+            if state.get(nxt) == "open":
+                found.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+    return found
+
+
+def cli_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Command modules import `kvbench.cli.common` and the layers below, never another command module or `app`."""
+    bad = []
+    for module, targets in graph.items():
+        if part(module) != "cli" or module in ("kvbench.cli", "kvbench.cli.app", "kvbench.cli.common"):
+            continue
+        bad += [f"{module} imports {t}" for t in targets if part(t) == "cli" and t != "kvbench.cli.common"]
+    return bad
+
+
+def test_every_part_is_known():
+    assert {part(m) for m in import_graph()} <= set(ALLOWED)
+
+
+def test_imports_run_one_way():
+    assert direction_violations(import_graph()) == []
+
+
+def test_no_import_cycle():
+    assert cycles(import_graph()) == []
+
+
+def test_command_modules_do_not_import_each_other():
+    assert cli_violations(import_graph()) == []
+
+
+def test_the_checks_catch_what_they_look_for():
+    graph = import_graph()
+    graph["kvbench.estimate.kvcache"] = graph["kvbench.estimate.kvcache"] | {"kvbench.measuring.models"}
+    assert any("kvbench.estimate.kvcache imports kvbench.measuring.models" in v for v in direction_violations(graph))
+    graph["kvbench.units"] = graph["kvbench.units"] | {"kvbench.errors"}
+    graph["kvbench.errors"] = {"kvbench.units"}
+    assert ["kvbench.errors", "kvbench.units", "kvbench.errors"] in cycles(graph)
+    graph["kvbench.cli.run"] = graph["kvbench.cli.run"] | {"kvbench.cli.app"}
+    assert cli_violations(graph) == ["kvbench.cli.run imports kvbench.cli.app"]
+
+
+def test_relative_imports_resolve_to_real_modules():
+    graph = import_graph()
+    for module, targets in graph.items():
+        for target in targets:
+            assert target in graph, f"{module} imports {target}, which is not a module of kvbench"
+
+
+@pytest.mark.parametrize("path", sorted(SRC.rglob("*.py")), ids=lambda p: str(p.relative_to(SRC)))
+def test_no_module_over_400_lines(path):
+    assert len(path.read_text(encoding="utf-8").splitlines()) <= 400
