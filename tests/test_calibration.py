@@ -33,7 +33,7 @@ def cuda_like_records(truth=TRUE, noise=None):
             status="ok", use_cache=True, device="cuda:0", prompt_len=p, new_tokens=n, batch_size=b,
             scenario_id=f"P{p}-N{n}-B{b}-cache-dynamic-greedy", peak_memory_source="torch.cuda.max_memory_allocated",
             peak_allocated_delta_bytes=peak, allocated_before_bytes=10_000_000,
-            nvml_used_peak_bytes=10_000_000 + peak + truth["overhead"] - 1_000_000 * (i % 3),
+            nvml_used_after_bytes=10_000_000 + peak + truth["overhead"] - 1_000_000 * (i % 3),
             decode_bytes_per_step_estimate=per_step, env_gpu_bandwidth_gbps=truth["bandwidth"],
             decode_step_s=step, kv_cache_bytes=kvd,
         ))
@@ -55,6 +55,13 @@ def test_fit_recovers_known_terms():
     quality = fit_quality(report).set_index("term")
     assert quality.loc["peak memory", "records"] == len(SCENARIOS)
     assert quality.loc["overhead", "max_abs_error"] == pytest.approx(2_000_000 / 398_000_000)
+
+
+def test_runs_recorded_before_the_rename_calibrate_the_same():
+    """Older run folders name the NVML reading after the call `nvml_used_peak_bytes`."""
+    new = pd.DataFrame(cuda_like_records())
+    old = new.rename(columns={"nvml_used_after_bytes": "nvml_used_peak_bytes"})
+    assert calibrate(old)[0].overhead_bytes == calibrate(new)[0].overhead_bytes == TRUE["overhead"]
 
 
 def test_fit_reports_residuals_of_noisy_records():

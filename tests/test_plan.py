@@ -306,7 +306,7 @@ def test_local_gpu_detection(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props())
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
     monkeypatch.setattr(kvbench.measuring.nvml, "nvml_gpu_info", lambda device: {})
     local = resolve_target(None)
     assert (local.name, local.usable_bytes, local.bandwidth_gbps, local.bf16) == ("Tesla T4", 15_835_660_288, 320,

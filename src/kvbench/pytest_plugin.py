@@ -205,7 +205,14 @@ def benchmark_generate(benchmark, loaded, scenario: Scenario, rounds: int = 5, w
     """
     import torch
 
-    from .measuring.measure import check_fits, forget_static_cache, free_memory, measure
+    from .measuring.measure import (
+        check_fits,
+        error_line,
+        forget_static_cache,
+        free_memory,
+        is_oom,
+        measure,
+    )
     from .measuring.models import synthetic_inputs
 
     try:
@@ -232,13 +239,18 @@ def benchmark_generate(benchmark, loaded, scenario: Scenario, rounds: int = 5, w
     def teardown(**inputs):  # frees the output (and its cache) outside the timed region
         shapes.append(tuple(held.pop("out").sequences.shape))
 
+    oom = None
     try:
         benchmark.pedantic(generate, setup=setup, teardown=teardown, rounds=rounds, warmup_rounds=warmup_rounds,
                            iterations=1)
-    except torch.OutOfMemoryError as exc:
+    except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError too
+        if not is_oom(exc):
+            raise
+        oom = error_line(exc)  # the message only: the exception's traceback holds generate's frames
+    if oom is not None:  # skip outside the except block, or the skip would carry the OOM as its __context__
         held.clear()
-        free_memory()
-        pytest.skip(f"out of memory on {device}: {str(exc).splitlines()[0]}")
+        free_memory(device)
+        pytest.skip(f"out of memory on {device}: {oom}")
     if "out" in held:  # --benchmark-disable runs no teardown
         teardown()
     record = measure(loaded, scenario, repeats=1, warmup=0)

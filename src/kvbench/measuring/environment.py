@@ -59,8 +59,10 @@ def _environment(device_str: str) -> tuple:
         "env_cuda": None,
         "env_driver": None,
         "env_gpu_memory_bytes": None,
+        "env_gpu_memory_nvml_bytes": None,
         "env_gpu_bandwidth_gbps": None,
         "env_gpu_bandwidth_source": None,
+        "env_nvml": "no CUDA device",
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -73,9 +75,11 @@ def _environment(device_str: str) -> tuple:
             env_device_name=props.name,
             env_cuda=torch.version.cuda,
             env_driver=nvml.get("driver"),
-            env_gpu_memory_bytes=nvml.get("gpu_memory_bytes", props.total_memory),
+            env_gpu_memory_bytes=int(props.total_memory),  # torch's figure (the device's global memory)
+            env_gpu_memory_nvml_bytes=nvml.get("gpu_memory_bytes"),  # the driver's total, beside it
             env_gpu_bandwidth_gbps=round(bandwidth, 1) if bandwidth else None,
             env_gpu_bandwidth_source=source if bandwidth else None,
+            env_nvml=nvml.get("nvml", "unavailable"),
         )
     return tuple(env.items())
 

@@ -29,12 +29,22 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text.lower() or "ALLOC_FAILED" in text
 
 
-def free_memory() -> None:
-    """Drop what a failed or finished call left behind, so the next one starts from the same level."""
+def error_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type where the message is empty)."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
+def free_memory(device: torch.device | str | None = None) -> None:
+    """Drop what a failed or finished call left behind, so the next one starts from the same level.
+
+    Call it after leaving the `except` block that caught the failure: until then the exception's traceback keeps
+    the failed call's frames, and the tensors they hold, alive. `device`: the CUDA device whose peak statistics
+    restart (None: the current one); on a CPU device only the garbage is collected.
+    """
     gc.collect()
-    if torch.cuda.is_available():
+    if (device is None or torch.device(device).type == "cuda") and torch.cuda.is_available():
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def forget_static_cache(model) -> None:
@@ -143,6 +153,8 @@ def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1) -> dic
     clock, nvml = Clock(loaded.device), nvml_handle(loaded.device)
     inputs = synthetic_inputs(loaded.config, scenario.batch_size, scenario.prompt_len, loaded.device, scenario.seed)
     forget_static_cache(loaded.model)
+    free_memory(loaded.device)  # the one garbage collection of the scenario, before the warm-up, untimed
+    oom = None
     try:
         with torch.inference_mode():
             for _ in range(warmup):
@@ -150,11 +162,12 @@ def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1) -> dic
             runs = [generate_once(loaded, scenario, inputs, clock, nvml) for _ in range(repeats)]
     except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError too
         if not is_oom(exc):
-            raise
-        record.update(status="oom", error=str(exc).splitlines()[0])
+            raise  # the caller frees, once it has left its own except block
+        oom = error_line(exc)  # the message, not the exception: its traceback holds generate's frames
+    if oom is not None:
+        free_memory(loaded.device)  # out of the except block: generate's tensors are gone
+        record.update(status="oom", error=oom)
         return record
-    finally:
-        free_memory()
     record.update(summarize(runs))
     record["tokens_per_s"] = record["generated_tokens"] * scenario.batch_size / record["total_s"]
     weight_bytes = loaded.weight_bytes
@@ -190,8 +203,8 @@ def summarize(runs: list[dict]) -> dict:
         "kv_cache_bytes": last["kv_cache_bytes"],
     }
     memory_keys = [k for k in last if k.endswith("_bytes") and k not in out]
-    for key in memory_keys:  # peaks: the largest over repeats; levels before: the last repeat's
+    for key in memory_keys:  # peaks: the largest over repeats; levels (before, after): the last repeat's
         values = [r[key] for r in runs if r.get(key) is not None]
         out[key] = (max(values) if "peak" in key or "delta" in key else values[-1]) if values else None
-    out["peak_memory_source"] = last["peak_memory_source"]
+    out.update((k, v) for k, v in last.items() if k.endswith("_source"))  # peak_memory_source, nvml_used_source
     return out

@@ -7,7 +7,7 @@ import gc
 
 import torch
 
-from .nvml import nvml_used_bytes
+from .nvml import MEMORY_SOURCES, nvml_memory
 
 
 def _proc_status_kib(key: str) -> int | None:
@@ -32,41 +32,70 @@ def _reset_peak_rss() -> bool:
 
 
 @contextlib.contextmanager
-def memory_probe(device: torch.device, nvml=None):
-    """Peak memory above the level just before the block, each figure named for its source.
+def collector_paused():
+    """The cyclic garbage collector off inside the block (back on after it, if it was on).
 
-    CUDA: torch's allocator peaks (allocated and reserved) and NVML's device memory in use. The caching
-    allocator never hands memory back during generate, so NVML read right after the block (before anything
-    is freed) sees the peak reservation. CPU: the process's peak resident set (VmHWM, reset before the block).
+    generate makes no cyclic garbage (its tensors go by reference counting), so a collection inside a timed call
+    would only add its own time (a full one scans every object of transformers and torch) and move the memory
+    figures; measure() collects once per scenario, before the warm-up, instead.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _nvml_used(handle) -> tuple[int | None, int | None]:
+    info, version = nvml_memory(handle)
+    return (None if info is None else int(info.used)), version
+
+
+@contextlib.contextmanager
+def memory_probe(device: torch.device, nvml=None):
+    """Memory around the block, each figure named for its source; the garbage collector is paused inside it.
+
+    CUDA: torch's allocator peaks, absolute and above the level just before the block (allocated and reserved;
+    after a warm-up the reserved delta is about 0, since the warm-up's blocks stay cached, so the absolute peak is
+    the figure to read), and NVML's device memory in use before and right after the block (the caching allocator
+    never hands memory back during generate, so the after-reading sees the peak reservation). CPU: the process's
+    peak resident set (VmHWM, reset before the block) above the resident set before it.
     """
     out: dict = {}
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        alloc0, reserved0 = torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        nvml0 = nvml_used_bytes(nvml)
-        yield out
-        torch.cuda.synchronize(device)
-        nvml1 = nvml_used_bytes(nvml)
-        out.update(
-            peak_allocated_delta_bytes=torch.cuda.max_memory_allocated(device) - alloc0,
-            peak_reserved_delta_bytes=torch.cuda.max_memory_reserved(device) - reserved0,
-            allocated_before_bytes=alloc0,
-            nvml_used_before_bytes=nvml0,
-            nvml_used_peak_bytes=nvml1,
-            peak_memory_source="torch.cuda.max_memory_allocated",
-        )
-        out["peak_memory_delta_bytes"] = out["peak_allocated_delta_bytes"]
-    else:
-        ok = _reset_peak_rss()
-        rss0 = _proc_status_kib("VmRSS")
-        yield out
-        hwm = _proc_status_kib("VmHWM")
-        delta = (hwm - rss0) * 1024 if ok and hwm is not None and rss0 is not None else None
-        out.update(
-            peak_rss_delta_bytes=delta,
-            rss_before_bytes=rss0 * 1024 if rss0 is not None else None,
-            peak_memory_source="process peak RSS (VmHWM)" if delta is not None else "unavailable",
-            peak_memory_delta_bytes=delta,
-        )
+    with collector_paused():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            alloc0, reserved0 = torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            nvml0, _ = _nvml_used(nvml)
+            yield out
+            torch.cuda.synchronize(device)
+            nvml1, version = _nvml_used(nvml)
+            peak_alloc, peak_reserved = torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)
+            out.update(
+                peak_allocated_delta_bytes=peak_alloc - alloc0,
+                peak_reserved_delta_bytes=peak_reserved - reserved0,
+                peak_allocated_bytes=peak_alloc,
+                peak_reserved_bytes=peak_reserved,
+                allocated_before_bytes=alloc0,
+                reserved_before_bytes=reserved0,
+                nvml_used_before_bytes=nvml0,
+                nvml_used_after_bytes=nvml1,
+                nvml_used_source=MEMORY_SOURCES.get(version, "unavailable"),
+                peak_memory_source="torch.cuda.max_memory_allocated",
+            )
+            out["peak_memory_delta_bytes"] = out["peak_allocated_delta_bytes"]
+        else:
+            ok = _reset_peak_rss()
+            rss0 = _proc_status_kib("VmRSS")
+            yield out
+            hwm = _proc_status_kib("VmHWM")
+            delta = (hwm - rss0) * 1024 if ok and hwm is not None and rss0 is not None else None
+            out.update(
+                peak_rss_delta_bytes=delta,
+                rss_before_bytes=rss0 * 1024 if rss0 is not None else None,
+                peak_memory_source="process peak RSS (VmHWM)" if delta is not None else "unavailable",
+                peak_memory_delta_bytes=delta,
+            )

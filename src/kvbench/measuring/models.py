@@ -8,6 +8,8 @@ in seconds.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -61,7 +63,23 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device, config=None) -
         return DTYPES[dtype]
     if device.type == "cpu":
         return torch.float32
-    return gpu_half_dtype(config, torch.cuda.is_bf16_supported())
+    return gpu_half_dtype(config, bf16_supported(device))
+
+
+def bf16_supported(device: torch.device | None = None) -> bool:
+    """Whether a CUDA device computes in bfloat16 natively (emulation, as torch offers on a T4, does not count)."""
+    check = torch.cuda.is_bf16_supported
+    try:
+        has_flag = "including_emulation" in inspect.signature(check).parameters
+    except (TypeError, ValueError):
+        has_flag = False
+    index = None if device is None else torch.device(device).index
+    # torch asks the current device; make it the one asked about
+    with torch.cuda.device(index) if index is not None else contextlib.nullcontext():
+        if has_flag:
+            return bool(check(including_emulation=False))
+        # a torch without the flag: native bfloat16 is compute capability 8.0 (Ampere) and above
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).major >= 8
 
 
 def random_model(config, device: torch.device, dtype: torch.dtype):

@@ -116,7 +116,8 @@ def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 def fit_overhead(df: pd.DataFrame) -> tuple[float | None, pd.DataFrame]:
     """The largest (NVML used after the call - allocator level before - allocator peak delta) over records."""
     used, before, delta = (_column(df, c) for c in
-                           ("nvml_used_peak_bytes", "allocated_before_bytes", "peak_allocated_delta_bytes"))
+                           ("nvml_used_after_bytes", "allocated_before_bytes", "peak_allocated_delta_bytes"))
+    used = used.fillna(_column(df, "nvml_used_peak_bytes"))  # the same reading, as older runs named it
     overhead = (used - before - delta).dropna()
     if overhead.empty:
         return None, pd.DataFrame()

@@ -24,7 +24,7 @@ import torch
 
 from ..errors import UserError
 from ..estimate.capacity import Calibration, Target, longest_context, make_workload
-from ..measuring.measure import free_memory, is_oom
+from ..measuring.measure import error_line, free_memory, is_oom
 
 Probe = Callable[[int, int], dict]
 GROUP = ["run", "model", "dtype", "cache_implementation", "num_beams", "new_tokens", "memory_cap_bytes", "batch_size"]
@@ -45,13 +45,16 @@ def search_longest_context(probe: Probe, batch_size: int, *, min_context: int, m
 
     def fits(context_len: int) -> bool:
         nonlocal count
+        record = None
         try:
             record = dict(probe(batch_size, context_len))
-        except (torch.OutOfMemoryError, RuntimeError) as exc:
+        except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError too
             if not is_oom(exc):
                 raise
+            error = error_line(exc)  # the message only: the exception's traceback holds the probe's frames
+        if record is None:  # out of the except block, where the probe's tensors are already gone
             recover()
-            record = {"batch_size": batch_size, "status": "oom", "error": str(exc).splitlines()[0] if str(exc) else ""}
+            record = {"batch_size": batch_size, "status": "oom", "error": error}
         count += 1
         record.update(context_len=context_len, frontier_probe=count, frontier_min_context=min_context,
                       frontier_max_context=max_context, frontier_resolution=resolution)

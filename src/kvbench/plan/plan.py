@@ -33,13 +33,14 @@ def local_gpu() -> Target | None:
     if not torch.cuda.is_available():
         return None
     from ..estimate.gpus import match_device_name
+    from ..measuring.models import bf16_supported
     from ..measuring.nvml import nvml_gpu_info
 
     device = torch.device("cuda", torch.cuda.current_device())
     props = torch.cuda.get_device_properties(device)
     nvml, entry = nvml_gpu_info(device), match_device_name(props.name) or {}
     bandwidth = nvml.get("gpu_bandwidth_gbps") or entry.get("bandwidth_gbps")
-    return Target(props.name, int(props.total_memory), bandwidth, torch.cuda.is_bf16_supported(),
+    return Target(props.name, int(props.total_memory), bandwidth, bf16_supported(),
                   "local GPU (torch total memory, NVML bandwidth)")
 
 

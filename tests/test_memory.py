@@ -1,0 +1,193 @@
+"""memory_probe's figures (CUDA branch on fake torch.cuda functions and a fake pynvml; the CPU branch for real), how
+summarize carries them over repeats, and the garbage collector's place in a measurement: one collection per
+scenario, none inside a timed generate, the figures still measured per repeat."""
+
+from __future__ import annotations
+
+import gc
+import sys
+
+import pytest
+import torch
+from test_nvml import Props, fake_pynvml
+
+import kvbench
+from kvbench.measuring import environment as environment_module
+from kvbench.measuring.clock import Clock
+from kvbench.measuring.measure import generate_once, summarize
+from kvbench.measuring.memory import collector_paused, memory_probe
+from kvbench.measuring.nvml import MEMORY_SOURCES, nvml_handle
+from kvbench.measuring.runner import run_sweep
+
+MiB = 2**20
+CONTEXT = 500 * MiB  # what NVML counts beyond torch's reservation: the CUDA context
+
+
+class FakeAllocator:
+    """torch.cuda's allocator statistics for one device: blocks stay reserved (cached) once allocated."""
+
+    def __init__(self, allocated: int, reserved: int):
+        self.allocated, self.reserved = allocated, reserved
+        self.peak_allocated, self.peak_reserved = allocated, reserved
+        self.devices = []  # the device argument of every call
+
+    def alloc(self, n: int):
+        self.allocated += n
+        self.reserved = max(self.reserved, self.allocated)
+        self.peak_allocated = max(self.peak_allocated, self.allocated)
+        self.peak_reserved = max(self.peak_reserved, self.reserved)
+
+    def free(self, n: int):
+        self.allocated -= n
+
+    def install(self, monkeypatch):
+        def called(name, value):
+            def fn(device=None):
+                self.devices.append((name, device))
+                return value() if value else None
+
+            monkeypatch.setattr(torch.cuda, name, fn)
+
+        def reset():
+            self.peak_allocated, self.peak_reserved = self.allocated, self.reserved
+
+        for name, value in {
+            "memory_allocated": lambda: self.allocated, "memory_reserved": lambda: self.reserved,
+            "max_memory_allocated": lambda: self.peak_allocated, "max_memory_reserved": lambda: self.peak_reserved,
+            "reset_peak_memory_stats": reset, "synchronize": None,
+        }.items():
+            called(name, value)
+
+
+@pytest.fixture
+def gpu(monkeypatch):
+    """One fake GPU as cuda:1: allocator statistics and NVML, NVML's used memory following the reservation."""
+    allocator = FakeAllocator(allocated=1000 * MiB, reserved=1024 * MiB)
+    allocator.install(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: Props())
+    monkeypatch.setitem(sys.modules, "pynvml",
+                        fake_pynvml(used_bytes=lambda: CONTEXT + allocator.reserved))
+    environment_module._environment.cache_clear()
+    yield allocator
+    environment_module._environment.cache_clear()
+
+
+def test_cuda_probe_after_a_warm_up_reads_absolute_peaks(gpu):
+    device = torch.device("cuda", 1)
+    handle = nvml_handle(device)
+    with memory_probe(device, handle) as warm:  # the warm-up grows the reservation by 800 MiB, then frees
+        gpu.alloc(800 * MiB)
+        gpu.free(800 * MiB)
+    with memory_probe(device, handle) as timed:  # a smaller call fits in the cached blocks
+        gpu.alloc(500 * MiB)
+        gpu.free(500 * MiB)
+    assert warm["peak_reserved_delta_bytes"] == 800 * MiB - 24 * MiB
+    assert timed["peak_reserved_delta_bytes"] == 0  # why the absolute figures are recorded
+    assert timed["peak_reserved_bytes"] == timed["reserved_before_bytes"] == 1800 * MiB
+    # peaks restart at each block: the warm-up's 800 MiB do not leak into the timed call's figures
+    assert timed["peak_allocated_delta_bytes"] == timed["peak_memory_delta_bytes"] == 500 * MiB
+    assert timed["peak_allocated_bytes"] == 1500 * MiB and timed["allocated_before_bytes"] == 1000 * MiB
+    assert timed["peak_memory_source"] == "torch.cuda.max_memory_allocated"
+    assert timed["nvml_used_before_bytes"] == timed["nvml_used_after_bytes"] == CONTEXT + 1800 * MiB
+    assert timed["nvml_used_source"] == MEMORY_SOURCES[2]
+    assert "nvml_used_peak_bytes" not in timed  # renamed: it is read after the call, not at a peak
+    assert gpu.devices and all(device_arg == device for _, device_arg in gpu.devices)
+
+
+def test_cuda_probe_without_nvml(gpu):
+    with memory_probe(torch.device("cuda", 0), None) as out:
+        gpu.alloc(MiB)
+    assert out["nvml_used_before_bytes"] is None and out["nvml_used_after_bytes"] is None
+    assert out["nvml_used_source"] == "unavailable" and out["peak_allocated_delta_bytes"] == MiB
+
+
+def test_summarize_keeps_peaks_as_maxima_and_levels_from_the_last_repeat():
+    def run(total, peak_reserved, reserved_before, nvml_after):
+        return {"total_s": total, "ttft_s": total / 4, "decode_steps_s": [total / 8], "positions": [4, 1],
+                "generated_tokens": 2, "kv_cache_bytes": 1024, "peak_memory_delta_bytes": 10,
+                "peak_reserved_bytes": peak_reserved, "reserved_before_bytes": reserved_before,
+                "nvml_used_after_bytes": nvml_after, "nvml_used_source": MEMORY_SOURCES[1],
+                "peak_memory_source": "torch.cuda.max_memory_allocated"}
+
+    out = summarize([run(1.0, 300, 100, 900), run(2.0, 200, 250, 800)])
+    assert out["peak_reserved_bytes"] == 300 and out["reserved_before_bytes"] == 250
+    assert out["nvml_used_after_bytes"] == 800  # the last repeat's reading, beside its level before
+    assert out["nvml_used_source"] == MEMORY_SOURCES[1]
+    assert out["peak_memory_source"] == "torch.cuda.max_memory_allocated"
+
+
+def test_collector_is_paused_inside_and_restored_after():
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()  # it was off before: left off
+    finally:
+        gc.enable()
+
+
+def spy_generate(loaded, monkeypatch, seen, allocate_bytes=0):
+    """Wrap the model's generate: note whether the collector is on, optionally touch `allocate_bytes` first."""
+    real = loaded.model.generate
+
+    def generate(*args, **kwargs):
+        seen.append((gc.isenabled(), gc.get_freeze_count()))
+        if allocate_bytes:
+            block = torch.ones(allocate_bytes // 4)  # written, so resident
+            del block
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loaded.model, "generate", generate)
+
+
+def test_one_collection_per_scenario_and_none_inside_generate(tiny_loaded, monkeypatch):
+    seen, collections = [], []
+    spy_generate(tiny_loaded, monkeypatch, seen)
+    real_collect = gc.collect
+    monkeypatch.setattr(gc, "collect", lambda *a: collections.append(a) or real_collect(*a))
+    record = kvbench.measure(tiny_loaded, kvbench.Scenario(8, 4), repeats=3, warmup=1)
+    assert len(seen) == 4 and not any(enabled for enabled, _ in seen)  # warm-up and repeats: collector off
+    assert len(collections) == 1  # before the warm-up, untimed
+    assert gc.isenabled()
+    # the figures mean what they meant: the CPU's peak-RSS delta, the exact KV bytes
+    assert record["peak_memory_source"] == "process peak RSS (VmHWM)"
+    assert isinstance(record["peak_memory_delta_bytes"], int) and record["peak_memory_delta_bytes"] >= 0
+    assert record["kv_cache_bytes"] == record["kv_cache_bytes_estimate"] > 0
+
+
+def test_cpu_peak_is_still_measured_at_every_repeat(tiny_loaded, monkeypatch):
+    """No collection between repeats any more: each repeat's probe still resets and sees its own peak."""
+    seen, block = [], 64 * MiB
+    spy_generate(tiny_loaded, monkeypatch, seen, allocate_bytes=block)
+    scenario = kvbench.Scenario(8, 4)
+    inputs = kvbench.measuring.models.synthetic_inputs(tiny_loaded.config, 1, 8, tiny_loaded.device)
+    clock = Clock(tiny_loaded.device)
+    with torch.inference_mode():
+        runs = [generate_once(tiny_loaded, scenario, inputs, clock) for _ in range(3)]
+    if runs[0]["peak_memory_source"] == "unavailable":
+        pytest.skip("this kernel does not let a process reset its peak RSS (/proc/self/clear_refs)")
+    for run in runs:
+        assert 0.9 * block <= run["peak_rss_delta_bytes"] == run["peak_memory_delta_bytes"] < 4 * block
+        assert run["kv_cache_bytes"] == kvbench.measuring.measure.kv_estimate(tiny_loaded.config, scenario,
+                                                                             torch.float32)
+
+
+def test_sweep_freezes_what_is_alive_before_it_and_unfreezes_after(tiny_loaded, monkeypatch, tmp_path):
+    frozen_before = gc.get_freeze_count()
+    gc.unfreeze()  # another test's session fixture may have frozen the heap: start from none
+    try:
+        seen = []
+        spy_generate(tiny_loaded, monkeypatch, seen)
+        records = run_sweep(tiny_loaded, [kvbench.Scenario(4, 2), kvbench.Scenario(6, 2)], tmp_path / "run",
+                            repeats=1, warmup=0)
+        assert [r["status"] for r in records] == ["ok", "ok"]
+        assert len(seen) == 2 and all(frozen > 100_000 for _, frozen in seen)  # torch, transformers, the model
+        assert gc.get_freeze_count() == 0
+    finally:
+        if frozen_before:
+            gc.freeze()
