@@ -6,7 +6,6 @@ import os
 import sys
 
 import pytest
-
 from kvbench.cli.app import main
 from kvbench.inputs.scenario import grid
 from kvbench.scale.ray_executor import FAULT_ENV, run_sweep_ray
@@ -47,8 +46,8 @@ def test_ray_records_equal_those_of_one_process(local_ray, tiny_config_file, tmp
 def test_a_killed_worker_ends_in_an_error_record(local_ray, tiny_config_file, tmp_path):
     scenarios = grid([8, 12, 16], [2], [1], [True])
     assert CRASHING in [s.id for s in scenarios]
-    records = run_sweep_ray(str(tiny_config_file), scenarios, tmp_path / "run", device="cpu", dtype="float32",
-                            repeats=1, warmup=0, workers=2)
+    records = run_sweep_ray(str(tiny_config_file), scenarios, tmp_path / "run", load={"device": "cpu"}, repeats=1,
+                            warmup=0, workers=2)
     on_disk = read(tmp_path / "run")
     assert sorted(on_disk) == sorted(s.id for s in scenarios) and len(records) == 3
     assert on_disk[CRASHING]["status"] == "error" and "Ray worker failed" in on_disk[CRASHING]["error"]

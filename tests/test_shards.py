@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from kvbench.cli.app import main
 from kvbench.errors import UserError
 from kvbench.inputs.scenario import grid

@@ -27,6 +27,9 @@ def run(
     warmup: int = typer.Option(1, help="untimed generates before the timed ones"),
     out: Optional[Path] = typer.Option(None, help="run folder (default results/<time>-<model>)"),
     trust_remote_code: bool = typer.Option(False, help="allow a Hub model's own code to run"),
+    device_map: Optional[str] = typer.Option(None, help="place the model across devices with accelerate: auto, "
+                                                        "balanced, balanced_low_0, sequential, or JSON {module: device}"),
+    max_memory: Optional[str] = typer.Option(None, help="with --device-map: memory per device, e.g. 0=70GiB,cpu=200GiB"),
     shard: Optional[str] = typer.Option(None, help="run only shard I/N of the grid (0 <= I < N), balanced by cost"),
     executor: str = typer.Option("local", help="local (this process) or ray (workers on a Ray cluster)"),
     address: Optional[str] = typer.Option(None, help="--executor ray: the cluster (auto, ray://host:10001); "
@@ -69,10 +72,15 @@ def run(
             return
     out_dir = out or default_run_dir(model + (f"-shard{settings['shard'].replace('/', 'of')}" if shard else ""))
     if executor == "ray":
-        return run_with_ray(model, device, dtype, trust_remote_code, scenarios, out_dir, repeats, warmup, settings,
-                            address, gpus_per_task, ray_workers)
+        load = dict(device=device, dtype=dtype, trust_remote_code=trust_remote_code, device_map=device_map,
+                    max_memory=max_memory)
+        return run_with_ray(model, load, scenarios, out_dir, repeats, warmup, settings, address, gpus_per_task,
+                            ray_workers)
+    if max_memory is not None and device_map is None:
+        raise UserError("--max-memory needs --device-map (e.g. --device-map auto)")
     with console.status(f"loading {model}"):
-        loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                            device_map=device_map, max_memory=max_memory)
     console.print(
         f"[bold]{loaded.name}[/] ({loaded.source}) on {loaded.device} in {str(loaded.dtype).removeprefix('torch.')}: "
         f"{len(scenarios)} scenarios x ({warmup} warm-up + {repeats} timed) -> {out_dir}"
@@ -96,8 +104,7 @@ def run(
     finish(records, out_dir)
 
 
-def run_with_ray(model, device, dtype, trust_remote_code, scenarios, out_dir, repeats, warmup, settings, address,
-                 gpus_per_task, workers):
+def run_with_ray(model, load: dict, scenarios, out_dir, repeats, warmup, settings, address, gpus_per_task, workers):
     """`kvbench run --executor ray`: the workers load the model; this process writes the records as they come."""
     from rich.progress import (
         BarColumn,
@@ -115,9 +122,8 @@ def run_with_ray(model, device, dtype, trust_remote_code, scenarios, out_dir, re
                   console=console, transient=True) as bar:
         task = bar.add_task("starting Ray workers", total=len(scenarios))
         records = run_sweep_ray(
-            model, scenarios, out_dir, device=device, dtype=dtype, repeats=repeats, warmup=warmup,
-            settings=settings, address=address, gpus_per_task=gpus_per_task, workers=workers,
-            trust_remote_code=trust_remote_code,
+            model, scenarios, out_dir, load=load, repeats=repeats, warmup=warmup, settings=settings,
+            address=address, gpus_per_task=gpus_per_task, workers=workers,
             progress=lambda rec: bar.update(task, advance=1, description=rec["scenario_id"]),
         )
     finish(records, out_dir)

@@ -34,8 +34,8 @@ def import_ray():
 class Worker:
     """Holds one loaded model and measures scenarios on it (a Ray actor; plain class for testing)."""
 
-    def __init__(self, spec, device: str, dtype: str, trust_remote_code: bool = False):
-        self.loaded = load_model(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    def __init__(self, spec, load: dict):
+        self.loaded = load_model(spec, **load)
 
     def measure(self, scenario: dict, repeats: int, warmup: int) -> dict:
         scenario = Scenario(**scenario)
@@ -65,11 +65,13 @@ def worker_count(ray, gpus_per_task: float, workers: int | None) -> tuple[int, f
     return min(workers or fit, fit), gpus_per_task
 
 
-def run_sweep_ray(spec, scenarios: list[Scenario], out_dir: str | Path, *, device: str = "auto", dtype: str = "auto",
-                  repeats: int = 5, warmup: int = 1, settings: dict | None = None, address: str | None = None,
-                  gpus_per_task: float = 1, workers: int | None = None, trust_remote_code: bool = False,
-                  progress=None, init_kwargs: dict | None = None) -> list[dict]:
-    """Measure every scenario on Ray workers; records are appended to `out_dir` in the order they finish."""
+def run_sweep_ray(spec, scenarios: list[Scenario], out_dir: str | Path, *, load: dict | None = None, repeats: int = 5,
+                  warmup: int = 1, settings: dict | None = None, address: str | None = None,
+                  gpus_per_task: float = 1, workers: int | None = None, progress=None,
+                  init_kwargs: dict | None = None) -> list[dict]:
+    """Measure every scenario on Ray workers; records are appended to `out_dir` in the order they finish.
+
+    `load` holds `load_model`'s keyword arguments (device, dtype, device_map, ...), used by every worker."""
     ray = import_ray()
     if not scenarios:
         raise UserError("no scenarios to run")
@@ -79,7 +81,7 @@ def run_sweep_ray(spec, scenarios: list[Scenario], out_dir: str | Path, *, devic
     count = min(count, len(scenarios))
     actor = ray.remote(Worker).options(num_gpus=gpus, num_cpus=0 if gpus else 1, max_restarts=-1,
                                        max_task_retries=1)
-    pool = [actor.remote(spec, device, dtype, trust_remote_code) for _ in range(count)]
+    pool = [actor.remote(spec, load or {}) for _ in range(count)]
     dicts = [s.as_dict() for s in scenarios]
     info = ray.get(pool[0].info.remote(dicts, repeats, warmup, {**(settings or {}), "executor": "ray",
                                                                   "ray_workers": count}))
