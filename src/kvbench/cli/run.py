@@ -27,6 +27,16 @@ def run(
     warmup: int = typer.Option(1, help="untimed generates before the timed ones"),
     out: Optional[Path] = typer.Option(None, help="run folder (default results/<time>-<model>)"),
     trust_remote_code: bool = typer.Option(False, help="allow a Hub model's own code to run"),
+    device_map: Optional[str] = typer.Option(None, help="place the model across devices with accelerate: auto, "
+                                                        "balanced, balanced_low_0, sequential, or JSON {module: device}"),
+    max_memory: Optional[str] = typer.Option(None, help="with --device-map: memory per device, e.g. 0=70GiB,cpu=200GiB"),
+    shard: Optional[str] = typer.Option(None, help="run only shard I/N of the grid (0 <= I < N), balanced by cost"),
+    executor: str = typer.Option("local", help="local (this process) or ray (workers on a Ray cluster)"),
+    address: Optional[str] = typer.Option(None, help="--executor ray: the cluster (auto, ray://host:10001); "
+                                                     "default: a local Ray"),
+    gpus_per_task: float = typer.Option(1.0, help="--executor ray: GPUs per worker"),
+    ray_workers: Optional[int] = typer.Option(None, help="--executor ray: workers (default: one per "
+                                                         "--gpus-per-task GPUs, one on a cluster without GPUs)"),
 ):
     """Sweep a grid of scenarios on one model and write records.jsonl (defaults: a quick grid on `tiny`)."""
     from ..inputs.scenario import CACHE_IMPLEMENTATIONS, DECODINGS, grid
@@ -46,9 +56,31 @@ def run(
         choice_list("--cache-implementation", cache_implementation, CACHE_IMPLEMENTATIONS),
         choice_list("--decoding", decoding, DECODINGS), num_beams=num_beams,
     )
+    if executor not in ("local", "ray"):
+        raise UserError(f"--executor: {executor!r} is not one of local, ray")
+    settings = {}
+    if shard is not None:
+        from ..scale.shards import parse_shard
+        from ..scale.shards import shard as shard_of
+
+        index, count = parse_shard(shard)
+        settings = {"shard": f"{index}/{count}", "grid": [s.id for s in scenarios]}
+        scenarios = shard_of(scenarios, index, count)
+        if not scenarios:
+            console.print(f"shard {index}/{count} has no scenarios (the grid has {len(settings['grid'])}): "
+                          "nothing to run")
+            return
+    out_dir = out or default_run_dir(model + (f"-shard{settings['shard'].replace('/', 'of')}" if shard else ""))
+    if executor == "ray":
+        load = dict(device=device, dtype=dtype, trust_remote_code=trust_remote_code, device_map=device_map,
+                    max_memory=max_memory)
+        return run_with_ray(model, load, scenarios, out_dir, repeats, warmup, settings, address, gpus_per_task,
+                            ray_workers)
+    if max_memory is not None and device_map is None:
+        raise UserError("--max-memory needs --device-map (e.g. --device-map auto)")
     with console.status(f"loading {model}"):
-        loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    out_dir = out or default_run_dir(model)
+        loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                            device_map=device_map, max_memory=max_memory)
     console.print(
         f"[bold]{loaded.name}[/] ({loaded.source}) on {loaded.device} in {str(loaded.dtype).removeprefix('torch.')}: "
         f"{len(scenarios)} scenarios x ({warmup} warm-up + {repeats} timed) -> {out_dir}"
@@ -66,9 +98,39 @@ def run(
         task = bar.add_task(scenarios[0].id, total=len(scenarios))
         ids = iter([s.id for s in scenarios[1:]] + ["done"])
         records = run_sweep(
-            loaded, scenarios, out_dir, repeats=repeats, warmup=warmup,
+            loaded, scenarios, out_dir, repeats=repeats, warmup=warmup, settings=settings,
             progress=lambda rec: bar.update(task, advance=1, description=next(ids)),
         )
+    finish(records, out_dir)
+
+
+def run_with_ray(model, load: dict, scenarios, out_dir, repeats, warmup, settings, address, gpus_per_task, workers):
+    """`kvbench run --executor ray`: the workers load the model; this process writes the records as they come."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from ..scale.ray_executor import run_sweep_ray
+
+    console.print(f"[bold]{model}[/] on Ray: {len(scenarios)} scenarios x ({warmup} warm-up + {repeats} timed) "
+                  f"-> {out_dir}")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("starting Ray workers", total=len(scenarios))
+        records = run_sweep_ray(
+            model, scenarios, out_dir, load=load, repeats=repeats, warmup=warmup, settings=settings,
+            address=address, gpus_per_task=gpus_per_task, workers=workers,
+            progress=lambda rec: bar.update(task, advance=1, description=rec["scenario_id"]),
+        )
+    finish(records, out_dir)
+
+
+def finish(records: list[dict], out_dir) -> None:
+    """The summary table, where the records are, and exit 1 when a scenario failed."""
     print_summary(records)
     console.print(f"records: {Path(out_dir) / 'records.jsonl'}")
     failed = [r for r in records if r["status"] == "error"]

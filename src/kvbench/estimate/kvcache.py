@@ -222,15 +222,11 @@ def _layer_tokens(spec: LayerSpec, seq_len: int, last_step_tokens: int, reordere
     return min(seq_len - last_step_tokens, keep) + last_step_tokens  # ... else as a view of the last cat
 
 
-def kv_cache_bytes_at(config: Any, *, batch_size: int, seq_len: int, dtype: torch.dtype | str, num_beams: int = 1,
-                      cache_implementation: str | None = "dynamic", max_cache_len: int | None = None,
-                      last_step_tokens: int = 1) -> int:
-    """Bytes the cache holds once ``seq_len`` positions have been fed through it.
-
-    ``last_step_tokens`` is how many of them the latest forward fed: 1 while decoding, ``seq_len`` right after the
-    prefill (a dynamic sliding layer then still holds the whole prompt, not just its window). For a static cache
-    ``max_cache_len`` is its preallocated length (default: ``seq_len``). ``num_beams`` multiplies the batch, and
-    beam search compacts sliding layers at every step."""
+def kv_cache_bytes_by_layer(config: Any, *, batch_size: int, seq_len: int, dtype: torch.dtype | str,
+                            num_beams: int = 1, cache_implementation: str | None = "dynamic",
+                            max_cache_len: int | None = None, last_step_tokens: int = 1) -> list[int]:
+    """Bytes each decoder layer's cache holds once ``seq_len`` positions have been fed through it (see
+    `kv_cache_bytes_at`, their sum, for the arguments)."""
     if seq_len < 0 or batch_size < 1 or num_beams < 1:
         raise ValueError("seq_len must be >= 0, batch_size and num_beams >= 1")
     if cache_implementation in (None, "dynamic"):
@@ -245,27 +241,43 @@ def kv_cache_bytes_at(config: Any, *, batch_size: int, seq_len: int, dtype: torc
     if num_beams > 1 and _transformers_version() < (5, 0) and getattr(_text_config(config), "num_kv_shared_layers", 0):
         raise NotImplementedError("beam search with KV-shared layers (Gemma-3n) in transformers 4.x: its cache keeps "
                                   "copies of the shared states that beam reordering leaves behind")
-    sequences = batch_size * num_beams
-    total = 0
-    for spec in kv_layer_specs(config):
-        tokens = _layer_tokens(spec, seq_len, last_step_tokens, num_beams > 1, max_cache_len)
-        total += sequences * spec.kv_heads * (spec.k_head_dim + spec.v_head_dim) * tokens
-    return total * dtype_nbytes(dtype)
+    sequences, nbytes = batch_size * num_beams, dtype_nbytes(dtype)
+    return [
+        sequences * spec.kv_heads * (spec.k_head_dim + spec.v_head_dim) * nbytes
+        * _layer_tokens(spec, seq_len, last_step_tokens, num_beams > 1, max_cache_len)
+        for spec in kv_layer_specs(config)
+    ]
+
+
+def kv_cache_bytes_at(config: Any, *, batch_size: int, seq_len: int, dtype: torch.dtype | str, num_beams: int = 1,
+                      cache_implementation: str | None = "dynamic", max_cache_len: int | None = None,
+                      last_step_tokens: int = 1) -> int:
+    """Bytes the cache holds once ``seq_len`` positions have been fed through it.
+
+    ``last_step_tokens`` is how many of them the latest forward fed: 1 while decoding, ``seq_len`` right after the
+    prefill (a dynamic sliding layer then still holds the whole prompt, not just its window). For a static cache
+    ``max_cache_len`` is its preallocated length (default: ``seq_len``). ``num_beams`` multiplies the batch, and
+    beam search compacts sliding layers at every step."""
+    return sum(kv_cache_bytes_by_layer(config, batch_size=batch_size, seq_len=seq_len, dtype=dtype, num_beams=num_beams,
+                                       cache_implementation=cache_implementation, max_cache_len=max_cache_len,
+                                       last_step_tokens=last_step_tokens))
 
 
 def estimate_kv_cache_bytes(config: Any, *, batch_size: int, prompt_len: int, new_tokens: int,
                             dtype: torch.dtype | str, num_beams: int = 1,
-                            cache_implementation: str | None = "dynamic") -> int:
+                            cache_implementation: str | None = "dynamic", by_layer: bool = False) -> int | list[int]:
     """Bytes of the cache that ``model.generate`` returns after ``new_tokens`` tokens from a
     ``batch_size x prompt_len`` prompt (min_new_tokens = max_new_tokens = new_tokens, use_cache=True): it has seen
     ``prompt_len + new_tokens - 1`` positions, the last of them fed alone (or the whole prompt when
-    new_tokens == 1); a static cache is sized ``prompt_len + new_tokens - 1``."""
+    new_tokens == 1); a static cache is sized ``prompt_len + new_tokens - 1``. ``by_layer=True``: a list, one
+    figure per decoder layer."""
     if prompt_len < 1 or new_tokens < 1:
         raise ValueError("prompt_len and new_tokens must be >= 1")
     seq_len = prompt_len + new_tokens - 1
-    return kv_cache_bytes_at(config, batch_size=batch_size, seq_len=seq_len, dtype=dtype, num_beams=num_beams,
-                             cache_implementation=cache_implementation, max_cache_len=seq_len,
-                             last_step_tokens=prompt_len if new_tokens == 1 else 1)
+    layers = kv_cache_bytes_by_layer(config, batch_size=batch_size, seq_len=seq_len, dtype=dtype, num_beams=num_beams,
+                                     cache_implementation=cache_implementation, max_cache_len=seq_len,
+                                     last_step_tokens=prompt_len if new_tokens == 1 else 1)
+    return layers if by_layer else sum(layers)
 
 
 def kv_bytes_per_token(config: Any, dtype: torch.dtype | str, *, count_sliding: bool = False) -> int:

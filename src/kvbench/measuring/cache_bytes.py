@@ -53,15 +53,28 @@ def _state_tensors(cache: Any) -> list[torch.Tensor]:
     return [t for t in found if t.dim() > 0]  # 0-dim tensors are counters/scales, see the module docstring
 
 
-def cache_nbytes(cache: Any) -> int:
-    """Bytes of memory the cache holds: the storage under every tensor it references, each storage counted once
-    (keys and values that are views of one buffer, or one tensor shared by two layers, count once). None -> 0."""
+def _storages(cache: Any) -> dict[tuple[str, int], int]:
     storages: dict[tuple[str, int], int] = {}
     for t in _state_tensors(cache):
         storage = t.untyped_storage()
         if storage.nbytes():
             storages[(str(t.device), storage.data_ptr())] = storage.nbytes()
-    return sum(storages.values())
+    return storages
+
+
+def cache_nbytes(cache: Any) -> int:
+    """Bytes of memory the cache holds: the storage under every tensor it references, each storage counted once
+    (keys and values that are views of one buffer, or one tensor shared by two layers, count once). None -> 0."""
+    return sum(_storages(cache).values())
+
+
+def cache_nbytes_by_device(cache: Any) -> dict[str, int]:
+    """`cache_nbytes` per device ("cpu", "cuda:0", ...): a model split across devices keeps each layer's cache
+    where the layer runs."""
+    out: dict[str, int] = {}
+    for (device, _), nbytes in _storages(cache).items():
+        out[device] = out.get(device, 0) + nbytes
+    return out
 
 
 def cache_visible_nbytes(cache: Any) -> int:

@@ -14,13 +14,14 @@ from ..estimate.roofline import decode_bytes_per_step, roofline
 from ..estimate.weights import weight_bytes_estimate
 from ..inputs.scenario import Scenario
 from ..results.schema import SCHEMA_VERSION
-from .cache_bytes import cache_from_output, cache_nbytes
+from .cache_bytes import cache_from_output, cache_nbytes, cache_nbytes_by_device
 from .clock import Clock
 from .environment import environment
 from .forwards import record_forwards
 from .memory import memory_probe
 from .models import LoadedModel, synthetic_inputs
 from .nvml import nvml_handle
+from .placement import placement_fields
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -85,8 +86,10 @@ def generate_once(loaded: LoadedModel, scenario: Scenario, inputs: dict, clock: 
         end = clock.mark()
         seconds = clock.intervals([start, *forwards.marks, end])
     generated = out.sequences.shape[1] - scenario.prompt_len
-    cache_bytes = cache_nbytes(cache_from_output(out)) if scenario.use_cache else 0
-    del out
+    cache = cache_from_output(out) if scenario.use_cache else None
+    cache_bytes = cache_nbytes(cache)
+    by_device = {"kv_cache_bytes_by_device": cache_nbytes_by_device(cache)} if loaded.device_map else {}
+    del out, cache
     # seconds: start->call1, call1->call2, ..., callN->end. The first token exists when call 2 starts.
     return {
         "total_s": sum(seconds),
@@ -95,6 +98,7 @@ def generate_once(loaded: LoadedModel, scenario: Scenario, inputs: dict, clock: 
         "positions": forwards.positions,
         "generated_tokens": generated,
         "kv_cache_bytes": cache_bytes,
+        **by_device,
         **memory,
     }
 
@@ -128,13 +132,17 @@ def base_record(loaded: LoadedModel, scenario: Scenario) -> dict:
             record.update(kv_cache_bytes_estimate=None, kv_cache_estimate_error=str(exc))
         sequences = scenario.batch_size * scenario.num_beams
         record["kv_cache_bytes_naive"] = naive_kv_cache_bytes(config, batch_size=sequences, seq_len=seq_len, dtype=dtype)
+    if loaded.device_map is not None:
+        by_layer = kv_estimate(config, scenario, dtype, by_layer=True) if record["kv_cache_bytes_estimate"] else None
+        record.update(placement_fields(loaded, by_layer))
     return record
 
 
-def kv_estimate(config, scenario: Scenario, dtype) -> int:
+def kv_estimate(config, scenario: Scenario, dtype, by_layer: bool = False) -> int | list[int]:
     return estimate_kv_cache_bytes(
         config, batch_size=scenario.batch_size, prompt_len=scenario.prompt_len, new_tokens=scenario.new_tokens,
         dtype=dtype, num_beams=scenario.num_beams, cache_implementation=scenario.cache_implementation,
+        by_layer=by_layer,
     )
 
 
@@ -201,6 +209,7 @@ def summarize(runs: list[dict]) -> dict:
         "positions_processed": sum(positions),
         "generated_tokens": last["generated_tokens"],
         "kv_cache_bytes": last["kv_cache_bytes"],
+        **({"kv_cache_bytes_by_device": last["kv_cache_bytes_by_device"]} if "kv_cache_bytes_by_device" in last else {}),
     }
     memory_keys = [k for k in last if k.endswith("_bytes") and k not in out]
     for key in memory_keys:  # peaks: the largest over repeats; levels (before, after): the last repeat's

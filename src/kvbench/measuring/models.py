@@ -28,6 +28,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     source: str  # "preset (random weights)", "config.json (random weights)", "local weights", "hub"
+    device_map: dict | None = None  # module -> device, for a model placed across devices (measuring.placement)
 
     @property
     def weight_bytes(self) -> int:
@@ -91,14 +92,36 @@ def random_model(config, device: torch.device, dtype: torch.dtype):
     return model
 
 
-def load_model(spec, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False) -> LoadedModel:
-    """Load a preset name, a config.json path, a local model folder, a Hub model id, or a config object."""
+def load_model(spec, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
+               device_map=None, max_memory=None) -> LoadedModel:
+    """Load a preset name, a config.json path, a local model folder, a Hub model id, or a config object.
+
+    `device_map` (a strategy such as "auto", or {module: device}) and `max_memory` ({device: bytes}, or their
+    --device-map / --max-memory text) place the model across devices with accelerate (`measuring.placement`)."""
     from transformers import AutoModelForCausalLM
 
     dev = resolve_device(device)
     name, config, source, weights = resolve_spec(spec, trust_remote_code)
     dt = resolve_dtype(dtype, dev, config)
-    if weights is None:
+    placement = None
+    if device_map is not None:
+        from .placement import (
+            main_device,
+            parse_device_map,
+            parse_max_memory,
+            placed_random_model,
+        )
+
+        device_map = parse_device_map(device_map) if isinstance(device_map, str) else device_map
+        max_memory = parse_max_memory(max_memory) if isinstance(max_memory, str) else max_memory
+        if weights is None:
+            model, placement = placed_random_model(config, dt, device_map, max_memory)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(weights, dtype=dt, device_map=device_map,
+                                                         max_memory=max_memory, trust_remote_code=trust_remote_code)
+            placement = dict(model.hf_device_map)
+        dev = main_device(placement)
+    elif weights is None:
         model = random_model(config, dev, dt)
     else:
         model = AutoModelForCausalLM.from_pretrained(
@@ -109,7 +132,8 @@ def load_model(spec, device: str = "auto", dtype: str = "auto", trust_remote_cod
     if gen.pad_token_id is None:  # silences "Setting pad_token_id to eos_token_id" on every call
         eos = gen.eos_token_id if gen.eos_token_id is not None else getattr(config, "eos_token_id", None)
         gen.pad_token_id = (eos[0] if isinstance(eos, list) else eos) if eos is not None else 0
-    return LoadedModel(name=name, model=model, config=model.config, device=dev, dtype=dt, source=source)
+    return LoadedModel(name=name, model=model, config=model.config, device=dev, dtype=dt, source=source,
+                       device_map=placement)
 
 
 def synthetic_inputs(config, batch_size: int, prompt_len: int, device, seed: int = 0) -> dict:

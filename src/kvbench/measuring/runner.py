@@ -37,7 +37,21 @@ def run_sweep(
     """
     for scenario in scenarios:  # refuse the whole sweep before anything runs
         check_fits(loaded, scenario)
-    info = {
+    records = []
+    with RunWriter(out_dir, run_info(loaded, scenarios, repeats, warmup, settings)) as writer, frozen_heap():
+        for scenario in scenarios:
+            record = measure_or_error(loaded, scenario, repeats, warmup)
+            writer.write(record)
+            records.append(record)
+            if progress:
+                progress(record)
+    return records
+
+
+def run_info(loaded: LoadedModel, scenarios: list[Scenario], repeats: int, warmup: int,
+             settings: dict | None = None) -> dict:
+    """What run.json holds: the model, device, dtype, repeats, the scenarios, extra settings and the environment."""
+    return {
         "schema_version": SCHEMA_VERSION,
         "model": loaded.name,
         "model_source": loaded.source,
@@ -50,23 +64,25 @@ def run_sweep(
         **(settings or {}),
         **environment(loaded.device),
     }
-    records = []
-    with RunWriter(out_dir, info) as writer, frozen_heap():
-        for scenario in scenarios:
-            failed = None
-            try:
-                record = measure(loaded, scenario, repeats=repeats, warmup=warmup)
-            except Exception as exc:  # keep the sweep going; the record says what broke
-                failed = {"status": "error", "error": f"{type(exc).__name__}: {exc}".splitlines()[0],
-                          "traceback": traceback.format_exc(limit=-3)}
-            if failed is not None:  # out of the except block: the traceback and generate's frames are gone
-                free_memory(loaded.device)
-                record = base_record(loaded, scenario) | environment(loaded.device) | failed
-            writer.write(record)
-            records.append(record)
-            if progress:
-                progress(record)
-    return records
+
+
+def error_record(loaded: LoadedModel, scenario: Scenario, error: str, tb: str | None = None) -> dict:
+    """The record of a scenario that failed: what was known before generate, status "error" and what broke."""
+    record = base_record(loaded, scenario) | environment(loaded.device)
+    record.update(status="error", error=error.splitlines()[0] if error else error)
+    if tb:
+        record["traceback"] = tb
+    return record
+
+
+def measure_or_error(loaded: LoadedModel, scenario: Scenario, repeats: int, warmup: int) -> dict:
+    """measure(), or a record with status "error" when it raises (so a sweep goes on)."""
+    try:
+        return measure(loaded, scenario, repeats=repeats, warmup=warmup)
+    except Exception as exc:  # keep the sweep going; the record says what broke
+        record = error_record(loaded, scenario, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=-3))
+    free_memory(loaded.device)  # out of the except block: the traceback and generate's frames are gone
+    return record
 
 
 @contextlib.contextmanager
