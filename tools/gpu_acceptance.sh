@@ -40,7 +40,7 @@ LOG="$OUT/log.txt" SUMMARY="$OUT/summary.txt"
 
 if [ "$CPU" = 1 ]; then
     MODEL=tiny DEVICE=cpu DTYPE=float32 BUDGET_S=${BUDGET_S:-120}
-    STUDY=(--prompt-len 55 --new-tokens 16 --batch-size 1 --repeats 2 --warmup 1)
+    STUDY=(--prompt-len 55 --new-tokens 8 --batch-size 1 --repeats 2 --warmup 1)
     SWEEP=(--prompt-len 16,64 --new-tokens 8 --batch-size 1,2 --repeats 1 --warmup 1)
     BENCH=(--kv-prompt-len 16 --kv-new-tokens 8 --kv-batch-size 1 --kv-rounds 1 --kv-warmup-rounds 0)
     LIVE=(--prompt-len 32 --new-tokens 8)
