@@ -6,28 +6,48 @@
 
 The flow, one subpackage a stage: `inputs` (Scenario, model configs) -> `measuring` (model, instruments, measure,
 sweep) beside `estimate` (the analytic side) -> `results` (records, run folders) -> `report` / `plan` -> `cli`.
+
+The API below loads on first use (PEP 562 `__getattr__`): `import kvbench` imports neither torch nor pandas, so the
+`kvbench` command starts at once; `kvbench.measure` and `from kvbench import measure` import what they need.
 """
 
+from __future__ import annotations
+
+from importlib import import_module
+
 from .errors import UserError
-from .estimate.kvcache import (
-    estimate_kv_cache_bytes,
-    kv_cache_bytes_at,
-    naive_kv_cache_bytes,
-)
-from .estimate.positions import positions_processed_estimate
-from .estimate.weights import param_count, weight_bytes_estimate
-from .inputs.configs import list_presets
-from .inputs.scenario import Scenario, grid
-from .measuring.cache_bytes import cache_nbytes
-from .measuring.measure import measure
-from .measuring.models import LoadedModel, load_model
-from .measuring.runner import run_sweep
-from .plan.plan import plan_capacity
-from .results.store import load_results
 from .version import __version__
 
-__all__ = [
-    "LoadedModel", "Scenario", "UserError", "__version__", "cache_nbytes", "estimate_kv_cache_bytes", "grid",
-    "kv_cache_bytes_at", "list_presets", "load_model", "load_results", "measure", "naive_kv_cache_bytes",
-    "param_count", "plan_capacity", "positions_processed_estimate", "run_sweep", "weight_bytes_estimate",
-]
+# public name -> the module that defines it (relative to this package); tests/test_layout.py reads this table
+_LAZY = {
+    "estimate_kv_cache_bytes": ".estimate.kvcache",
+    "kv_cache_bytes_at": ".estimate.kvcache",
+    "naive_kv_cache_bytes": ".estimate.kvcache",
+    "positions_processed_estimate": ".estimate.positions",
+    "param_count": ".estimate.weights",
+    "weight_bytes_estimate": ".estimate.weights",
+    "list_presets": ".inputs.configs",
+    "Scenario": ".inputs.scenario",
+    "grid": ".inputs.scenario",
+    "cache_nbytes": ".measuring.cache_bytes",
+    "measure": ".measuring.measure",
+    "LoadedModel": ".measuring.models",
+    "load_model": ".measuring.models",
+    "run_sweep": ".measuring.runner",
+    "plan_capacity": ".plan.plan",
+    "load_results": ".results.store",
+}
+
+__all__ = ["UserError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_LAZY[name], __name__), name)
+    globals()[name] = value  # the next lookup is an ordinary attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
-import pandas as pd
 import typer
 
-from ..report.compare import (
-    GATED,
-    METRICS,
-    compare_page,
-    compare_table,
-    parse_gate,
-    parse_threshold,
-    plot_compare,
-    unmatched,
-)
-from ..report.report import default_out, write_report
+from ..report.metrics import GATED, METRICS
 from .common import console
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def report_command(
@@ -31,6 +23,8 @@ def report_command(
     import matplotlib
 
     matplotlib.use("Agg")
+    from ..report.report import default_out, write_report
+
     out_dir = out or default_out(runs)
     paths = write_report(runs, out_dir)
     typer.echo(f"report: {paths['html']}")
@@ -38,8 +32,8 @@ def report_command(
 
 
 def print_comparison(table: pd.DataFrame, threshold: float, env: pd.DataFrame, notes: list[str]) -> None:
+    import pandas as pd
     from rich.table import Table as RichTable
-
 
     styles = {"regression": "red", "improvement": "green"}
     metrics = [m for m in METRICS if f"{m}_ratio" in table]
@@ -74,6 +68,16 @@ def compare_command(
                                                    f"(comma-separated, of {', '.join(METRICS)}; 'none' for none)"),
 ):
     """Match scenarios across runs and show new / base ratios; exit 1 on a regression beyond the threshold."""
+    import pandas as pd
+
+    from ..report.compare import (
+        compare_page,
+        compare_table,
+        parse_gate,
+        parse_threshold,
+        plot_compare,
+        unmatched,
+    )
     from ..report.report import environment_differences, load_runs
 
     limit = parse_threshold(threshold)

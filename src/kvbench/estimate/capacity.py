@@ -30,7 +30,7 @@ from ..errors import UserError
 from ..units import MIB
 from .kvcache import dtype_nbytes, kv_cache_bytes_at, kv_layer_specs
 from .roofline import roofline
-from .weights import param_count
+from .weights import decode_weight_bytes, param_count
 
 DEFAULT_OVERHEAD_BYTES = 500 * MIB  # CUDA context, cuBLAS workspace, allocator slack (before calibration)
 FLOAT_KV = ("float16", "bfloat16", "float32")
@@ -301,7 +301,8 @@ def breakdown(w: Workload, target: Target, batch_size: int, context_len: int, ne
     kv, act = (kv_decode, act_decode) if decode_phase else (kv_prefill, act_prefill)
     overhead = int(cal.overhead_bytes)
     total = w.weight_bytes + kv + act + overhead
-    per_step = w.weight_bytes + kv_decode  # a decode step reads every weight and the whole cache
+    # a decode step reads every weight (one embedding row per sequence: roofline's byte model) and the whole cache
+    per_step = decode_weight_bytes(w.config, w.dtype, batch_size * w.num_beams) + kv_decode
     floor = roofline(per_step, target.bandwidth_gbps, None)["decode_roofline_s"]
     step_s = None
     if cal.bandwidth_fraction and target.bandwidth_gbps:

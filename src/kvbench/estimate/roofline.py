@@ -5,24 +5,31 @@ from __future__ import annotations
 
 from ..inputs.scenario import Scenario
 from .kvcache import kv_cache_bytes_at
+from .weights import decode_weight_bytes
 
 
-def decode_bytes_per_step(config, scenario: Scenario, dtype, weight_bytes: int) -> float | None:
-    """Bytes a cached decode step must read, averaged over the N-1 steps: all weights plus the whole cache.
+def decode_bytes_per_step(config, scenario: Scenario, dtype) -> float | None:
+    """Bytes a cached decode step must read, averaged over the N-1 steps: a pure function of config, scenario and
+    dtype. The weights (`weights.decode_weight_bytes`: every parameter once, one embedding row per sequence, the LM
+    head whole) plus the whole cache after the step's update (P + k positions at step k; a static cache holds its
+    preallocated P + N - 1). Left out: the dynamic cache's `torch.cat` traffic (each step copies the layer's keys
+    and values into a new tensor), grouped-query attention's key/value expansion where the attention kernel
+    materializes it, and activations (logits, hidden states, masks).
 
     None without the cache: a step then recomputes the whole sequence and is not a memory-bound read.
     """
     if not scenario.use_cache or scenario.new_tokens < 2:
         return None
+    sequences = scenario.batch_size * scenario.num_beams
     kv = [
         kv_cache_bytes_at(
             config, batch_size=scenario.batch_size, seq_len=scenario.prompt_len + k, dtype=dtype,
             num_beams=scenario.num_beams, cache_implementation=scenario.cache_implementation,
-            max_cache_len=scenario.total_len,
+            max_cache_len=scenario.total_len - 1,  # generate preallocates max_length - 1: the last token is never fed
         )
         for k in range(1, scenario.new_tokens)
     ]
-    return weight_bytes + sum(kv) / len(kv)
+    return decode_weight_bytes(config, dtype, sequences) + sum(kv) / len(kv)
 
 
 def roofline(bytes_per_step: float | None, bandwidth_gbps: float | None, step_s: float | None) -> dict:

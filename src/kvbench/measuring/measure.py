@@ -179,7 +179,7 @@ def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1) -> dic
     record.update(summarize(runs))
     record["tokens_per_s"] = record["generated_tokens"] * scenario.batch_size / record["total_s"]
     weight_bytes = loaded.weight_bytes
-    per_step = decode_bytes_per_step(loaded.config, scenario, loaded.dtype, weight_bytes)
+    per_step = decode_bytes_per_step(loaded.config, scenario, loaded.dtype)
     record.update(
         weight_bytes=weight_bytes,
         decode_bytes_per_step_estimate=per_step,

@@ -14,11 +14,10 @@ import pandas as pd
 
 from ..errors import UserError
 from ..results.frame import ok_rows
+from .metrics import GATED, METRICS
 
 KEYS = ["prompt_len", "new_tokens", "batch_size", "use_cache", "decoding", "num_beams"]
 RUN_LEVEL = ["model", "device", "dtype", "cache_implementation"]  # matched on unless they tell the runs apart
-METRICS = ["total_s", "ttft_s", "decode_step_s", "kv_cache_bytes", "peak_memory_delta_bytes"]  # lower is better
-GATED = ("total_s", "kv_cache_bytes", "peak_memory_delta_bytes")  # a regression in these fails the comparison
 # Peak memory above baseline moves by a few pages between identical runs (RSS on CPU, allocator rounding):
 # a change smaller than this is never a regression or an improvement.
 PEAK_MEMORY_FLOOR_BYTES = 1 << 20
