@@ -9,7 +9,7 @@ import typer
 
 from ..errors import UserError
 from ..inputs.scenario import QUICK, choice_list, int_list
-from .common import Table, console
+from .common import console
 
 
 def run(
@@ -27,6 +27,7 @@ def run(
     warmup: int = typer.Option(1, help="untimed generates before the timed ones"),
     out: Optional[Path] = typer.Option(None, help="run folder (default results/<time>-<model>)"),
     trust_remote_code: bool = typer.Option(False, help="allow a Hub model's own code to run"),
+    wide: bool = typer.Option(False, "--wide", help="summary table with every column, however wide"),
 ):
     """Sweep a grid of scenarios on one model and write records.jsonl (defaults: a quick grid on `tiny`)."""
     from ..inputs.scenario import CACHE_IMPLEMENTATIONS, DECODINGS, grid
@@ -69,7 +70,9 @@ def run(
             loaded, scenarios, out_dir, repeats=repeats, warmup=warmup,
             progress=lambda rec: bar.update(task, advance=1, description=next(ids)),
         )
-    print_summary(records)
+    from ..report.summary import print_summary
+
+    print_summary(records, console, wide=wide)
     console.print(f"records: {Path(out_dir) / 'records.jsonl'}")
     failed = [r for r in records if r["status"] == "error"]
     for r in failed:
@@ -77,32 +80,3 @@ def run(
     if failed:
         raise typer.Exit(1)
 
-
-def print_summary(records: list[dict]) -> None:
-    import pandas as pd
-
-    from ..results.frame import speedups
-    from ..units import fmt_bytes, fmt_seconds
-
-    df = pd.DataFrame(records).assign(run="")
-    table = Table(title="KV cache: what it buys and costs")
-    for col in ["P", "N", "B", "cache", "with cache", "without", "speedup", "TTFT", "step",
-                "positions", "KV measured", "KV estimate", "KV naive"]:
-        table.add_column(col, justify="right")
-    rows = speedups(df) if (df["use_cache"].any() and (~df["use_cache"]).any()) else df[df["use_cache"]]
-    if rows.empty:
-        rows = df
-    for r in rows.to_dict("records"):
-        table.add_row(
-            str(r["prompt_len"]), str(r["new_tokens"]), str(r["batch_size"]), r["cache_implementation"],
-            fmt_seconds(r.get("total_s")), fmt_seconds(r.get("total_s_nocache")),
-            f"{r['speedup']:.2f}x" if r.get("speedup") == r.get("speedup") and r.get("speedup") else "-",
-            fmt_seconds(r.get("ttft_s")), fmt_seconds(r.get("decode_step_s")),
-            f"{r.get('positions_processed', '-')}/{r.get('positions_processed_nocache', '-')}".replace(".0", ""),
-            fmt_bytes(r.get("kv_cache_bytes")), fmt_bytes(r.get("kv_cache_bytes_estimate")),
-            fmt_bytes(r.get("kv_cache_bytes_naive")),
-        )
-    console.print(table)
-    for r in records:
-        if r["status"] == "oom":
-            console.print(f"[yellow]out of memory[/] {r['scenario_id']}")
