@@ -54,8 +54,16 @@ class Page:
 
 
 # ------------------------------------------------------------------ formatting
+def fmt_ratio(value) -> str:
+    """A ratio as people read it: "1.200x", "0.056x", "12.6x", "831x"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.3f}x" if abs(value) < 10 else f"{value:,.1f}x" if abs(value) < 1000 else f"{value:,.0f}x"
+
+
 def fmt_value(column: str, value) -> str:
-    """A cell as text, by the unit in its column name (`_bytes`, `_s`, `_gbps`, spreads and fractions)."""
+    """A cell as text, by the unit in its column name (`_bytes`, `_s`, `_gbps`, spreads and fractions; ratios
+    (`_ratio`, `a_over_b`, `speedup`) as "1.200x" whatever unit the figures they divide carry)."""
     if isinstance(value, (list, tuple, dict)):
         return f"[{len(value)} values]"
     if value is None or (isinstance(value, numbers.Real) and math.isnan(value)):
@@ -65,6 +73,8 @@ def fmt_value(column: str, value) -> str:
     name = column.lower()
     for suffix in ("_nocache", "_base", "_new"):
         name = name.removesuffix(suffix)
+    if name.endswith("_ratio") or "_over_" in name or name == "speedup":
+        return fmt_ratio(value)
     if "spread" in name or name.endswith("_fraction"):
         return f"{value:.1%}"
     if "_bytes" in name:
