@@ -14,6 +14,7 @@ import torch
 
 from ..errors import UserError
 from ..inputs.configs import DTYPES, gpu_half_dtype, resolve_spec
+from .fits import check_weights_fit
 
 
 @dataclass
@@ -80,6 +81,7 @@ def load_model(spec, device: str = "auto", dtype: str = "auto", trust_remote_cod
     dev = resolve_device(device)
     name, config, source, weights = resolve_spec(spec, trust_remote_code)
     dt = resolve_dtype(dtype, dev, config)
+    check_weights_fit(name, config, dev, dt)
     if weights is None:
         model = random_model(config, dev, dt)
     else:
