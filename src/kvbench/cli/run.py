@@ -31,8 +31,9 @@ def run(
 ):
     """Sweep a grid of scenarios on one model and write records.jsonl (defaults: a quick grid on `tiny`)."""
     from ..inputs.scenario import CACHE_IMPLEMENTATIONS, DECODINGS, grid
+    from ..measuring.eta import SweepEstimate
     from ..measuring.models import load_model
-    from ..measuring.runner import default_run_dir, run_sweep
+    from ..measuring.runner import default_run_dir
 
     caches = {"on": [True], "off": [False], "both": [True, False]}
     if use_cache not in caches:
@@ -54,22 +55,11 @@ def run(
         f"[bold]{loaded.name}[/] ({loaded.source}) on {loaded.device} in {str(loaded.dtype).removeprefix('torch.')}: "
         f"{len(scenarios)} scenarios x ({warmup} warm-up + {repeats} timed) -> {out_dir}"
     )
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
-        task = bar.add_task(scenarios[0].id, total=len(scenarios))
-        ids = iter([s.id for s in scenarios[1:]] + ["done"])
-        records = run_sweep(
-            loaded, scenarios, out_dir, repeats=repeats, warmup=warmup,
-            progress=lambda rec: bar.update(task, advance=1, description=next(ids)),
-        )
+    with console.status("timing a probe forward for the time estimates"):
+        estimate = SweepEstimate.probe(loaded, scenarios, repeats, warmup)
+    if line := slow_line(loaded, estimate):
+        console.print(line, highlight=False)
+    records = sweep_with_progress(loaded, scenarios, out_dir, estimate)
     from ..report.summary import print_summary
 
     print_summary(records, console, wide=wide)
@@ -80,3 +70,90 @@ def run(
     if failed:
         raise typer.Exit(1)
 
+
+# ------------------------------------------------------------------ how long
+SLOW_WEIGHT_BYTES = 10**9  # on the CPU, weights over this make every forward slow
+SLOW_SCENARIO_S = 10.0  # or a scenario expected to take longer than this
+
+
+def fmt_duration(seconds: float) -> str:
+    """ "8 s", "3 min 20 s", "1 h 05 min"."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def slow_line(loaded, estimate) -> str | None:
+    """One line when a model on the CPU will be slow: its expected time per scenario and in all."""
+    import statistics
+
+    per_scenario = statistics.median(estimate.expected_s(s) for s in estimate.scenarios)
+    if loaded.device.type != "cpu" or (loaded.weight_bytes <= SLOW_WEIGHT_BYTES and per_scenario <= SLOW_SCENARIO_S):
+        return None
+    from ..units import fmt_bytes
+
+    return (f"{loaded.name} on the CPU: about {fmt_duration(per_scenario)} per scenario expected "
+            f"({len(estimate.scenarios)} scenarios, about {fmt_duration(estimate.remaining_s())} in all, "
+            f"{fmt_bytes(loaded.weight_bytes)} of weights read every step); a GPU or a smaller grid is faster")
+
+
+def fmt_clock(seconds: float) -> str:
+    """ "0:08", "3:20", "1:05:00" (the progress bar's compact durations)."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def eta_text(left_s: float | None, since_s: float) -> str:
+    """The ETA cell: the estimate made `since_s` seconds ago, counted down (not below zero)."""
+    if left_s is None:
+        return "ETA -:--"
+    return f"ETA {fmt_clock(left_s - since_s)}"
+
+
+def sweep_with_progress(loaded, scenarios, out_dir, estimate) -> list[dict]:
+    """`run_sweep` under a progress bar: the bar fills by expected work, the current scenario shows its expected
+    time, and an ETA counts down the time left as the finished scenarios rescale the estimates."""
+    import time
+
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+    from rich.text import Text
+
+    from ..measuring.runner import run_sweep
+
+    class ETAColumn(ProgressColumn):
+        def render(self, task):
+            at = task.fields.get("at")
+            return Text(eta_text(task.fields.get("left_s"), time.monotonic() - at if at else 0.0), style="cyan")
+
+    def label(i: int) -> str:
+        if i >= len(scenarios):
+            return "done"
+        return f"{scenarios[i].id} ~{fmt_clock(estimate.expected_s(scenarios[i]))}"
+
+    costs = [max(estimate.prior_s(s), 1e-9) for s in scenarios]
+    last = time.monotonic()
+    with Progress(TextColumn("{task.description}"), BarColumn(bar_width=12), TextColumn("{task.fields[done]}/{task.fields[n]}"),
+                  TimeElapsedColumn(), ETAColumn(), console=console, transient=True) as bar:
+        task = bar.add_task(label(0), total=sum(costs), done=0, n=len(scenarios), left_s=estimate.remaining_s(),
+                            at=last)
+
+        def advance(record):
+            nonlocal last
+            now = time.monotonic()
+            estimate.finished(now - last)
+            last, i = now, len(estimate.measured_s)
+            bar.update(task, advance=costs[i - 1], description=label(i), done=i, left_s=estimate.remaining_s(),
+                       at=now)
+
+        return run_sweep(loaded, scenarios, out_dir, repeats=estimate.repeats, warmup=estimate.warmup,
+                         progress=advance)
