@@ -51,6 +51,7 @@ class Page:
     title: str
     lead: list[str]
     sections: list[Section]
+    header: list[tuple[str, str]] = field(default_factory=list)  # (field, value) under the title: model, device...
 
 
 # ------------------------------------------------------------------ formatting
@@ -162,11 +163,14 @@ def render_html(page: Page, svgs: dict[str, bytes], widths: dict[str, int]) -> s
         sections.append(dict(title=s.title, anchor=s.anchor, text=s.text, warnings=s.warnings,
                              warning_title=s.warning_title, notes=s.notes, image=image, figure=s.figure,
                              width=widths.get(s.figure), tables=_tables_for(s)))
-    return _environment().get_template("page.html.j2").render(title=page.title, lead=page.lead, sections=sections)
+    return _environment().get_template("page.html.j2").render(title=page.title, lead=page.lead, sections=sections,
+                                                              header=page.header)
 
 
 def render_markdown(page: Page, figures: set[str]) -> str:
     lines = [f"# {md_cell(page.title)}", ""]
+    if page.header:
+        lines += [" · ".join(f"**{md_cell(k)}:** {md_cell(v)}" for k, v in page.header), ""]
     lines += [md_cell(p) for p in page.lead] + [""]
     for s in page.sections:
         lines += [f"## {md_cell(s.title)}", ""]
