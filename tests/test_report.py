@@ -263,3 +263,40 @@ def test_the_header_names_each_run_where_they_differ(tmp_path):
     md = (report(tmp_path, cpu, gpu) / "report.md").read_text()
     assert ("**device:** cpu-run: cpu (Test CPU); gpu-run: cuda (NVIDIA H100 80GB HBM3) · "
             "**dtype:** cpu-run: float32; gpu-run: float16 · **kvbench:** 0.1.0") in md.splitlines()[2]
+
+
+def test_report_is_byte_identical_when_regenerated_in_other_processes(tmp_path, default_report):
+    """Two fresh processes (other hash seeds, so no set or dict order can leak) write the same bytes."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import kvbench
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(kvbench.__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    outs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"seed{seed}"
+        subprocess.run([sys.executable, "-m", "kvbench", "report", str(default_report.parent), "--out", str(out)],
+                       check=True, env={**env, "PYTHONHASHSEED": seed}, capture_output=True)
+        outs.append(out)
+    files = sorted(p.relative_to(outs[0]) for p in outs[0].rglob("*") if p.is_file())
+    assert len(files) == 2 + 2 * len(FIGURE_NAMES) + len(FIGURE_NAMES) + 1
+    for rel in files:
+        assert (outs[0] / rel).read_bytes() == (outs[1] / rel).read_bytes(), rel
+        if rel.suffix in (".png", ".svg"):  # and the same figures as this process drew
+            assert (outs[0] / rel).read_bytes() == (default_report / rel).read_bytes(), rel
+
+
+def test_saved_figures_have_their_panels_on_a_fixed_grid(default_report):
+    """The layout is frozen on a 1/8-point grid before saving: no solver's last bits reach the SVG, whose six
+    decimals otherwise flip between machines (a spine at 32.6401575 pt written as ...157 or ...158)."""
+    for name in FIGURE_NAMES:
+        svg = (default_report / "figures" / f"{name}.svg").read_text()
+        panels = re.findall(r'<g id="axes_\d+">\s*<g id="patch_\d+">\s*<path d="([^"]+)"', svg)
+        assert panels, name
+        for path in panels:  # a multiple of 1/8 pt from the figure's edge: three decimals at most, never six
+            decimals = [len(v.partition(".")[2]) for v in re.findall(r"-?\d+\.?\d*", path)]
+            assert decimals and max(decimals) <= 4, (name, path)

@@ -229,6 +229,7 @@ def plot_compare(table: pd.DataFrame, threshold: float = 0.05):
     from matplotlib.patches import Patch
 
     from .figstyle import facets, legend, style
+    from .ticks import fit_figure
 
     metrics = [m for m in METRICS if f"{m}_ratio" in table and table[f"{m}_ratio"].notna().any()]
     several = table["new_run"].nunique() > 1
@@ -251,6 +252,7 @@ def plot_compare(table: pd.DataFrame, threshold: float = 0.05):
                                   for k, c in colors.items() if k]),
                      ("", [(f"±{threshold:.0%} band", Patch(color="0.9"))])])
         fig.suptitle("New run over base, per scenario (lower is better)")
+        fit_figure(fig)
     return fig
 
 

@@ -20,6 +20,7 @@ from .figstyle import (
     palette,
     style,
 )
+from .ticks import fit_figure
 
 
 # ------------------------------------------------------------------ 4. memory
@@ -90,6 +91,7 @@ def plot_memory(df: pd.DataFrame) -> Figure:
                       if var is not None else [])])
         fig.suptitle("KV-cache memory: measured against the estimates"
                      + (f"\n(peak above baseline: {source})" if source else ""))
+        fit_figure(fig)
     return fig
 
 
@@ -156,4 +158,5 @@ def plot_bandwidth(df: pd.DataFrame) -> Figure:
                       if var is not None else [])])
         fig.suptitle("Decode roofline: achieved memory bandwidth"
                      + (" (no peak known)" if bandwidth_note(table) else " against the peak"))
+        fit_figure(fig)
     return fig

@@ -3,7 +3,8 @@ self-contained HTML file (figures embedded as data URIs, no script, no network),
 and each figure as PNG and SVG with each table as CSV.
 
 Everything that comes from data reaches the HTML through Jinja2's autoescape and the Markdown through `md_cell`.
-Output depends only on the input: no timestamps, no random ids; SVG ids are salted by a constant.
+Output depends only on the input: no timestamps, no random ids; SVG ids are salted by a constant, and each
+figure's layout is frozen on a grid before it is saved (`figstyle.freeze_layout`).
 """
 
 from __future__ import annotations
@@ -120,12 +121,13 @@ def md_table(frame: pd.DataFrame) -> str:
 # ------------------------------------------------------------------ writing
 def save_figure(fig, out_dir: Path, stem: str) -> dict[str, bytes]:
     """figures/<stem>.png and .svg, with fixed metadata so the same figure gives the same bytes."""
-    from .figstyle import style
+    from .figstyle import freeze_layout, style
 
     folder = out_dir / FIGURES_DIR
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
     with style():
+        freeze_layout(fig)
         for fmt, metadata in (("png", {"Software": None}), ("svg", {"Date": None, "Creator": None})):
             path = folder / f"{stem}.{fmt}"
             fig.savefig(path, format=fmt, metadata=metadata)

@@ -24,7 +24,6 @@ from .figstyle import (
     empty_panel,
     facets,
     legend,
-    log2_ticks,
     mark,
     ordered,
     palette,
@@ -40,6 +39,7 @@ from .memplots import (  # noqa: F401 - the figures of bytes, drawn beside these
     plot_bandwidth,
     plot_memory,
 )
+from .ticks import category_ticks, fit_figure
 
 
 # ------------------------------------------------------------------ 1. speedup
@@ -76,13 +76,14 @@ def plot_speedup(df: pd.DataFrame) -> Figure:
                 ax.plot(line["prompt_len"], line["speedup"], color=colors[new], marker=markers[var_],
                         ls=styles[var_], lw=1.6, ms=5)
             ax.axhline(1, color="0.4", lw=0.8, ls=":")
-            log2_ticks(ax, table["prompt_len"])
+            category_ticks(ax, table["prompt_len"])
             ax.set(title=f"batch size {batch}", xlabel="prompt length (tokens)", ylabel="speedup (x)")
         axes[0].set_ylim(0, max(1.1, float(table["speedup"].max()) * 1.08))
         legend(fig, [("new tokens", [(n, swatch(colors[n])) for n in news]),
                      (var.name if var is not None else "", [(v, mark(markers[v], ls=styles[v])) for v in variants]
                       if var is not None else [])])
         fig.suptitle("Speedup of the KV cache: latency without it / with it")
+        fit_figure(fig)
     return fig
 
 
@@ -151,6 +152,7 @@ def plot_decode_steps(df: pd.DataFrame) -> Figure:
         legend(fig, [("prompt length", [(p, swatch(colors[p])) for p in prompts]),
                      ("cache", [(c, dash(styles[c])) for c in caches])])
         fig.suptitle("Decode step latency by position: with and without the cache")
+        fit_figure(fig)
     return fig
 
 
@@ -186,7 +188,7 @@ def plot_positions(df: pd.DataFrame) -> Figure:
                     ax.plot(dots["prompt_len"], dots["positions_processed"], color=colors[cache], ls="none",
                             marker=markers[var_], ms=6, zorder=3)
             count_axis(ax, "y")
-            log2_ticks(ax, table["prompt_len"])
+            category_ticks(ax, table["prompt_len"])
             ax.set(title=f"{new} new tokens", xlabel="prompt length (tokens)",
                    ylabel="positions processed per sequence")
         legend(fig, [("cache", [(c, swatch(colors[c])) for c in caches]),
@@ -194,6 +196,7 @@ def plot_positions(df: pd.DataFrame) -> Figure:
                      (var.name if var is not None else "", [(v, mark(markers[v])) for v in variants]
                       if var is not None else [])])
         fig.suptitle("Positions processed per generate: measured and analytic")
+        fit_figure(fig)
     return fig
 
 
