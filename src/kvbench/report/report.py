@@ -248,7 +248,7 @@ def key_numbers(df: pd.DataFrame) -> pd.DataFrame:
             bw = plots.bandwidth_table(part)
             text = f"median {bw['achieved_bandwidth_gbps'].median():,.1f} GB/s"
             if "bandwidth_fraction" in bw and bw["bandwidth_fraction"].notna().any():
-                text += f" ({bw['bandwidth_fraction'].median():.0%} of the peak)"
+                text += f" ({fmt_share(bw['bandwidth_fraction'].median(), 1)} of the peak)"
             col["decode bandwidth achieved"] = text
         except plots.NoData:
             pass
