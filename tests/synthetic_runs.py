@@ -15,6 +15,7 @@ ENV = {
     "env_platform": "Linux", "env_cpu": "Test CPU", "env_cpu_count": 2, "env_git_commit": "abc123",
     "env_device": "cpu", "env_device_name": "Test CPU", "env_cuda": None, "env_driver": None,
     "env_gpu_memory_bytes": None, "env_gpu_bandwidth_gbps": None, "env_gpu_bandwidth_source": None,
+    "env_ram_bytes": 64 * 2**30,
 }
 GPU_ENV = {**ENV, "env_device": "cuda", "env_device_name": "NVIDIA H100 80GB HBM3", "env_cuda": "12.8",
            "env_driver": "570.1", "env_gpu_memory_bytes": 85_000_000_000, "env_gpu_bandwidth_gbps": 3352.3,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from synthetic_runs import ENV, grid, write_run
+from synthetic_runs import ENV, GPU_ENV, grid, write_run
 
 from kvbench.cli.app import main
 from kvbench.errors import UserError
@@ -69,12 +69,109 @@ def test_bigger_kv_cache_is_a_memory_regression(tmp_path):
 
 def test_peak_memory_changes_below_the_floor_are_ignored(tmp_path):
     base, new = runs(tmp_path, new_kwargs={"peak_extra_bytes": PEAK_MEMORY_FLOOR_BYTES // 2})
-    assert main(["compare", str(base), str(new)]) == 0
+    assert main(["compare", str(base), str(new), "--gate", "total_s,peak_rss_delta_bytes"]) == 0
     table = table_of(base, new)
-    assert (table["peak_memory_delta_bytes_ratio"] > 1.05).any()
-    assert (table["peak_memory_delta_bytes_verdict"] == "within").all()
+    assert (table["peak_rss_delta_bytes_ratio"] > 1.05).any()
+    assert (table["peak_rss_delta_bytes_verdict"] == "within").all()
     base2, new2 = runs(tmp_path / "big", new_kwargs={"peak_extra_bytes": 4 * PEAK_MEMORY_FLOOR_BYTES})
-    assert main(["compare", str(base2), str(new2)]) == 1
+    assert main(["compare", str(base2), str(new2), "--gate", "total_s,peak_rss_delta_bytes"]) == 1
+
+
+def test_rss_peaks_gate_only_when_asked(tmp_path, capsys):
+    """On a CPU the peak is the process's RSS: a 4 MiB swing is shown, marked, and fails only under --gate."""
+    base, new = runs(tmp_path, new_kwargs={"peak_extra_bytes": 4 * PEAK_MEMORY_FLOOR_BYTES})
+    assert main(["compare", str(base), str(new)]) == 0
+    printed = capsys.readouterr().out
+    assert "peak_rss_delta_bytes" in printed and "pass: no gated metric (total_s, kv_cache_bytes)" in printed
+    table = table_of(base, new)
+    assert (table["peak_rss_delta_bytes_verdict"] == "regression").all() and (table["verdict"] == "within").all()
+    assert "peak_allocated_delta_bytes_ratio" not in table  # no CUDA allocator in a CPU run
+    assert main(["compare", str(base), str(new), "--gate", "peak_rss_delta_bytes"]) == 1
+    assert "FAIL: 4 of 4 matched scenario(s) regressed beyond ±5%: peak_rss_delta_bytes in 4" in capsys.readouterr().out
+
+
+def test_cuda_allocator_peaks_gate_by_default(tmp_path, capsys):
+    base, new = runs(tmp_path, base_kwargs={"env": GPU_ENV},
+                     new_kwargs={"env": GPU_ENV, "peak_extra_bytes": 4 * PEAK_MEMORY_FLOOR_BYTES})
+    assert main(["compare", str(base), str(new)]) == 1
+    printed = capsys.readouterr().out
+    assert "peak_allocated_delta_bytes in 4 scenario(s)" in printed and "peak_rss" not in printed
+    table = table_of(base, new)
+    assert (table["regressed"] == "peak_allocated_delta_bytes").all()
+
+
+def test_default_gate_is_latency_and_exact_memory():
+    from kvbench.cli.report import GATE_DEFAULT, GATE_METRICS
+    from kvbench.report.compare import GATED, METRICS
+
+    assert GATED == ("total_s", "kv_cache_bytes", "peak_allocated_delta_bytes")
+    assert GATE_DEFAULT == ",".join(GATED) and GATE_METRICS == ", ".join(METRICS)
+
+
+def md_column(md: str, column: str) -> list[str]:
+    """The cells of one column of the first Markdown table that has it."""
+    lines = [line for line in md.splitlines() if line.startswith("| ")]
+    head = next(i for i, line in enumerate(lines) if f" {column} " in line)
+    index = [c.strip() for c in lines[head].strip("|").split("|")].index(column)
+    rows = []
+    for line in lines[head + 1:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) != len(lines[head].strip("|").split("|")):
+            break
+        rows.append(cells[index])
+    return rows
+
+
+def html_column(html: str, column: str) -> list[str]:
+    import re
+
+    table = next(t for t in re.findall(r"<table.*?</table>", html, re.S) if f"<th>{column}</th>" in t)
+    heads = re.findall(r"<th>(.*?)</th>", table)
+    return [re.findall(r"<td>(.*?)</td>", row)[heads.index(column)] for row in re.findall(r"<tr><td>.*?</tr>", table)]
+
+
+def test_ratios_are_ratios_in_every_format(tmp_path, capsys):
+    """A 12.62x slowdown and a cache at 0.056 of its size: shown as ratios, never as seconds or bytes."""
+    base, new = runs(tmp_path, new_kwargs={"slow": 12.62, "kv_scale": 0.056})
+    out = tmp_path / "cmp"
+    assert main(["compare", str(base), str(new), "--out", str(out)]) == 1
+    terminal = capsys.readouterr().out
+    md, html = (out / "compare.md").read_text(), (out / "compare.html").read_text()
+    csv = pd.read_csv(out / "tables" / "compare.csv")
+    assert csv["total_s_ratio"].round(6).eq(12.62).all()
+    assert csv["kv_cache_bytes_ratio"].dropna().round(3).eq(0.056).all()
+    for cells in (md_column(md, "total_s_ratio"), html_column(html, "total_s_ratio")):
+        assert cells == ["12.6x"] * 4
+    for cells in (md_column(md, "kv_cache_bytes_ratio"), html_column(html, "kv_cache_bytes_ratio")):
+        assert sorted(cells) == ["-", "-", "0.056x", "0.056x"]
+    assert md_column(md, "total_s_base")[0].endswith(" ms")  # the figures themselves keep their units
+    rows = [line for line in terminal.splitlines() if "P16-N8-B1-cache" in line and "│" in line]
+    assert len(rows) == 1 and rows[0].count("12.6x") == 3 and "0.056x" in rows[0]  # total, TTFT, step; KV
+    assert "new: P16-N8-B1-nocache-greedy: total_s 12.6x" in terminal
+    for text in (md, html, terminal):
+        assert "12.62 s" not in text and "12.6 s" not in text
+
+
+def test_the_verdict_names_each_failed_metric_and_scenario(tmp_path, capsys):
+    base, new = runs(tmp_path, new_kwargs={"slow": 1.2, "kv_scale": 1.5})
+    out = tmp_path / "cmp"
+    assert main(["compare", str(base), str(new), "--out", str(out)]) == 1
+    printed = capsys.readouterr().out
+    cached = "new: P16-N8-B1-cache-dynamic-greedy: total_s 1.200x, kv_cache_bytes 1.500x"
+    uncached = "new: P16-N8-B1-nocache-greedy: total_s 1.200x"
+    verdict = ("FAIL: 4 of 4 matched scenario(s) regressed beyond ±5%: total_s in 4 scenario(s), "
+               "kv_cache_bytes in 2 scenario(s)")
+    assert cached in printed and uncached in printed
+    assert printed.strip().splitlines()[-2].startswith("FAIL: 4 of 4")  # the last line before "comparison: ..."
+    assert " ".join(printed.split()).count(verdict) == 1
+    for page in ("compare.md", "compare.html"):
+        text = (out / page).read_text()
+        assert cached in text and uncached in text
+        assert verdict in text
+    assert main(["compare", str(base), str(new), "--gate", "kv_cache_bytes"]) == 1
+    printed = capsys.readouterr().out
+    assert "new: P16-N8-B1-cache-dynamic-greedy: kv_cache_bytes 1.500x" in printed
+    assert "FAIL: 2 of 4 matched scenario(s) regressed beyond ±5%: kv_cache_bytes in 2 scenario(s)" in printed
 
 
 def test_runs_differing_in_dtype_are_matched_across_it_and_the_environment_is_named(tmp_path, capsys):

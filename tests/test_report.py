@@ -226,3 +226,77 @@ def test_failed_scenarios_and_missing_estimates_are_reported_not_fatal(tmp_path)
     assert "Scenarios that did not run" in html and "CUDA out of memory" in html
     assert pd.read_csv(out / "tables" / "failures.csv")["status"].tolist() == ["oom"]
     assert len(pd.read_csv(out / "tables" / "speedup.csv")) == 1  # the pair with its oom twin is left out
+
+
+def test_header_and_at_a_glance_name_model_device_dtype_and_version(default_report):
+    md = (default_report / "report.md").read_text()
+    header = ("**model:** tiny-llama (llama, config.json (random weights)) · **device:** cpu (Test CPU) · "
+              "**dtype:** float32 · **kvbench:** 0.1.0")
+    assert md.splitlines()[2] == header
+    html = (default_report / "report.html").read_text()
+    for field, value in [("model", "tiny-llama (llama, config.json (random weights))"), ("device", "cpu (Test CPU)"),
+                         ("dtype", "float32"), ("kvbench", "0.1.0")]:
+        assert f'<dd data-field="{field}">{value}</dd>' in html
+    glance = md[md.index("## At a glance"):md.index("## 1.")]
+    for row in ["| model | tiny-llama (llama, config.json (random weights)) |", "| device | cpu (Test CPU) |",
+                "| dtype | float32 |", "| kvbench | 0.1.0 |"]:
+        assert row in glance
+
+
+def test_kv_bytes_are_shown_beside_the_weights_and_the_device_memory(tmp_path, run):
+    """Largest cache 647,168 B (P64, 79 positions, batch 2); weights 13,000,000 B; 64 GiB of RAM or an 85 GB GPU."""
+    numbers = key_numbers(load_results(run)).set_index("quantity")["run-cpu"]
+    assert numbers["largest KV cache measured"] == "632.0 KiB (P64-N16-B2-cache-dynamic-greedy)"
+    assert numbers["weights"] == "12.4 MiB (the largest KV cache is 5% of that)"
+    assert numbers["device memory"] == "64.0 GiB of RAM (weights 0.019%, largest KV cache 0.00094%)"
+    gpu = write_run(tmp_path / "gpu", grid(env=GPU_ENV))
+    numbers = key_numbers(load_results(gpu)).set_index("quantity")["gpu"]
+    assert numbers["device memory"] == "79.2 GiB of GPU memory (weights 0.015%, largest KV cache 0.00076%)"
+    old = [{k: v for k, v in r.items() if k != "env_ram_bytes"} for r in grid()]
+    numbers = key_numbers(load_results(write_run(tmp_path / "old", old))).set_index("quantity")["old"]
+    assert numbers["device memory"] == "not recorded (the records have no env_ram_bytes)"
+
+
+def test_the_header_names_each_run_where_they_differ(tmp_path):
+    cpu = write_run(tmp_path / "cpu-run", grid(prompts=(16,), news=(8,), batches=(1,)))
+    gpu = write_run(tmp_path / "gpu-run", grid(prompts=(16,), news=(8,), batches=(1,), env=GPU_ENV, dtype="float16"))
+    md = (report(tmp_path, cpu, gpu) / "report.md").read_text()
+    assert ("**device:** cpu-run: cpu (Test CPU); gpu-run: cuda (NVIDIA H100 80GB HBM3) · "
+            "**dtype:** cpu-run: float32; gpu-run: float16 · **kvbench:** 0.1.0") in md.splitlines()[2]
+
+
+def test_report_is_byte_identical_when_regenerated_in_other_processes(tmp_path, default_report):
+    """Two fresh processes (other hash seeds, so no set or dict order can leak) write the same bytes."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import kvbench
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(kvbench.__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    outs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"seed{seed}"
+        subprocess.run([sys.executable, "-m", "kvbench", "report", str(default_report.parent), "--out", str(out)],
+                       check=True, env={**env, "PYTHONHASHSEED": seed}, capture_output=True)
+        outs.append(out)
+    files = sorted(p.relative_to(outs[0]) for p in outs[0].rglob("*") if p.is_file())
+    assert len(files) == 2 + 2 * len(FIGURE_NAMES) + len(FIGURE_NAMES) + 1
+    for rel in files:
+        assert (outs[0] / rel).read_bytes() == (outs[1] / rel).read_bytes(), rel
+        if rel.suffix in (".png", ".svg"):  # and the same figures as this process drew
+            assert (outs[0] / rel).read_bytes() == (default_report / rel).read_bytes(), rel
+
+
+def test_saved_figures_have_their_panels_on_a_fixed_grid(default_report):
+    """The layout is frozen on a 1/8-point grid before saving: no solver's last bits reach the SVG, whose six
+    decimals otherwise flip between machines (a spine at 32.6401575 pt written as ...157 or ...158)."""
+    for name in FIGURE_NAMES:
+        svg = (default_report / "figures" / f"{name}.svg").read_text()
+        panels = re.findall(r'<g id="axes_\d+">\s*<g id="patch_\d+">\s*<path d="([^"]+)"', svg)
+        assert panels, name
+        for path in panels:  # a multiple of 1/8 pt from the figure's edge: three decimals at most, never six
+            decimals = [len(v.partition(".")[2]) for v in re.findall(r"-?\d+\.?\d*", path)]
+            assert decimals and max(decimals) <= 4, (name, path)

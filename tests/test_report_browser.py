@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from synthetic_runs import GPU_ENV, grid, write_run
@@ -106,3 +107,34 @@ def test_degraded_report_and_compare_page_load_cleanly(tmp_path, browser):
     assert [img["figure"] for img in page["images"]] == ["compare"]
     assert all(img["complete"] and img["width"] > 100 for img in page["images"])
     assert MARKUP in page["text"]
+
+
+def test_header_shows_model_device_dtype_and_version(tmp_path, browser):
+    """What a reader sees first: the header names the model, device, dtype and kvbench version, on screen in the
+    first view, and At a glance repeats them. A screenshot is saved (to $KVBENCH_SCREENSHOTS if set)."""
+    import os
+
+    from selenium.webdriver.common.by import By
+
+    run = write_run(tmp_path / "gpu-run", grid(env=GPU_ENV, dtype="float16"))
+    out = tmp_path / "report"
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    page = load(browser, out / "report.html")
+    assert_clean(page, out / "report.html")
+    expected = {"model": "tiny-llama (llama, config.json (random weights))",
+                "device": "cuda (NVIDIA H100 80GB HBM3)", "dtype": "float16", "kvbench": "0.1.0"}
+    height = browser.execute_script("return window.innerHeight")
+    for field, value in expected.items():
+        cell = browser.find_element(By.CSS_SELECTOR, f'dl.header dd[data-field="{field}"]')
+        label = cell.find_element(By.XPATH, "preceding-sibling::dt")
+        assert cell.is_displayed() and cell.text == value
+        assert label.text.rstrip(":") == field  # the ":" is CSS generated content
+        assert cell.rect["y"] + cell.rect["height"] < height  # in the first view, no scrolling
+    glance = browser.find_element(By.ID, "glance").text
+    for field, value in expected.items():
+        assert f"{field} {value}" in glance
+    assert "79.2 GiB of GPU memory (weights 0.015%, largest KV cache 0.00076%)" in glance
+    shots = os.environ.get("KVBENCH_SCREENSHOTS")
+    target = (Path(shots) if shots else tmp_path) / "report-header.png"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(target)) and target.stat().st_size > 10_000

@@ -13,6 +13,10 @@ from .common import console
 if TYPE_CHECKING:
     import pandas as pd
 
+# The defaults of `kvbench compare --gate` and the metrics it may name (report.metrics: no pandas needed to parse).
+GATE_DEFAULT = ",".join(GATED)
+GATE_METRICS = ", ".join(METRICS)
+
 
 def report_command(
     runs: List[Path] = typer.Argument(..., help="run folders, records.jsonl or pytest-benchmark JSON files"),
@@ -31,25 +35,30 @@ def report_command(
     typer.echo(f"markdown: {paths['markdown']} (figures in {out_dir / 'figures'}, tables in {out_dir / 'tables'})")
 
 
-def print_comparison(table: pd.DataFrame, threshold: float, env: pd.DataFrame, notes: list[str]) -> None:
+def print_comparison(table: pd.DataFrame, threshold: float, env: pd.DataFrame, notes: list[str], gated) -> None:
+    """The ratios new / base on the console (regressions red, improvements green), the notes, the environment
+    fields that differ, each regressed scenario with the metrics that failed, and the verdict line."""
     import pandas as pd
     from rich.table import Table as RichTable
 
+    from ..report.compare import regression_lines, verdict_line
+    from ..report.pages import fmt_ratio
+
     styles = {"regression": "red", "improvement": "green"}
     metrics = [m for m in METRICS if f"{m}_ratio" in table]
-    out = RichTable(title=f"new / base (threshold ±{threshold:.0%})")
+    out = RichTable(title=f"new / base (threshold ±{threshold:.0%}; gated: {', '.join(gated) or 'none'})")
     for col in ["new run", "scenario", *metrics, "verdict"]:
         out.add_column(col, justify="left" if col in ("new run", "scenario", "verdict") else "right")
     for rec in table.to_dict("records"):
         cells = []
         for m in metrics:
             ratio = rec[f"{m}_ratio"]
-            text = "-" if pd.isna(ratio) else f"{ratio:.3f}"
+            text = "-" if pd.isna(ratio) else fmt_ratio(ratio)
             style = styles.get(rec[f"{m}_verdict"])
             cells.append(f"[{style}]{text}[/]" if style else text)
-        verdict = rec["verdict"]
+        verdict = rec["verdict"] + (f" ({rec['regressed']})" if rec["regressed"] else "")
         out.add_row(rec["new_run"], rec["scenario"], *cells,
-                    f"[{styles[verdict]}]{verdict}[/]" if verdict in styles else verdict)
+                    f"[{styles[rec['verdict']]}]{verdict}[/]" if rec["verdict"] in styles else verdict)
     console.print(out)
     for note in notes:
         console.print(f"[yellow]note[/] {note}", markup=True, highlight=False)
@@ -57,6 +66,10 @@ def print_comparison(table: pd.DataFrame, threshold: float, env: pd.DataFrame, n
         console.print("environment differs: " + "; ".join(
             f"{r['field']}: " + " vs ".join(str(v) for v in list(r.values())[1:]) for r in env.to_dict("records")),
             highlight=False)
+    for line in regression_lines(table):
+        console.print(f"[red]regression[/] {line}", highlight=False)
+    line = verdict_line(table, threshold, gated)
+    console.print(f"[red]{line}[/]" if line.startswith("FAIL") else f"[green]{line}[/]", highlight=False)
 
 
 def compare_command(
@@ -64,8 +77,9 @@ def compare_command(
     new: List[Path] = typer.Argument(..., help="runs to compare with it"),
     threshold: str = typer.Option("5%", help="changes beyond this mark a regression or improvement (5% or 0.05)"),
     out: Optional[Path] = typer.Option(None, help="also write compare.html, compare.md, figure and CSV here"),
-    gate: str = typer.Option(",".join(GATED), help="metrics whose regression fails the comparison "
-                                                   f"(comma-separated, of {', '.join(METRICS)}; 'none' for none)"),
+    gate: str = typer.Option(GATE_DEFAULT, help="metrics whose regression fails the comparison (comma-separated, "
+                                                f"of {GATE_METRICS}; 'none' for none). The peak RSS "
+                                                "(peak_rss_delta_bytes) is noisy: it gates only when named here"),
 ):
     """Match scenarios across runs and show new / base ratios; exit 1 on a regression beyond the threshold."""
     import pandas as pd
@@ -88,7 +102,7 @@ def compare_command(
     table = compare_table(df, names[0], names[1:], limit, gated)
     env = environment_differences(df)
     notes = unmatched(df, names[0], names[1:], table)
-    print_comparison(table, limit, env, notes)
+    print_comparison(table, limit, env, notes, [m for m in gated if f"{m}_ratio" in table])
     if out:
         import matplotlib
 

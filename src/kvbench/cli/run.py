@@ -9,7 +9,7 @@ import typer
 
 from ..errors import UserError
 from ..inputs.scenario import QUICK, choice_list, int_list
-from .common import Table, console
+from .common import console
 
 
 def run(
@@ -37,11 +37,13 @@ def run(
     gpus_per_task: float = typer.Option(1.0, help="--executor ray: GPUs per worker"),
     ray_workers: Optional[int] = typer.Option(None, help="--executor ray: workers (default: one per "
                                                          "--gpus-per-task GPUs, one on a cluster without GPUs)"),
+    wide: bool = typer.Option(False, "--wide", help="summary table with every column, however wide"),
 ):
     """Sweep a grid of scenarios on one model and write records.jsonl (defaults: a quick grid on `tiny`)."""
     from ..inputs.scenario import CACHE_IMPLEMENTATIONS, DECODINGS, grid
+    from ..measuring.eta import SweepEstimate
     from ..measuring.models import load_model
-    from ..measuring.runner import default_run_dir, run_sweep
+    from ..measuring.runner import default_run_dir
 
     caches = {"on": [True], "off": [False], "both": [True, False]}
     if use_cache not in caches:
@@ -75,7 +77,7 @@ def run(
         load = dict(device=device, dtype=dtype, trust_remote_code=trust_remote_code, device_map=device_map,
                     max_memory=max_memory)
         return run_with_ray(model, load, scenarios, out_dir, repeats, warmup, settings, address, gpus_per_task,
-                            ray_workers)
+                            ray_workers, wide)
     if max_memory is not None and device_map is None:
         raise UserError("--max-memory needs --device-map (e.g. --device-map auto)")
     with console.status(f"loading {model}"):
@@ -85,26 +87,16 @@ def run(
         f"[bold]{loaded.name}[/] ({loaded.source}) on {loaded.device} in {str(loaded.dtype).removeprefix('torch.')}: "
         f"{len(scenarios)} scenarios x ({warmup} warm-up + {repeats} timed) -> {out_dir}"
     )
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
-        task = bar.add_task(scenarios[0].id, total=len(scenarios))
-        ids = iter([s.id for s in scenarios[1:]] + ["done"])
-        records = run_sweep(
-            loaded, scenarios, out_dir, repeats=repeats, warmup=warmup, settings=settings,
-            progress=lambda rec: bar.update(task, advance=1, description=next(ids)),
-        )
-    finish(records, out_dir)
+    with console.status("timing a probe forward for the time estimates"):
+        estimate = SweepEstimate.probe(loaded, scenarios, repeats, warmup)
+    if line := slow_line(loaded, estimate):
+        console.print(line, highlight=False)
+    records = sweep_with_progress(loaded, scenarios, out_dir, estimate, settings)
+    finish(records, out_dir, wide)
 
 
-def run_with_ray(model, load: dict, scenarios, out_dir, repeats, warmup, settings, address, gpus_per_task, workers):
+def run_with_ray(model, load: dict, scenarios, out_dir, repeats, warmup, settings, address, gpus_per_task, workers,
+                 wide=False):
     """`kvbench run --executor ray`: the workers load the model; this process writes the records as they come."""
     from rich.progress import (
         BarColumn,
@@ -126,12 +118,14 @@ def run_with_ray(model, load: dict, scenarios, out_dir, repeats, warmup, setting
             address=address, gpus_per_task=gpus_per_task, workers=workers,
             progress=lambda rec: bar.update(task, advance=1, description=rec["scenario_id"]),
         )
-    finish(records, out_dir)
+    finish(records, out_dir, wide)
 
 
-def finish(records: list[dict], out_dir) -> None:
+def finish(records: list[dict], out_dir, wide: bool = False) -> None:
     """The summary table, where the records are, and exit 1 when a scenario failed."""
-    print_summary(records)
+    from ..report.summary import print_summary
+
+    print_summary(records, console, wide=wide)
     console.print(f"records: {Path(out_dir) / 'records.jsonl'}")
     failed = [r for r in records if r["status"] == "error"]
     for r in failed:
@@ -140,31 +134,89 @@ def finish(records: list[dict], out_dir) -> None:
         raise typer.Exit(1)
 
 
-def print_summary(records: list[dict]) -> None:
-    import pandas as pd
+# ------------------------------------------------------------------ how long
+SLOW_WEIGHT_BYTES = 10**9  # on the CPU, weights over this make every forward slow
+SLOW_SCENARIO_S = 10.0  # or a scenario expected to take longer than this
 
-    from ..results.frame import speedups
-    from ..units import fmt_bytes, fmt_seconds
 
-    df = pd.DataFrame(records).assign(run="")
-    table = Table(title="KV cache: what it buys and costs")
-    for col in ["P", "N", "B", "cache", "with cache", "without", "speedup", "TTFT", "step",
-                "positions", "KV measured", "KV estimate", "KV naive"]:
-        table.add_column(col, justify="right")
-    rows = speedups(df) if (df["use_cache"].any() and (~df["use_cache"]).any()) else df[df["use_cache"]]
-    if rows.empty:
-        rows = df
-    for r in rows.to_dict("records"):
-        table.add_row(
-            str(r["prompt_len"]), str(r["new_tokens"]), str(r["batch_size"]), r["cache_implementation"],
-            fmt_seconds(r.get("total_s")), fmt_seconds(r.get("total_s_nocache")),
-            f"{r['speedup']:.2f}x" if r.get("speedup") == r.get("speedup") and r.get("speedup") else "-",
-            fmt_seconds(r.get("ttft_s")), fmt_seconds(r.get("decode_step_s")),
-            f"{r.get('positions_processed', '-')}/{r.get('positions_processed_nocache', '-')}".replace(".0", ""),
-            fmt_bytes(r.get("kv_cache_bytes")), fmt_bytes(r.get("kv_cache_bytes_estimate")),
-            fmt_bytes(r.get("kv_cache_bytes_naive")),
-        )
-    console.print(table)
-    for r in records:
-        if r["status"] == "oom":
-            console.print(f"[yellow]out of memory[/] {r['scenario_id']}")
+def fmt_duration(seconds: float) -> str:
+    """ "8 s", "3 min 20 s", "1 h 05 min"."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def slow_line(loaded, estimate) -> str | None:
+    """One line when a model on the CPU will be slow: its expected time per scenario and in all."""
+    import statistics
+
+    per_scenario = statistics.median(estimate.expected_s(s) for s in estimate.scenarios)
+    if loaded.device.type != "cpu" or (loaded.weight_bytes <= SLOW_WEIGHT_BYTES and per_scenario <= SLOW_SCENARIO_S):
+        return None
+    from ..units import fmt_bytes
+
+    return (f"{loaded.name} on the CPU: about {fmt_duration(per_scenario)} per scenario expected "
+            f"({len(estimate.scenarios)} scenarios, about {fmt_duration(estimate.remaining_s())} in all, "
+            f"{fmt_bytes(loaded.weight_bytes)} of weights read every step); a GPU or a smaller grid is faster")
+
+
+def fmt_clock(seconds: float) -> str:
+    """ "0:08", "3:20", "1:05:00" (the progress bar's compact durations)."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def eta_text(left_s: float | None, since_s: float) -> str:
+    """The ETA cell: the estimate made `since_s` seconds ago, counted down (not below zero)."""
+    if left_s is None:
+        return "ETA -:--"
+    return f"ETA {fmt_clock(left_s - since_s)}"
+
+
+def sweep_with_progress(loaded, scenarios, out_dir, estimate, settings=None) -> list[dict]:
+    """`run_sweep` under a progress bar: the bar fills by expected work, the current scenario shows its expected
+    time, and an ETA counts down the time left as the finished scenarios rescale the estimates."""
+    import time
+
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+    from rich.text import Text
+
+    from ..measuring.runner import run_sweep
+
+    class ETAColumn(ProgressColumn):
+        def render(self, task):
+            at = task.fields.get("at")
+            return Text(eta_text(task.fields.get("left_s"), time.monotonic() - at if at else 0.0), style="cyan")
+
+    def label(i: int) -> str:
+        if i >= len(scenarios):
+            return "done"
+        return f"{scenarios[i].id} ~{fmt_clock(estimate.expected_s(scenarios[i]))}"
+
+    costs = [max(estimate.prior_s(s), 1e-9) for s in scenarios]
+    last = time.monotonic()
+    with Progress(TextColumn("{task.description}"), BarColumn(bar_width=12), TextColumn("{task.fields[done]}/{task.fields[n]}"),
+                  TimeElapsedColumn(), ETAColumn(), console=console, transient=True) as bar:
+        task = bar.add_task(label(0), total=sum(costs), done=0, n=len(scenarios), left_s=estimate.remaining_s(),
+                            at=last)
+
+        def advance(record):
+            nonlocal last
+            now = time.monotonic()
+            estimate.finished(now - last)
+            last, i = now, len(estimate.measured_s)
+            bar.update(task, advance=costs[i - 1], description=label(i), done=i, left_s=estimate.remaining_s(),
+                       at=now)
+
+        return run_sweep(loaded, scenarios, out_dir, repeats=estimate.repeats, warmup=estimate.warmup,
+                         settings=settings, progress=advance)

@@ -7,6 +7,7 @@ import subprocess
 from functools import lru_cache
 from pathlib import Path
 
+import psutil
 import torch
 
 from ..estimate.gpus import match_device_name
@@ -63,6 +64,7 @@ def _environment(device_str: str) -> tuple:
         "env_gpu_bandwidth_gbps": None,
         "env_gpu_bandwidth_source": None,
         "env_nvml": "no CUDA device",
+        "env_ram_bytes": psutil.virtual_memory().total,  # the host's RAM (the CPU's device memory)
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

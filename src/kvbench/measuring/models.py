@@ -16,6 +16,7 @@ import torch
 
 from ..errors import UserError
 from ..inputs.configs import DTYPES, gpu_half_dtype, resolve_spec
+from .fits import check_weights_fit
 
 
 @dataclass
@@ -104,6 +105,8 @@ def load_model(spec, device: str = "auto", dtype: str = "auto", trust_remote_cod
     name, config, source, weights = resolve_spec(spec, trust_remote_code)
     dt = resolve_dtype(dtype, dev, config)
     placement = None
+    if device_map is None:
+        check_weights_fit(name, config, dev, dt)
     if device_map is not None:
         from .placement import (
             main_device,

@@ -3,7 +3,9 @@
 Scenarios match on prompt length, new tokens, batch size, cache on/off, decoding and beams, and on model, device,
 dtype and cache implementation unless those are what tells the runs apart (one value per run, different between
 runs: two dtypes, two cache implementations). Latency and memory beyond the threshold are marked; a regression
-in a gated metric makes the command exit 1, so it can gate CI.
+in a gated metric makes the command exit 1, so it can gate CI. By default the gate is the latency and the memory
+figures whose source is exact (the cache's bytes, CUDA allocator peaks); the process's peak RSS moves with what
+the allocator and the OS happen to do, so it gates only when asked (`--gate peak_rss_delta_bytes`).
 """
 
 from __future__ import annotations
@@ -15,9 +17,14 @@ import pandas as pd
 from ..errors import UserError
 from ..results.frame import ok_rows
 from .metrics import GATED, METRICS
+from .pages import fmt_ratio
 
 KEYS = ["prompt_len", "new_tokens", "batch_size", "use_cache", "decoding", "num_beams"]
 RUN_LEVEL = ["model", "device", "dtype", "cache_implementation"]  # matched on unless they tell the runs apart
+PEAKS = ("peak_allocated_delta_bytes", "peak_rss_delta_bytes")
+# Records that name their peak only as peak_memory_delta_bytes (older runs, other writers): its source says which.
+PEAK_SOURCES = {"torch.cuda.max_memory_allocated": "peak_allocated_delta_bytes",
+                "process peak RSS (VmHWM)": "peak_rss_delta_bytes"}
 # Peak memory above baseline moves by a few pages between identical runs (RSS on CPU, allocator rounding):
 # a change smaller than this is never a regression or an improvement.
 PEAK_MEMORY_FLOOR_BYTES = 1 << 20
@@ -45,6 +52,19 @@ def parse_gate(text: str) -> tuple[str, ...]:
         if metric not in METRICS:
             raise UserError(f"--gate: {metric!r} is not one of {', '.join(METRICS)}")
     return metrics
+
+
+def with_peaks_by_source(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with the peaks of `PEAKS` filled from `peak_memory_delta_bytes` where a record names its peak only
+    there (its `peak_memory_source` tells which it is)."""
+    if "peak_memory_delta_bytes" not in df or "peak_memory_source" not in df:
+        return df
+    df = df.copy()
+    for source, column in PEAK_SOURCES.items():
+        rows = df["peak_memory_source"] == source
+        current = df[column] if column in df else pd.Series(float("nan"), index=df.index)
+        df[column] = current.where(current.notna() | ~rows, df["peak_memory_delta_bytes"])
+    return df
 
 
 def run_level_fields(df: pd.DataFrame) -> dict[str, dict[str, str]]:
@@ -92,7 +112,7 @@ def compare_table(df: pd.DataFrame, base: str, news: list[str], threshold: float
     missing = [k for k in KEYS[:4] if k not in ok]
     if missing:
         raise UserError(f"cannot match scenarios: the records have no {', '.join(missing)}")
-    ok = ok.assign(use_cache=ok["use_cache"].astype(bool))
+    ok = with_peaks_by_source(ok.assign(use_cache=ok["use_cache"].astype(bool)))
     keys = match_keys(ok)
     metrics = [m for m in METRICS if m in ok and ok[m].notna().any()]
     base_rows = ok[ok["run"].astype(str) == base]
@@ -107,6 +127,7 @@ def compare_table(df: pd.DataFrame, base: str, news: list[str], threshold: float
         merged.insert(0, "new_run", new)
         merged.insert(0, "base_run", base)
         verdicts = pd.Series("within", index=merged.index)
+        regressed = pd.Series("", index=merged.index)
         for metric in metrics:
             b, n = merged[f"{metric}_base"], merged[f"{metric}_new"]
             ratio = (n / b).where((b > 0) & n.notna())
@@ -114,13 +135,15 @@ def compare_table(df: pd.DataFrame, base: str, news: list[str], threshold: float
             verdict = pd.Series("", index=merged.index).where(ratio.isna(), "within")
             verdict[ratio > 1 + threshold] = "regression"
             verdict[ratio < 1 - threshold] = "improvement"
-            if metric == "peak_memory_delta_bytes":
+            if metric in PEAKS:
                 verdict[ratio.notna() & ((n - b).abs() < PEAK_MEMORY_FLOOR_BYTES)] = "within"
             merged[f"{metric}_verdict"] = verdict
             if metric in gated:
                 verdicts[(verdict == "improvement") & (verdicts == "within")] = "improvement"
                 verdicts[verdict == "regression"] = "regression"
+                regressed[verdict == "regression"] += ", " + metric
         merged["verdict"] = verdicts
+        merged["regressed"] = regressed.str.removeprefix(", ")
         frames.append(merged)
     if not frames:
         raise UserError(f"no scenario of {', '.join(news)} matches one of {base} (matched on {', '.join(keys)})")
@@ -128,7 +151,31 @@ def compare_table(df: pd.DataFrame, base: str, news: list[str], threshold: float
     order = ["base_run", "new_run", "scenario", *[k for k in keys if k not in KEYS]]
     for metric in metrics:
         order += [f"{metric}_base", f"{metric}_new", f"{metric}_ratio", f"{metric}_verdict"]
-    return table[order + ["verdict"]]
+    return table[order + ["verdict", "regressed"]]
+
+
+def regression_lines(table: pd.DataFrame) -> list[str]:
+    """One line per regressed scenario naming each gated metric that regressed and its ratio:
+    "new: P16-N8-B1-cache-dynamic-greedy: total_s 1.200x, kv_cache_bytes 1.500x"."""
+    lines = []
+    for rec in table[table["verdict"] == "regression"].to_dict("records"):
+        metrics = rec["regressed"].split(", ")
+        lines.append(f"{rec['new_run']}: {rec['scenario']}: "
+                     + ", ".join(f"{m} {fmt_ratio(rec[f'{m}_ratio'])}" for m in metrics))
+    return lines
+
+
+def verdict_line(table: pd.DataFrame, threshold: float, gated) -> str:
+    """The comparison's outcome in one line, naming the metrics that failed and how many scenarios each."""
+    gates = [m for m in gated if f"{m}_ratio" in table]
+    regressed = table.loc[table["verdict"] == "regression", "regressed"].str.split(", ").explode()
+    if not len(regressed):
+        return (f"pass: no gated metric ({', '.join(gates) or 'none'}) regressed beyond ±{threshold:.0%} "
+                f"in {len(table)} matched scenario(s)")
+    counts = regressed.value_counts()
+    named = ", ".join(f"{m} in {counts[m]} scenario(s)" for m in gates if m in counts)
+    return (f"FAIL: {int((table['verdict'] == 'regression').sum())} of {len(table)} matched scenario(s) regressed "
+            f"beyond ±{threshold:.0%}: {named}")
 
 
 def unmatched(df: pd.DataFrame, base: str, news: list[str], table: pd.DataFrame) -> list[str]:
@@ -180,6 +227,7 @@ def plot_compare(table: pd.DataFrame, threshold: float = 0.05):
     from matplotlib.patches import Patch
 
     from .figstyle import facets, legend, style
+    from .ticks import fit_figure
 
     metrics = [m for m in METRICS if f"{m}_ratio" in table and table[f"{m}_ratio"].notna().any()]
     several = table["new_run"].nunique() > 1
@@ -202,6 +250,7 @@ def plot_compare(table: pd.DataFrame, threshold: float = 0.05):
                                   for k, c in colors.items() if k]),
                      ("", [(f"±{threshold:.0%} band", Patch(color="0.9"))])])
         fig.suptitle("New run over base, per scenario (lower is better)")
+        fit_figure(fig)
     return fig
 
 
@@ -215,17 +264,17 @@ def compare_page(df: pd.DataFrame, base: str, news: list[str], table: pd.DataFra
     gates = ", ".join(m for m in gated if f"{m}_ratio" in table) or "nothing"
     compared = run_level_fields(ok_rows(df))
     summary = Section("Verdict", "verdict", text=[
+        verdict_line(table, threshold, gated) + ".",
         f"{regressions} regression(s) and {improvements} improvement(s) beyond ±{threshold:.0%} in "
         f"{len(table)} matched scenario(s); gated on {gates} (lower is better; peak memory changes under "
-        f"{PEAK_MEMORY_FLOOR_BYTES >> 20} MiB are ignored).",
+        f"{PEAK_MEMORY_FLOOR_BYTES >> 20} MiB are ignored; the peak RSS gates only when --gate names it).",
         "Matched across: " + (", ".join(f"{f} ({' vs '.join(v.values())})" for f, v in compared.items())
                               if compared else "nothing (same model, device, dtype and cache implementation)") + ".",
     ], notes=unmatched(df, base, news, table), figure="compare", tables=[
         Table("Ratios new / base per scenario", table, name="compare", collapsed=False)])
     if regressions:
-        summary.warning_title = "these scenarios regressed:"
-        summary.warnings = [f"{r['new_run']}: {r['scenario']}" for r in table[table["verdict"] == "regression"]
-                            .to_dict("records")]
+        summary.warning_title = "these scenarios regressed (gated metric, ratio new / base):"
+        summary.warnings = regression_lines(table)
     env = environment_differences(df)
     env_section = Section("Environment differences", "environment", text=[
         "Fields whose values differ between the runs." if len(env) else "No environment field differs."],

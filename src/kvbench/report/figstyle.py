@@ -56,19 +56,29 @@ def facets(n: int, ncols: int = 3, panel=(3.6, 2.9), sharey=True, sharex=False, 
     return fig, list(axes[:n])
 
 
-def log2_ticks(ax, values) -> None:
-    """A base-2 logarithmic x axis with a tick at each value; values crowding a labelled neighbour
-    (within a factor 1.3) keep their tick but lose their label."""
-    values = sorted({int(v) for v in values})
-    if len(values) > 1:
-        ax.set_xscale("log", base=2)
-    labels, last = [], None
-    for v in values:
-        crowded = last is not None and v / last < 1.3
-        labels.append("" if crowded else str(v))
-        last = last if crowded else v
-    ax.set_xticks(values, labels)
-    ax.xaxis.set_minor_locator(NullLocator())
+def freeze_layout(fig, grid_pt: float = 0.125) -> None:
+    """Fix the panels where the layout engine put them, on a grid of 1/8 point, and turn the engine off.
+
+    The same figure then gives the same bytes on any machine: the layout solver's last bits (which vary with the
+    CPU's floating-point paths) no longer reach the SVG, whose coordinates are printed to six decimals and flipped
+    at a rounding edge (a spine at 32.6401575 pt wrote 32.640157 on one machine and 32.640158 on another). PNG and
+    SVG are drawn from the same frozen layout.
+    """
+    from matplotlib.layout_engine import PlaceHolderLayoutEngine
+
+    if fig.get_layout_engine() is None or isinstance(fig.get_layout_engine(), PlaceHolderLayoutEngine):
+        return
+    fig.draw_without_rendering()
+    width, height = fig.get_figwidth() * 72, fig.get_figheight() * 72
+
+    def snap(value: float, size: float) -> float:
+        return round(value * size / grid_pt) * grid_pt / size
+
+    boxes = [(ax, ax.get_position()) for ax in fig.axes]
+    fig.set_layout_engine("none")
+    for ax, box in boxes:
+        x0, y0 = snap(box.x0, width), snap(box.y0, height)
+        ax.set_position([x0, y0, snap(box.x1, width) - x0, snap(box.y1, height) - y0], which="both")
 
 
 def bytes_axis(ax, which: str, values) -> None:

@@ -3,7 +3,8 @@ self-contained HTML file (figures embedded as data URIs, no script, no network),
 and each figure as PNG and SVG with each table as CSV.
 
 Everything that comes from data reaches the HTML through Jinja2's autoescape and the Markdown through `md_cell`.
-Output depends only on the input: no timestamps, no random ids; SVG ids are salted by a constant.
+Output depends only on the input: no timestamps, no random ids; SVG ids are salted by a constant, and each
+figure's layout is frozen on a grid before it is saved (`figstyle.freeze_layout`).
 """
 
 from __future__ import annotations
@@ -51,11 +52,20 @@ class Page:
     title: str
     lead: list[str]
     sections: list[Section]
+    header: list[tuple[str, str]] = field(default_factory=list)  # (field, value) under the title: model, device...
 
 
 # ------------------------------------------------------------------ formatting
+def fmt_ratio(value) -> str:
+    """A ratio as people read it: "1.200x", "0.056x", "12.6x", "831x"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.3f}x" if abs(value) < 10 else f"{value:,.1f}x" if abs(value) < 1000 else f"{value:,.0f}x"
+
+
 def fmt_value(column: str, value) -> str:
-    """A cell as text, by the unit in its column name (`_bytes`, `_s`, `_gbps`, spreads and fractions)."""
+    """A cell as text, by the unit in its column name (`_bytes`, `_s`, `_gbps`, spreads and fractions; ratios
+    (`_ratio`, `a_over_b`, `speedup`) as "1.200x" whatever unit the figures they divide carry)."""
     if isinstance(value, (list, tuple, dict)):
         return f"[{len(value)} values]"
     if value is None or (isinstance(value, numbers.Real) and math.isnan(value)):
@@ -65,6 +75,8 @@ def fmt_value(column: str, value) -> str:
     name = column.lower()
     for suffix in ("_nocache", "_base", "_new"):
         name = name.removesuffix(suffix)
+    if name.endswith("_ratio") or "_over_" in name or name == "speedup":
+        return fmt_ratio(value)
     if "spread" in name or name.endswith("_fraction"):
         return f"{value:.1%}"
     if "_bytes" in name:
@@ -109,12 +121,13 @@ def md_table(frame: pd.DataFrame) -> str:
 # ------------------------------------------------------------------ writing
 def save_figure(fig, out_dir: Path, stem: str) -> dict[str, bytes]:
     """figures/<stem>.png and .svg, with fixed metadata so the same figure gives the same bytes."""
-    from .figstyle import style
+    from .figstyle import freeze_layout, style
 
     folder = out_dir / FIGURES_DIR
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
     with style():
+        freeze_layout(fig)
         for fmt, metadata in (("png", {"Software": None}), ("svg", {"Date": None, "Creator": None})):
             path = folder / f"{stem}.{fmt}"
             fig.savefig(path, format=fmt, metadata=metadata)
@@ -152,11 +165,14 @@ def render_html(page: Page, svgs: dict[str, bytes], widths: dict[str, int]) -> s
         sections.append(dict(title=s.title, anchor=s.anchor, text=s.text, warnings=s.warnings,
                              warning_title=s.warning_title, notes=s.notes, image=image, figure=s.figure,
                              width=widths.get(s.figure), tables=_tables_for(s)))
-    return _environment().get_template("page.html.j2").render(title=page.title, lead=page.lead, sections=sections)
+    return _environment().get_template("page.html.j2").render(title=page.title, lead=page.lead, sections=sections,
+                                                              header=page.header)
 
 
 def render_markdown(page: Page, figures: set[str]) -> str:
     lines = [f"# {md_cell(page.title)}", ""]
+    if page.header:
+        lines += [" · ".join(f"**{md_cell(k)}:** {md_cell(v)}" for k, v in page.header), ""]
     lines += [md_cell(p) for p in page.lead] + [""]
     for s in page.sections:
         lines += [f"## {md_cell(s.title)}", ""]

@@ -10,74 +10,36 @@ cannot support (a column missing, no uncached twin, ...) raises `NoData` with th
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from ..results.frame import SPREAD_LIMIT, ok_rows, speedups, with_spread
+from .figrows import SCENARIO, VARIANT_FIELDS, NoData, cache_label, keep, need, variant  # noqa: F401
 from .figstyle import (
     LINESTYLES,
     MARKERS,
-    bytes_axis,
     count_axis,
     cycle,
     dash,
     empty_panel,
     facets,
     legend,
-    log2_ticks,
     mark,
     ordered,
     palette,
     style,
     swatch,
 )
-
-SCENARIO = ["run", "model", "dtype", "device", "scenario_id", "prompt_len", "new_tokens", "batch_size",
-            "use_cache", "cache_implementation", "decoding", "num_beams"]
-VARIANT_FIELDS = ["run", "model", "dtype", "device", "decoding", "num_beams"]
-
-
-class NoData(ValueError):
-    """The records cannot support this figure; the message says why (shown in place of the figure)."""
-
-
-# ------------------------------------------------------------------ rows and labels
-def need(df: pd.DataFrame, columns: list[str], figure: str) -> None:
-    missing = [c for c in columns if c not in df.columns or df[c].isna().all()]
-    if missing:
-        raise NoData(f"{figure}: the records have no {', '.join(missing)}")
-    if df.empty:
-        raise NoData(f"{figure}: no scenario ran successfully")
-
-
-def keep(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    return df[[c for c in dict.fromkeys(columns) if c in df.columns]].reset_index(drop=True)
-
-
-def variant(df: pd.DataFrame, fields=VARIANT_FIELDS) -> pd.Series | None:
-    """A label for what tells lines apart beyond the figure's own axes (run, dtype, ...), None if nothing does.
-
-    Fields that only follow the run (each run has one model, one dtype) are left to the run's name. The
-    Series is named after the fields it joins (the legend's title).
-    """
-    varying = [f for f in fields if f in df.columns and df[f].astype(str).nunique() > 1]
-    if "run" in varying:
-        runs = df.groupby(df["run"].astype(str))
-        varying = ["run"] + [f for f in varying if f != "run" and (runs[f].nunique(dropna=False) > 1).any()]
-    if not varying:
-        return None
-    return df[varying].astype(str).agg(" · ".join, axis=1).rename(" · ".join(varying))
-
-
-def cache_label(df: pd.DataFrame) -> pd.Series:
-    """ "with cache" / "without cache", naming the implementation when the records hold several."""
-    cached = df["use_cache"].astype(bool)
-    impl = df["cache_implementation"].astype(str) if "cache_implementation" in df else pd.Series("", index=df.index)
-    several = impl[cached].nunique() > 1
-    return pd.Series(
-        np.where(cached, "with cache" + ((" (" + impl + ")") if several else ""), "without cache"), index=df.index
-    )
+from .memplots import (  # noqa: F401 - the figures of bytes, drawn beside these
+    MEMORY_SERIES,
+    bandwidth_note,
+    bandwidth_table,
+    memory_note,
+    memory_table,
+    plot_bandwidth,
+    plot_memory,
+)
+from .ticks import category_ticks, fit_figure
 
 
 # ------------------------------------------------------------------ 1. speedup
@@ -114,13 +76,14 @@ def plot_speedup(df: pd.DataFrame) -> Figure:
                 ax.plot(line["prompt_len"], line["speedup"], color=colors[new], marker=markers[var_],
                         ls=styles[var_], lw=1.6, ms=5)
             ax.axhline(1, color="0.4", lw=0.8, ls=":")
-            log2_ticks(ax, table["prompt_len"])
+            category_ticks(ax, table["prompt_len"])
             ax.set(title=f"batch size {batch}", xlabel="prompt length (tokens)", ylabel="speedup (x)")
         axes[0].set_ylim(0, max(1.1, float(table["speedup"].max()) * 1.08))
         legend(fig, [("new tokens", [(n, swatch(colors[n])) for n in news]),
                      (var.name if var is not None else "", [(v, mark(markers[v], ls=styles[v])) for v in variants]
                       if var is not None else [])])
         fig.suptitle("Speedup of the KV cache: latency without it / with it")
+        fit_figure(fig)
     return fig
 
 
@@ -189,6 +152,7 @@ def plot_decode_steps(df: pd.DataFrame) -> Figure:
         legend(fig, [("prompt length", [(p, swatch(colors[p])) for p in prompts]),
                      ("cache", [(c, dash(styles[c])) for c in caches])])
         fig.suptitle("Decode step latency by position: with and without the cache")
+        fit_figure(fig)
     return fig
 
 
@@ -224,7 +188,7 @@ def plot_positions(df: pd.DataFrame) -> Figure:
                     ax.plot(dots["prompt_len"], dots["positions_processed"], color=colors[cache], ls="none",
                             marker=markers[var_], ms=6, zorder=3)
             count_axis(ax, "y")
-            log2_ticks(ax, table["prompt_len"])
+            category_ticks(ax, table["prompt_len"])
             ax.set(title=f"{new} new tokens", xlabel="prompt length (tokens)",
                    ylabel="positions processed per sequence")
         legend(fig, [("cache", [(c, swatch(colors[c])) for c in caches]),
@@ -232,143 +196,7 @@ def plot_positions(df: pd.DataFrame) -> Figure:
                      (var.name if var is not None else "", [(v, mark(markers[v])) for v in variants]
                       if var is not None else [])])
         fig.suptitle("Positions processed per generate: measured and analytic")
-    return fig
-
-
-# ------------------------------------------------------------------ 4. memory
-def memory_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Cached scenarios: KV-cache bytes measured, exact estimate, naive formula, peak above baseline, ratios."""
-    ok = ok_rows(df)
-    need(ok, ["use_cache", "kv_cache_bytes", "kv_cache_bytes_estimate"], "memory")
-    cached = ok[ok["use_cache"].astype(bool) & ok["kv_cache_bytes"].fillna(0).gt(0)]
-    if cached.empty:
-        raise NoData("memory: no cached scenario recorded the bytes its KV cache held")
-    out = keep(cached, SCENARIO + ["kv_cache_bytes", "kv_cache_bytes_estimate", "kv_cache_bytes_naive",
-                                   "peak_memory_delta_bytes", "peak_memory_source"])
-    out["estimate_over_measured"] = out["kv_cache_bytes_estimate"] / out["kv_cache_bytes"]
-    if "kv_cache_bytes_naive" in out:
-        out["naive_over_measured"] = out["kv_cache_bytes_naive"] / out["kv_cache_bytes"]
-    if "peak_memory_delta_bytes" in out:
-        out["peak_over_estimate"] = out["peak_memory_delta_bytes"] / out["kv_cache_bytes_estimate"]
-    return out
-
-
-MEMORY_SERIES = [  # (label, predicted column, measured column)
-    ("KV cache vs exact estimate", "kv_cache_bytes_estimate", "kv_cache_bytes"),
-    ("KV cache vs naive formula", "kv_cache_bytes_naive", "kv_cache_bytes"),
-    ("peak above baseline vs exact estimate", "kv_cache_bytes_estimate", "peak_memory_delta_bytes"),
-]
-
-
-def plot_memory(df: pd.DataFrame) -> Figure:
-    """Left: measured bytes against predicted bytes (log-log) with the y = x line: the KV cache against the
-    exact estimate and against the naive formula, and the peak memory above baseline against the estimate.
-    Right: each prediction over the measured KV-cache bytes (1 = exact)."""
-    table = memory_table(df)
-    var = variant(table, VARIANT_FIELDS + ["cache_implementation"])
-    table = table.assign(variant=var if var is not None else "")
-    series = [s for s in MEMORY_SERIES if s[1] in table and s[2] in table]
-    colors = palette([s[0] for s in series], "deep")
-    variants = ordered(table["variant"])
-    markers = cycle(variants, MARKERS)
-    source = ("; ".join(ordered(table["peak_memory_source"].dropna().astype(str)))
-              if "peak_memory_source" in table else "")
-    with style():
-        fig, (left, right) = facets(2, ncols=2, panel=(4.2, 3.4), sharey=False)
-        shown = []
-        for label, x, y in series:
-            rows = table[(table[x] > 0) & (table[y] > 0)]
-            for var_, dots in rows.groupby("variant"):
-                left.plot(dots[x], dots[y], ls="none", marker=markers[var_], color=colors[label], ms=6, zorder=3,
-                          alpha=0.9)
-            shown += [*rows[x], *rows[y]]
-        if not shown:
-            raise NoData("memory: no scenario has both a measurement and a prediction above zero bytes")
-        low, high = min(shown) / 1.5, max(shown) * 1.5
-        left.plot([low, high], [low, high], color="0.4", lw=0.8, ls=":")
-        left.set(xlabel="predicted bytes", ylabel="measured bytes", title="measured against predicted")
-        bytes_axis(left, "x", [low, high])
-        bytes_axis(left, "y", [low, high])
-        for label, x, y in series[:2]:  # the cache bytes: each formula over the measurement
-            for var_, dots in table.groupby("variant"):
-                right.plot(dots["kv_cache_bytes"], dots[x] / dots[y], ls="none", marker=markers[var_],
-                           color=colors[label], ms=6, zorder=3)
-        right.axhline(1, color="0.4", lw=0.8, ls=":")
-        right.set(xlabel="measured KV-cache bytes", ylabel="predicted / measured", title="prediction error (1 = exact)")
-        bytes_axis(right, "x", table["kv_cache_bytes"])
-        ratios = [table[x] / table[y] for _, x, y in series[:2]]
-        right.set_ylim(0, max(2.2, float(pd.concat(ratios).max()) * 1.1))
-        legend(fig, [("compared", [(s[0], mark("o", colors[s[0]])) for s in series] + [("y = x (exact)", dash(":"))]),
-                     (var.name if var is not None else "", [(v, mark(markers[v])) for v in variants]
-                      if var is not None else [])])
-        fig.suptitle("KV-cache memory: measured against the estimates"
-                     + (f"\n(peak above baseline: {source})" if source else ""))
-    return fig
-
-
-def memory_note(table: pd.DataFrame) -> str | None:
-    if "peak_memory_delta_bytes" not in table:
-        return "The records hold no peak memory, only the cache's bytes."
-    flat = int((table["peak_memory_delta_bytes"].fillna(0) <= 0).sum())
-    if flat:
-        return (f"{flat} of {len(table)} scenarios show no peak memory above the baseline (zero or unreadable; the "
-                "process can reuse memory it already holds), so they have no green point.")
-    return None
-
-
-# ------------------------------------------------------------------ 5. bandwidth
-def bandwidth_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Cached decode steps: bytes a step must read, its median time, the bandwidth achieved and the GPU's peak."""
-    ok = ok_rows(df)
-    need(ok, ["achieved_bandwidth_gbps"], "bandwidth")
-    rows = ok[ok["achieved_bandwidth_gbps"].notna()]
-    if "total_s_repeats" in rows:
-        rows = with_spread(rows)
-    out = keep(rows, SCENARIO + ["env_device_name", "decode_step_s", "decode_bytes_per_step_estimate",
-                                 "achieved_bandwidth_gbps", "env_gpu_bandwidth_gbps", "bandwidth_fraction",
-                                 "decode_roofline_s", "total_s_spread"])
-    return out
-
-
-def bandwidth_note(table: pd.DataFrame) -> str | None:
-    if "env_gpu_bandwidth_gbps" not in table or table["env_gpu_bandwidth_gbps"].isna().all():
-        return ("No peak memory bandwidth is known for this device (a CPU run, or a GPU that neither NVML nor "
-                "the GPU table describes): the achieved bandwidth is shown without its roof.")
-    return None
-
-
-def plot_bandwidth(df: pd.DataFrame) -> Figure:
-    """Achieved memory bandwidth of cached decode steps (bytes a step must read / its time) against the bytes
-    read per step, under the GPU's peak bandwidth (dashed) where it is known."""
-    table = bandwidth_table(df)
-    need(table, ["decode_bytes_per_step_estimate"], "bandwidth")
-    var = variant(table)
-    table = table.assign(variant=var if var is not None else "")
-    batches, variants = ordered(table["batch_size"]), ordered(table["variant"])
-    colors, markers = palette(batches, "flare"), cycle(variants, MARKERS)
-    with style():
-        fig, (ax,) = facets(1, panel=(5.6, 3.6))
-        for (batch, var_), dots in table.groupby(["batch_size", "variant"]):
-            ax.plot(dots["decode_bytes_per_step_estimate"], dots["achieved_bandwidth_gbps"], ls="none",
-                    marker=markers[var_], color=colors[batch], ms=7, zorder=3)
-        top = float(table["achieved_bandwidth_gbps"].max())
-        peaks = table.dropna(subset=["env_gpu_bandwidth_gbps"]) if "env_gpu_bandwidth_gbps" in table else table[:0]
-        by = [c for c in ["run", "env_device_name"] if c in peaks]
-        for _, peak in peaks.drop_duplicates(by + ["env_gpu_bandwidth_gbps"]).iterrows():
-            gbps = float(peak["env_gpu_bandwidth_gbps"])
-            ax.axhline(gbps, color="0.3", lw=1, ls="--")
-            name = " · ".join(str(peak[c]) for c in by if c == "env_device_name" or peaks[c].nunique() > 1)
-            ax.annotate(f"peak {gbps:,.0f} GB/s  {name}", (0.01, gbps), xycoords=("axes fraction", "data"),
-                        va="bottom", fontsize=7, color="0.3")
-            top = max(top, gbps)
-        ax.set_ylim(0, top * 1.12)
-        ax.set(xlabel="bytes a decode step reads (weights + KV cache)", ylabel="achieved bandwidth (GB/s)")
-        bytes_axis(ax, "x", table["decode_bytes_per_step_estimate"])
-        legend(fig, [("batch size", [(b, mark("o", colors[b])) for b in batches]),
-                     (var.name if var is not None else "", [(v, mark(markers[v])) for v in variants]
-                      if var is not None else [])])
-        fig.suptitle("Decode roofline: achieved memory bandwidth"
-                     + (" (no peak known)" if bandwidth_note(table) else " against the peak"))
+        fit_figure(fig)
     return fig
 
 

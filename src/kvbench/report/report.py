@@ -11,6 +11,7 @@ import pandas as pd
 from ..errors import UserError
 from ..results.frame import SPREAD_LIMIT, with_spread
 from ..units import fmt_bytes
+from ..version import __version__
 from .pages import Page, Section, Table, write_page
 
 RUN_FIELDS = ["model", "model_source", "model_type", "device", "dtype"]
@@ -137,6 +138,73 @@ def environment_differences(df: pd.DataFrame) -> pd.DataFrame:
     return table[table.iloc[:, 1:].nunique(axis=1) > 1].reset_index(drop=True)
 
 
+def _first(part: pd.DataFrame, field: str) -> str | None:
+    """The run's value of a field (its values joined where it has several), None where it has none."""
+    if field not in part:
+        return None
+    values = [str(v) for v in pd.unique(part[field].dropna()) if not isinstance(v, (list, dict))]
+    return ", ".join(values) if values else None
+
+
+def run_identity(part: pd.DataFrame) -> dict[str, str]:
+    """What a run measured, on what: model (type, source), device (its name), dtype and the kvbench version."""
+    model, kind, source = _first(part, "model"), _first(part, "model_type"), _first(part, "model_source")
+    device, name = _first(part, "device"), _first(part, "env_device_name")
+    details = ", ".join(v for v in (kind, source) if v)
+    return {
+        "model": (model or "-") + (f" ({details})" if details else ""),
+        "device": (device or "-") + (f" ({name})" if name else ""),
+        "dtype": _first(part, "dtype") or "-",
+        "kvbench": _first(part, "env_kvbench") or "-",
+    }
+
+
+def header_fields(df: pd.DataFrame) -> list[tuple[str, str]]:
+    """The page header: each field of `run_identity`, once where every run has the same, else per run."""
+    per_run = {run: run_identity(part) for run, part in df.groupby(df["run"].astype(str), sort=False)}
+    fields = []
+    for field in ["model", "device", "dtype", "kvbench"]:
+        values = {run: ident[field] for run, ident in per_run.items()}
+        same = len(set(values.values())) == 1
+        fields.append((field, next(iter(values.values())) if same
+                       else "; ".join(f"{run}: {v}" for run, v in values.items())))
+    return fields
+
+
+def fmt_share(part: float, whole: float) -> str:
+    """part / whole as a percentage with two significant figures below 10%: "35%", "3.5%", "0.0071%"."""
+    share = 100 * part / whole
+    return f"{share:.0f}%" if share >= 10 else f"{share:.2g}%"
+
+
+def device_memory(part: pd.DataFrame) -> tuple[float | None, str]:
+    """The memory of the device a run measured on, and what it is: the GPU's memory, or the host's RAM."""
+    on_gpu = str(_first(part, "device") or "").startswith("cuda")
+    field, what = ("env_gpu_memory_bytes", "GPU memory") if on_gpu else ("env_ram_bytes", "RAM")
+    values = part[field].dropna() if field in part else pd.Series(dtype=float)
+    return (float(values.iloc[0]) if len(values) else None), what
+
+
+def memory_beside(part: pd.DataFrame, kv_bytes: float) -> dict[str, str]:
+    """The largest KV cache next to the weights and the device's memory, as bytes and shares."""
+    out = {}
+    weights = next((part[c].dropna() for c in ("weight_bytes", "weight_bytes_estimate")
+                    if c in part and part[c].notna().any()), None)
+    weight_bytes = float(weights.iloc[0]) if weights is not None else None
+    if weight_bytes:
+        out["weights"] = f"{fmt_bytes(weight_bytes)} (the largest KV cache is {fmt_share(kv_bytes, weight_bytes)} of that)"
+    memory, what = device_memory(part)
+    if memory:
+        shares = [f"largest KV cache {fmt_share(kv_bytes, memory)}"]
+        if weight_bytes:
+            shares.insert(0, f"weights {fmt_share(weight_bytes, memory)}")
+        out["device memory"] = f"{fmt_bytes(memory)} of {what} (" + ", ".join(shares) + ")"
+    else:
+        field = "env_ram_bytes" if what == "RAM" else "env_gpu_memory_bytes"
+        out["device memory"] = f"not recorded (the records have no {field})"
+    return out
+
+
 def _scenario_name(rec: dict) -> str:
     return rec.get("scenario_id") or f"P{rec.get('prompt_len')}-N{rec.get('new_tokens')}-B{rec.get('batch_size')}"
 
@@ -147,7 +215,7 @@ def key_numbers(df: pd.DataFrame) -> pd.DataFrame:
 
     rows: dict[str, dict[str, str]] = {}
     for run, part in df.groupby(df["run"].astype(str), sort=False):
-        col: dict[str, str] = {}
+        col: dict[str, str] = dict(run_identity(part))
         status = part["status"].fillna("ok") if "status" in part else pd.Series("ok", index=part.index)
         col["scenarios"] = f"{int((status == 'ok').sum())} ok of {len(part)}" + "".join(
             f", {int(n)} {s}" for s, n in status[status != "ok"].value_counts().items())
@@ -163,6 +231,7 @@ def key_numbers(df: pd.DataFrame) -> pd.DataFrame:
             mem = plots.memory_table(part)
             big = mem.loc[mem["kv_cache_bytes"].idxmax()]
             col["largest KV cache measured"] = f"{fmt_bytes(big['kv_cache_bytes'])} ({_scenario_name(big)})"
+            col.update(memory_beside(part, float(big["kv_cache_bytes"])))
             err = (mem["estimate_over_measured"] - 1).abs()
             col["exact estimate vs measured"] = (
                 "no exact estimate for this architecture" if err.isna().all()
@@ -179,7 +248,7 @@ def key_numbers(df: pd.DataFrame) -> pd.DataFrame:
             bw = plots.bandwidth_table(part)
             text = f"median {bw['achieved_bandwidth_gbps'].median():,.1f} GB/s"
             if "bandwidth_fraction" in bw and bw["bandwidth_fraction"].notna().any():
-                text += f" ({bw['bandwidth_fraction'].median():.0%} of the peak)"
+                text += f" ({fmt_share(bw['bandwidth_fraction'].median(), 1)} of the peak)"
             col["decode bandwidth achieved"] = text
         except plots.NoData:
             pass
@@ -229,8 +298,9 @@ def build_report(df: pd.DataFrame, sources: list[str]) -> tuple[Page, dict]:
     figures: dict = {}
     at_a_glance = Section(
         "At a glance", "glance",
-        text=["How much faster the KV cache makes generate, what it costs in memory, and how close the analytic "
-              "estimates come to what was measured."],
+        text=["What was measured on what; how much faster the KV cache makes generate, what it costs in memory "
+              "beside the weights and the device's memory, and how close the analytic estimates come to what was "
+              "measured."],
         tables=[Table("Key numbers per run", key_numbers(df), collapsed=False, text=True)],
     )
     sections = [at_a_glance]
@@ -248,8 +318,8 @@ def build_report(df: pd.DataFrame, sources: list[str]) -> tuple[Page, dict]:
         sections.append(Section("Scenarios that did not run", "failures",
                                 tables=[Table("Out of memory or error", failed, name="failures", collapsed=False)]))
     lead = [f"Runs: {', '.join(runs)}.", f"Read from: {', '.join(sources)}.",
-            "Generated by kvbench report from the records alone; regenerate it rather than editing it."]
-    return Page("kvbench report: " + ", ".join(runs), lead, sections), figures
+            f"Generated by kvbench {__version__} report from the records alone; regenerate it rather than editing it."]
+    return Page("kvbench report: " + ", ".join(runs), lead, sections, header=header_fields(df)), figures
 
 
 def write_report(paths, out_dir: str | Path) -> dict[str, Path]:

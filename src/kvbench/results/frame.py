@@ -7,8 +7,12 @@ import statistics
 
 import pandas as pd
 
-# What identifies a scenario apart from the cache setting.
-PAIR_KEYS = ["run", "model", "device", "dtype", "prompt_len", "new_tokens", "batch_size", "decoding", "num_beams"]
+# The axes a sweep varies, in the order tables show them. A new axis (a record field a `kvbench run` option sets)
+# is added here: the run summary shows it as a column where it varies, and cached rows pair with uncached ones on it.
+AXES = ["prompt_len", "new_tokens", "batch_size", "cache_implementation", "decoding", "num_beams", "compile"]
+
+# What identifies a scenario apart from the cache setting (uncached rows have cache_implementation "none").
+PAIR_KEYS = ["run", "model", "device", "dtype"] + [a for a in AXES if a != "cache_implementation"]
 
 
 # Repeats further apart than this, (max - min) / median, make a timing noisy (the report warns).
@@ -40,6 +44,11 @@ def spread(repeats) -> float:
         return float("nan")
     median = statistics.median(values)
     return (max(values) - min(values)) / median if median else float("nan")
+
+
+def noisy(value, limit: float = SPREAD_LIMIT) -> bool:
+    """Whether a spread (as `spread` gives it) is over the limit; NaN (no repeats to compare) is not."""
+    return value == value and value is not None and value > limit
 
 
 def with_spread(df: pd.DataFrame) -> pd.DataFrame:

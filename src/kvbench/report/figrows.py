@@ -1,0 +1,53 @@
+"""What the figures share about rows: the scenario columns every figure table keeps, `NoData` (a figure the
+records cannot support), and the labels that tell lines apart (run, dtype, cache on/off)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+SCENARIO = ["run", "model", "dtype", "device", "scenario_id", "prompt_len", "new_tokens", "batch_size",
+            "use_cache", "cache_implementation", "decoding", "num_beams"]
+VARIANT_FIELDS = ["run", "model", "dtype", "device", "decoding", "num_beams"]
+
+
+class NoData(ValueError):
+    """The records cannot support this figure; the message says why (shown in place of the figure)."""
+
+
+# ------------------------------------------------------------------ rows and labels
+def need(df: pd.DataFrame, columns: list[str], figure: str) -> None:
+    missing = [c for c in columns if c not in df.columns or df[c].isna().all()]
+    if missing:
+        raise NoData(f"{figure}: the records have no {', '.join(missing)}")
+    if df.empty:
+        raise NoData(f"{figure}: no scenario ran successfully")
+
+
+def keep(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    return df[[c for c in dict.fromkeys(columns) if c in df.columns]].reset_index(drop=True)
+
+
+def variant(df: pd.DataFrame, fields=VARIANT_FIELDS) -> pd.Series | None:
+    """A label for what tells lines apart beyond the figure's own axes (run, dtype, ...), None if nothing does.
+
+    Fields that only follow the run (each run has one model, one dtype) are left to the run's name. The
+    Series is named after the fields it joins (the legend's title).
+    """
+    varying = [f for f in fields if f in df.columns and df[f].astype(str).nunique() > 1]
+    if "run" in varying:
+        runs = df.groupby(df["run"].astype(str))
+        varying = ["run"] + [f for f in varying if f != "run" and (runs[f].nunique(dropna=False) > 1).any()]
+    if not varying:
+        return None
+    return df[varying].astype(str).agg(" · ".join, axis=1).rename(" · ".join(varying))
+
+
+def cache_label(df: pd.DataFrame) -> pd.Series:
+    """ "with cache" / "without cache", naming the implementation when the records hold several."""
+    cached = df["use_cache"].astype(bool)
+    impl = df["cache_implementation"].astype(str) if "cache_implementation" in df else pd.Series("", index=df.index)
+    several = impl[cached].nunique() > 1
+    return pd.Series(
+        np.where(cached, "with cache" + ((" (" + impl + ")") if several else ""), "without cache"), index=df.index
+    )
