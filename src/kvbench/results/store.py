@@ -47,6 +47,7 @@ class RunWriter:
         self.dir = Path(run_dir)
         self.path = self.dir / RECORDS
         self.resumed = resume
+        self.created = not self.dir.exists()
         self._lock = self._file = None
         try:
             self._open(settings or {}, resume)
@@ -100,6 +101,17 @@ class RunWriter:
             os.fsync(self._file.fileno())
         except OSError as exc:
             raise UserError(f"{self.path}: cannot write a record ({exc.strerror or exc})") from None
+
+    def discard_if_empty(self) -> None:
+        """Close, and remove what this writer made of a new run that recorded nothing (a sweep refused before its
+        first scenario leaves no folder behind). A resumed run, or one with records, is only closed."""
+        empty = not self.resumed and self._file is not None and not self.records()
+        self.close()
+        if empty:
+            for name in (RECORDS, RUN_INFO, LOCK):
+                (self.dir / name).unlink(missing_ok=True)
+            if self.created and not any(self.dir.iterdir()):
+                self.dir.rmdir()
 
     def close(self) -> None:
         for handle in (self._file, self._lock):
