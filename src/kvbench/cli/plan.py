@@ -203,6 +203,12 @@ def plan_command(
 
     if format not in FORMATS:
         raise UserError(f"--format: {format!r} is not one of {', '.join(FORMATS)}")
+    if figure is not None:  # before the plan is printed
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        from .common import check_writable_file
+
+        check_writable_file("--figure", figure, FigureCanvasBase.get_supported_filetypes())
     models, gpus = _split("--model", model), _split("--gpu", gpu) or [None]
     if not models and compare_frontier is None:
         raise UserError("--model is required (a preset such as phi-3-mini-4k, a config.json path or a Hub id)")
@@ -242,6 +248,7 @@ def plan_command(
         from ..plan.figure import longest_context_figure
 
         empty = pd.DataFrame(columns=["question"])
+        figure.parent.mkdir(parents=True, exist_ok=True)
         longest_context_figure(pd.concat(plans, ignore_index=True) if plans else empty, comparison).savefig(figure)
         print(f"figure: {figure}", file=sys.stderr)
 
@@ -287,6 +294,8 @@ def frontier_command(
     from ..measuring.runner import default_run_dir
     from ..results.store import RunWriter
 
+    out_dir = out or default_run_dir(f"frontier-{Path(model).name}")
+    writer = RunWriter(out_dir, {"kind": "frontier", "model": model})  # the run folder is checked before the wait
     device = torch.device("cuda", torch.cuda.current_device())
     if cap is not None:
         apply_memory_cap(cap, device)
@@ -294,13 +303,18 @@ def frontier_command(
         with console.status(f"loading {model}"):
             loaded = load_model(model, device=str(device), dtype=dtype)
     except torch.OutOfMemoryError:
+        writer.discard_if_empty()
         raise UserError(f"{model}'s weights alone do not fit in "
                         + (f"--memory-cap {memory_cap}" if cap else "this GPU's memory")) from None
+    except BaseException:
+        writer.discard_if_empty()
+        raise
     dt = str(loaded.dtype).removeprefix("torch.")
     w = make_workload(model, dt, None, cache_implementation, num_beams)
     window = loaded.context_len or 2**17
     lo, hi = min_context or new_tokens + 1, max_context or window
     if not new_tokens < lo <= hi <= window:
+        writer.discard_if_empty()
         raise UserError(f"contexts to try [{lo}, {hi}] must lie within ({new_tokens}, {window}]: longer than "
                         f"--new-tokens, within {model}'s context window")
     env = environment(device)
@@ -311,13 +325,13 @@ def frontier_command(
     for b in sizes:
         answer = longest_context(w, target, b, new_tokens, cal)
         guesses[b] = answer["context_len"] if answer["fits"] else lo
-    out_dir = out or default_run_dir(f"frontier-{Path(model).name}")
     settings = {"kind": "frontier", "model": model, "dtype": dt, "new_tokens": new_tokens,
                 "cache_implementation": cache_implementation, "num_beams": num_beams, "batch_sizes": sizes,
                 "memory_cap_bytes": cap, "resolution": resolution, "min_context": lo, "max_context": hi, **env}
     console.print(f"[bold]{model}[/] in {dt} on {env['env_device_name']}"
                   + (f", allocator capped at {cap / 2**30:.2f} GiB" if cap else "") + f" -> {out_dir}")
-    with RunWriter(out_dir, settings) as writer:
+    with writer:
+        writer.update_info(settings)
         with console.status("searching the out-of-memory frontier"):
             find_frontier(cuda_probe(loaded, new_tokens, cache_implementation, num_beams), sizes,
                           min_context=lo, max_context=hi, resolution=resolution, guesses=guesses, writer=writer,

@@ -19,7 +19,7 @@ from ..report.compare import (
     unmatched,
 )
 from ..report.report import default_out, write_report
-from .common import console
+from .common import check_writable_folder, console
 
 
 def report_command(
@@ -32,6 +32,7 @@ def report_command(
 
     matplotlib.use("Agg")
     out_dir = out or default_out(runs)
+    check_writable_folder("--out", out_dir)
     paths = write_report(runs, out_dir)
     typer.echo(f"report: {paths['html']}")
     typer.echo(f"markdown: {paths['markdown']} (figures in {out_dir / 'figures'}, tables in {out_dir / 'tables'})")
@@ -78,6 +79,8 @@ def compare_command(
 
     limit = parse_threshold(threshold)
     gated = parse_gate(gate)
+    if out:
+        check_writable_folder("--out", out)
     paths = [base, *new]
     df = load_runs(paths, one_run_per_path=True)
     names = list(pd.unique(df["run"]))
