@@ -111,21 +111,26 @@ def print_sections(sections, markdown: bool, header: list[str] | None = None) ->
 
     sections = [(title, *_drop_empty_columns(columns, rows)) for title, columns, rows in sections]
 
-    if markdown:
-        out = [*(f"{line}  " for line in header or [])]
+    if markdown:  # names from the user's data (model paths, run names) escaped: no HTML, no table breaks
+        from ..report.pages import md_cell
+
+        out = [*(f"{md_cell(line)}  " for line in header or [])]
         for title, columns, rows in sections:
             out += ["", f"**{title}**", "", "| " + " | ".join(columns) + " |",
-                    "|" + "|".join("---:" for _ in columns) + "|", *("| " + " | ".join(r) + " |" for r in rows)]
+                    "|" + "|".join("---:" for _ in columns) + "|",
+                    *("| " + " | ".join(md_cell(c) for c in r) + " |" for r in rows)]
         print("\n".join(out) + "\n")
         return
+    from rich.markup import escape
+
     for line in header or []:
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, markup=False)
     for title, columns, rows in sections:
         table = Table(title=title)
         for col in columns:
             table.add_column(col, justify="right")
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*(escape(str(c)) for c in row))
         console.print(table)
 
 
@@ -269,6 +274,7 @@ def frontier_command(
 ):
     """Measure on a CUDA GPU the longest context that runs without out-of-memory, per batch size."""
     import torch
+    from rich.markup import escape
 
     from ..estimate.capacity import longest_context, make_workload
     from ..inputs.scenario import int_list
@@ -300,7 +306,7 @@ def frontier_command(
     if cap is not None:
         apply_memory_cap(cap, device)
     try:
-        with console.status(f"loading {model}"):
+        with console.status(f"loading {escape(model)}"):
             loaded = load_model(model, device=str(device), dtype=dtype)
     except torch.OutOfMemoryError:
         writer.discard_if_empty()
@@ -328,8 +334,8 @@ def frontier_command(
     settings = {"kind": "frontier", "model": model, "dtype": dt, "new_tokens": new_tokens,
                 "cache_implementation": cache_implementation, "num_beams": num_beams, "batch_sizes": sizes,
                 "memory_cap_bytes": cap, "resolution": resolution, "min_context": lo, "max_context": hi, **env}
-    console.print(f"[bold]{model}[/] in {dt} on {env['env_device_name']}"
-                  + (f", allocator capped at {cap / 2**30:.2f} GiB" if cap else "") + f" -> {out_dir}")
+    console.print(f"[bold]{escape(model)}[/] in {dt} on {escape(str(env['env_device_name']))}"
+                  + (f", allocator capped at {cap / 2**30:.2f} GiB" if cap else "") + f" -> {escape(str(out_dir))}")
     with writer:
         writer.update_info(settings)
         with console.status("searching the out-of-memory frontier"):
@@ -339,4 +345,4 @@ def frontier_command(
     from ..results.store import load_results
 
     print_frontier_comparison(compare_frontier(load_results(out_dir)))
-    console.print(f"records: {Path(out_dir) / 'records.jsonl'}")
+    console.print(f"records: {Path(out_dir) / 'records.jsonl'}", markup=False, highlight=False)

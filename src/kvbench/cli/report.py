@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import pandas as pd
 import typer
+from rich.markup import escape
 
 from ..report.compare import (
     GATED,
@@ -55,15 +56,15 @@ def print_comparison(table: pd.DataFrame, threshold: float, env: pd.DataFrame, n
             style = styles.get(rec[f"{m}_verdict"])
             cells.append(f"[{style}]{text}[/]" if style else text)
         verdict = rec["verdict"]
-        out.add_row(rec["new_run"], rec["scenario"], *cells,
+        out.add_row(escape(str(rec["new_run"])), escape(str(rec["scenario"])), *cells,
                     f"[{styles[verdict]}]{verdict}[/]" if verdict in styles else verdict)
     console.print(out)
     for note in notes:
-        console.print(f"[yellow]note[/] {note}", markup=True, highlight=False)
+        console.print(f"[yellow]note[/] {escape(note)}", markup=True, highlight=False)
     if len(env):
         console.print("environment differs: " + "; ".join(
             f"{r['field']}: " + " vs ".join(str(v) for v in list(r.values())[1:]) for r in env.to_dict("records")),
-            highlight=False)
+            highlight=False, markup=False)
 
 
 def compare_command(
