@@ -40,7 +40,7 @@ def lines(run: Path) -> int:
         return 0
 
 
-def wait_for_growth(proc, run: Path, before: int, limit_s: float = 60) -> None:
+def wait_for_growth(proc, run: Path, before: int, limit_s: float = 240) -> None:
     deadline = time.monotonic() + limit_s
     while lines(run) <= before and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
