@@ -6,11 +6,13 @@ User mistakes print one line and exit 2; bugs keep their traceback.
 from __future__ import annotations
 
 import sys
+import warnings
 
 import click
 import typer
 
 from ..errors import UserError
+from ..results.schema import PartialLineWarning
 from .common import CLICK_ERRORS
 from .merge import merge_command
 from .plan import frontier_command, plan_command
@@ -35,13 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes print one line and exit 2; bugs keep their traceback."""
     command = typer.main.get_command(app)
     try:
-        # Outside standalone mode click returns a command's typer.Exit code instead of raising it.
-        code = command.main(args=argv, prog_name="kvbench", standalone_mode=False)
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            # Outside standalone mode click returns a command's typer.Exit code instead of raising it.
+            code = command.main(args=argv, prog_name="kvbench", standalone_mode=False)
     except (UserError, *CLICK_ERRORS) as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # bare `kvbench`: the help, not an error
             print(exc.format_message())
             return 0
-        message = str(exc) if isinstance(exc, UserError) else exc.format_message()
+        message = str(exc) if isinstance(exc, UserError) else exc.format_message() + bad_value(exc)
         print(f"kvbench: error: {' '.join(message.split())}", file=sys.stderr)
         return 2
     except (typer.Exit, click.exceptions.Exit) as exc:
@@ -50,6 +54,24 @@ def main(argv: list[str] | None = None) -> int:
         print("kvbench: aborted", file=sys.stderr)
         return 130
     return code if isinstance(code, int) else 0
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """kvbench's own warnings (a skipped half-written line, ...) as one line each; others as Python prints them."""
+    if issubclass(category, PartialLineWarning):
+        print(f"kvbench: warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def bad_value(exc) -> str:
+    """The value typer refused, quoted, where its message leaves it out ("Input should be a valid integer")."""
+    errors = getattr(exc.__cause__, "errors", None)  # typer validates through pydantic
+    try:
+        value = errors()[0]["input"] if errors else None
+    except (TypeError, LookupError):
+        return ""
+    return f" (got {value!r})" if value is not None and repr(value) not in exc.format_message() else ""
 
 
 if __name__ == "__main__":

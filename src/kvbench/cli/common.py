@@ -19,3 +19,46 @@ CLICK_ERRORS = (click.ClickException, _VendoredClickException)
 
 # Piped output (CI logs, files) gets a width that fits the summary table instead of rich's default 80.
 console = Console() if sys.stdout.isatty() else Console(width=160)
+
+
+def check_writable_folder(option: str, folder, shown=None) -> None:
+    """Refuse (UserError) a folder that cannot be created or written, before any work; leaves nothing behind.
+    Messages name `shown` (the value the user gave) where it is not the folder itself."""
+    import tempfile
+    from pathlib import Path
+
+    from ..errors import UserError
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{option} {shown or folder}: {folder} exists and is not a folder" if shown else
+                        f"{option} {folder}: exists and is not a folder")
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        raise UserError(f"{option} {shown or folder}: cannot write there ({exc.strerror or exc})") from None
+    finally:
+        for path in created:  # the folders this check made, deepest first
+            try:
+                path.rmdir()
+            except OSError:
+                pass
+
+
+def check_writable_file(option: str, path, formats=None) -> None:
+    """Refuse (UserError) an output file of an unknown format (`formats`: the suffixes allowed) or in a folder that
+    cannot be written, before any work."""
+    from pathlib import Path
+
+    from ..errors import UserError
+
+    path = Path(path)
+    suffix = path.suffix.lstrip(".").lower()
+    if formats is not None and suffix not in formats:
+        raise UserError(f"{option} {path}: {'.' + suffix if suffix else 'no suffix'} is not a format it can write "
+                        f"(use one of {', '.join('.' + f for f in sorted(formats))})")
+    if path.is_dir():
+        raise UserError(f"{option} {path}: is a folder, not a file")
+    check_writable_folder(option, path.parent, shown=path)

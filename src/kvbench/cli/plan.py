@@ -111,21 +111,26 @@ def print_sections(sections, markdown: bool, header: list[str] | None = None) ->
 
     sections = [(title, *_drop_empty_columns(columns, rows)) for title, columns, rows in sections]
 
-    if markdown:
-        out = [*(f"{line}  " for line in header or [])]
+    if markdown:  # names from the user's data (model paths, run names) escaped: no HTML, no table breaks
+        from ..report.pages import md_cell
+
+        out = [*(f"{md_cell(line)}  " for line in header or [])]
         for title, columns, rows in sections:
             out += ["", f"**{title}**", "", "| " + " | ".join(columns) + " |",
-                    "|" + "|".join("---:" for _ in columns) + "|", *("| " + " | ".join(r) + " |" for r in rows)]
+                    "|" + "|".join("---:" for _ in columns) + "|",
+                    *("| " + " | ".join(md_cell(c) for c in r) + " |" for r in rows)]
         print("\n".join(out) + "\n")
         return
+    from rich.markup import escape
+
     for line in header or []:
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, markup=False)
     for title, columns, rows in sections:
         table = Table(title=title)
         for col in columns:
             table.add_column(col, justify="right")
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*(escape(str(c)) for c in row))
         console.print(table)
 
 
@@ -203,6 +208,12 @@ def plan_command(
 
     if format not in FORMATS:
         raise UserError(f"--format: {format!r} is not one of {', '.join(FORMATS)}")
+    if figure is not None:  # before the plan is printed
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        from .common import check_writable_file
+
+        check_writable_file("--figure", figure, FigureCanvasBase.get_supported_filetypes())
     models, gpus = _split("--model", model), _split("--gpu", gpu) or [None]
     if not models and compare_frontier is None:
         raise UserError("--model is required (a preset such as phi-3-mini-4k, a config.json path or a Hub id)")
@@ -242,6 +253,7 @@ def plan_command(
         from ..plan.figure import longest_context_figure
 
         empty = pd.DataFrame(columns=["question"])
+        figure.parent.mkdir(parents=True, exist_ok=True)
         longest_context_figure(pd.concat(plans, ignore_index=True) if plans else empty, comparison).savefig(figure)
         print(f"figure: {figure}", file=sys.stderr)
 
@@ -262,6 +274,7 @@ def frontier_command(
 ):
     """Measure on a CUDA GPU the longest context that runs without out-of-memory, per batch size."""
     import torch
+    from rich.markup import escape
 
     from ..estimate.capacity import longest_context, make_workload
     from ..inputs.scenario import int_list
@@ -287,20 +300,27 @@ def frontier_command(
     from ..measuring.runner import default_run_dir
     from ..results.store import RunWriter
 
+    out_dir = out or default_run_dir(f"frontier-{Path(model).name}")
+    writer = RunWriter(out_dir, {"kind": "frontier", "model": model})  # the run folder is checked before the wait
     device = torch.device("cuda", torch.cuda.current_device())
     if cap is not None:
         apply_memory_cap(cap, device)
     try:
-        with console.status(f"loading {model}"):
+        with console.status(f"loading {escape(model)}"):
             loaded = load_model(model, device=str(device), dtype=dtype)
     except torch.OutOfMemoryError:
+        writer.discard_if_empty()
         raise UserError(f"{model}'s weights alone do not fit in "
                         + (f"--memory-cap {memory_cap}" if cap else "this GPU's memory")) from None
+    except BaseException:
+        writer.discard_if_empty()
+        raise
     dt = str(loaded.dtype).removeprefix("torch.")
     w = make_workload(model, dt, None, cache_implementation, num_beams)
     window = loaded.context_len or 2**17
     lo, hi = min_context or new_tokens + 1, max_context or window
     if not new_tokens < lo <= hi <= window:
+        writer.discard_if_empty()
         raise UserError(f"contexts to try [{lo}, {hi}] must lie within ({new_tokens}, {window}]: longer than "
                         f"--new-tokens, within {model}'s context window")
     env = environment(device)
@@ -311,13 +331,13 @@ def frontier_command(
     for b in sizes:
         answer = longest_context(w, target, b, new_tokens, cal)
         guesses[b] = answer["context_len"] if answer["fits"] else lo
-    out_dir = out or default_run_dir(f"frontier-{Path(model).name}")
     settings = {"kind": "frontier", "model": model, "dtype": dt, "new_tokens": new_tokens,
                 "cache_implementation": cache_implementation, "num_beams": num_beams, "batch_sizes": sizes,
                 "memory_cap_bytes": cap, "resolution": resolution, "min_context": lo, "max_context": hi, **env}
-    console.print(f"[bold]{model}[/] in {dt} on {env['env_device_name']}"
-                  + (f", allocator capped at {cap / 2**30:.2f} GiB" if cap else "") + f" -> {out_dir}")
-    with RunWriter(out_dir, settings) as writer:
+    console.print(f"[bold]{escape(model)}[/] in {dt} on {escape(str(env['env_device_name']))}"
+                  + (f", allocator capped at {cap / 2**30:.2f} GiB" if cap else "") + f" -> {escape(str(out_dir))}")
+    with writer:
+        writer.update_info(settings)
         with console.status("searching the out-of-memory frontier"):
             find_frontier(cuda_probe(loaded, new_tokens, cache_implementation, num_beams), sizes,
                           min_context=lo, max_context=hi, resolution=resolution, guesses=guesses, writer=writer,
@@ -325,4 +345,4 @@ def frontier_command(
     from ..results.store import load_results
 
     print_frontier_comparison(compare_frontier(load_results(out_dir)))
-    console.print(f"records: {Path(out_dir) / 'records.jsonl'}")
+    console.print(f"records: {Path(out_dir) / 'records.jsonl'}", markup=False, highlight=False)

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
 
 import typer
+from rich.markup import escape
 
 from ..report.metrics import GATED, METRICS
-from .common import console
+from .common import check_writable_folder, console
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -30,6 +31,7 @@ def report_command(
     from ..report.report import default_out, write_report
 
     out_dir = out or default_out(runs)
+    check_writable_folder("--out", out_dir)
     paths = write_report(runs, out_dir)
     typer.echo(f"report: {paths['html']}")
     typer.echo(f"markdown: {paths['markdown']} (figures in {out_dir / 'figures'}, tables in {out_dir / 'tables'})")
@@ -57,19 +59,19 @@ def print_comparison(table: pd.DataFrame, threshold: float, env: pd.DataFrame, n
             style = styles.get(rec[f"{m}_verdict"])
             cells.append(f"[{style}]{text}[/]" if style else text)
         verdict = rec["verdict"] + (f" ({rec['regressed']})" if rec["regressed"] else "")
-        out.add_row(rec["new_run"], rec["scenario"], *cells,
+        out.add_row(escape(str(rec["new_run"])), escape(str(rec["scenario"])), *cells,
                     f"[{styles[rec['verdict']]}]{verdict}[/]" if rec["verdict"] in styles else verdict)
     console.print(out)
     for note in notes:
-        console.print(f"[yellow]note[/] {note}", markup=True, highlight=False)
+        console.print(f"[yellow]note[/] {escape(note)}", markup=True, highlight=False)
     if len(env):
         console.print("environment differs: " + "; ".join(
             f"{r['field']}: " + " vs ".join(str(v) for v in list(r.values())[1:]) for r in env.to_dict("records")),
-            highlight=False)
+            highlight=False, markup=False)
     for line in regression_lines(table):
-        console.print(f"[red]regression[/] {line}", highlight=False)
+        console.print(f"[red]regression[/] {escape(line)}", highlight=False)
     line = verdict_line(table, threshold, gated)
-    console.print(f"[red]{line}[/]" if line.startswith("FAIL") else f"[green]{line}[/]", highlight=False)
+    console.print(f"[red]{escape(line)}[/]" if line.startswith("FAIL") else f"[green]{escape(line)}[/]", highlight=False)
 
 
 def compare_command(
@@ -96,6 +98,8 @@ def compare_command(
 
     limit = parse_threshold(threshold)
     gated = parse_gate(gate)
+    if out:
+        check_writable_folder("--out", out)
     paths = [base, *new]
     df = load_runs(paths, one_run_per_path=True)
     names = list(pd.unique(df["run"]))

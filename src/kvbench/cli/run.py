@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from ..errors import UserError
 from ..inputs.scenario import QUICK, choice_list, int_list
@@ -13,6 +15,7 @@ from .common import console
 
 
 def run(
+    ctx: typer.Context,
     model: str = typer.Option("tiny", help="preset name, path to config.json or model folder, or Hub id"),
     device: str = typer.Option("auto", help="auto (a GPU where there is one), cpu, cuda, cuda:N"),
     dtype: str = typer.Option("auto", help="auto (float32 on CPU; the model's half type on GPU), float16, bfloat16, float32"),
@@ -38,12 +41,17 @@ def run(
     ray_workers: Optional[int] = typer.Option(None, help="--executor ray: workers (default: one per "
                                                          "--gpus-per-task GPUs, one on a cluster without GPUs)"),
     wide: bool = typer.Option(False, "--wide", help="summary table with every column, however wide"),
+    resume: Optional[Path] = typer.Option(None, help="continue the run in this folder: only its scenarios not yet "
+                                                     "recorded, with the settings it was started with"),
 ):
     """Sweep a grid of scenarios on one model and write records.jsonl (defaults: a quick grid on `tiny`)."""
+    options = {name: value for name, value in locals().items() if name != "ctx"}  # as given; run.json keeps them
+    if resume is not None and not ctx.meta.get("kvbench_resumed"):
+        ctx.meta["kvbench_resumed"] = True
+        return run(ctx, **resumed_options(ctx, options))
     from ..inputs.scenario import CACHE_IMPLEMENTATIONS, DECODINGS, grid
-    from ..measuring.eta import SweepEstimate
-    from ..measuring.models import load_model
     from ..measuring.runner import default_run_dir
+    from ..results.store import RunWriter
 
     caches = {"on": [True], "off": [False], "both": [True, False]}
     if use_cache not in caches:
@@ -60,39 +68,73 @@ def run(
     )
     if executor not in ("local", "ray"):
         raise UserError(f"--executor: {executor!r} is not one of local, ray")
-    settings = {}
+    settings, index, count = {}, 0, 1
     if shard is not None:
         from ..scale.shards import parse_shard
         from ..scale.shards import shard as shard_of
 
         index, count = parse_shard(shard)
-        settings = {"shard": f"{index}/{count}", "grid": [s.id for s in scenarios]}
+        settings = {"shard": f"{index}/{count}", "shard_grid": [s.id for s in scenarios]}
         scenarios = shard_of(scenarios, index, count)
         if not scenarios:
-            console.print(f"shard {index}/{count} has no scenarios (the grid has {len(settings['grid'])}): "
+            console.print(f"shard {index}/{count} has no scenarios (the grid has {len(settings['shard_grid'])}): "
                           "nothing to run")
             return
-    out_dir = out or default_run_dir(model + (f"-shard{settings['shard'].replace('/', 'of')}" if shard else ""))
+    out_dir = Path(resume or out or default_run_dir(model + (f"-shard{index}of{count}" if shard else "")))
+    if max_memory is not None and device_map is None:
+        raise UserError("--max-memory needs --device-map (e.g. --device-map auto)")
     if executor == "ray":
+        if resume is not None:
+            raise UserError("--resume: runs of --executor ray are resumed with --executor local, or run again")
         load = dict(device=device, dtype=dtype, trust_remote_code=trust_remote_code, device_map=device_map,
                     max_memory=max_memory)
         return run_with_ray(model, load, scenarios, out_dir, repeats, warmup, settings, address, gpus_per_task,
                             ray_workers, wide)
-    if max_memory is not None and device_map is None:
-        raise UserError("--max-memory needs --device-map (e.g. --device-map auto)")
-    with console.status(f"loading {model}"):
-        loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-                            device_map=device_map, max_memory=max_memory)
+    # The run folder is created, locked and given its run.json before the model loads: a folder that cannot be
+    # written fails now, not after the wait.
+    writer = RunWriter(out_dir, {"options": options}, resume=resume is not None)
+    try:
+        records = sweep(options, scenarios, writer, settings)
+    except Exception:
+        writer.discard_if_empty()  # refused before the first record: no folder left behind
+        raise
+    except KeyboardInterrupt:
+        finished = sum(r.get("scenario_id") in {s.id for s in scenarios} for r in writer.records())
+        console.print(f"interrupted: {finished} of {len(scenarios)} scenarios recorded in "
+                      f"{escape(str(writer.path))}", highlight=False)
+        console.print(f"resume with: kvbench run --resume {escape(shlex.quote(str(out_dir)))}", highlight=False)
+        raise typer.Exit(130) from None
+    finally:
+        writer.close()
+    finish(records, out_dir, wide)
+
+
+def sweep(options: dict, scenarios: list, writer, settings: dict) -> list[dict]:
+    """Load the model, then measure the scenarios not yet recorded in `writer`'s run under a progress bar."""
+    from ..measuring.eta import SweepEstimate
+    from ..measuring.models import load_model
+    from ..measuring.resume import split_done
+    from ..measuring.runner import run_sweep
+
+    model, repeats, warmup = options["model"], options["repeats"], options["warmup"]
+    todo = split_done(writer.records(), scenarios)[1] if writer.resumed else scenarios
+    with console.status(f"loading {escape(model)}"):
+        loaded = load_model(model, device=options["device"], dtype=options["dtype"],
+                            trust_remote_code=options["trust_remote_code"], device_map=options["device_map"],
+                            max_memory=options["max_memory"])
     console.print(
-        f"[bold]{loaded.name}[/] ({loaded.source}) on {loaded.device} in {str(loaded.dtype).removeprefix('torch.')}: "
-        f"{len(scenarios)} scenarios x ({warmup} warm-up + {repeats} timed) -> {out_dir}"
+        f"[bold]{escape(loaded.name)}[/] ({loaded.source}) on {loaded.device} in "
+        f"{str(loaded.dtype).removeprefix('torch.')}: {len(todo)} scenarios"
+        + (f" (of {len(scenarios)}; the others are recorded)" if len(todo) < len(scenarios) else "")
+        + f" x ({warmup} warm-up + {repeats} timed) -> {escape(str(writer.dir))}", highlight=False,
     )
+    if not todo:
+        return run_sweep(loaded, scenarios, writer, repeats=repeats, warmup=warmup, settings=settings)
     with console.status("timing a probe forward for the time estimates"):
-        estimate = SweepEstimate.probe(loaded, scenarios, repeats, warmup)
+        estimate = SweepEstimate.probe(loaded, todo, repeats, warmup)
     if line := slow_line(loaded, estimate):
         console.print(line, highlight=False)
-    records = sweep_with_progress(loaded, scenarios, out_dir, estimate, settings)
-    finish(records, out_dir, wide)
+    return sweep_with_progress(loaded, scenarios, todo, writer, estimate, settings)
 
 
 def run_with_ray(model, load: dict, scenarios, out_dir, repeats, warmup, settings, address, gpus_per_task, workers,
@@ -126,12 +168,42 @@ def finish(records: list[dict], out_dir, wide: bool = False) -> None:
     from ..report.summary import print_summary
 
     print_summary(records, console, wide=wide)
-    console.print(f"records: {Path(out_dir) / 'records.jsonl'}")
+    console.print(f"records: {escape(str(Path(out_dir) / 'records.jsonl'))}", highlight=False)
     failed = [r for r in records if r["status"] == "error"]
     for r in failed:
-        console.print(f"[red]error[/] {r['scenario_id']}: {r['error']}")
+        console.print(f"[red]error[/] {r['scenario_id']}: {escape(str(r['error']))}")
     if failed:
         raise typer.Exit(1)
+
+
+def resumed_options(ctx, options: dict) -> dict:
+    """--resume RUN: the options the run was started with (from its run.json), in place of the defaults. An option
+    given on the command line must agree with the run's; one that differs is refused, naming it."""
+    from ..results.store import read_run_info
+
+    run_dir = options["resume"]
+    info = read_run_info(run_dir)
+    stored = info.get("options")
+    if not isinstance(stored, dict):
+        raise UserError(f"{run_dir}: its run.json has no command-line options to resume with (a run started "
+                        "from the API: resume it with kvbench.run_sweep(..., resume=True))")
+    merged = dict(options)
+    for name, value in options.items():
+        source = ctx.get_parameter_source(name)
+        given = source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+        flag = "--" + name.replace("_", "-")
+        if name == "out":
+            if given and Path(value).resolve() != Path(run_dir).resolve():
+                raise UserError(f"{flag} {value} and --resume {run_dir} name different run folders; give only --resume")
+            continue
+        if name == "resume" or name not in stored:  # an option newer than the run keeps its value
+            continue
+        same = {"".join(str(v).split()) for v in (stored[name], info.get(name)) if v is not None}
+        if given and "".join(str(value).split()) not in same:
+            raise UserError(f"{flag} {value}: the run in {run_dir} was started with {flag} {stored[name]} "
+                            "(--resume keeps the run's settings; leave the option out)")
+        merged[name] = stored[name]
+    return merged
 
 
 # ------------------------------------------------------------------ how long
@@ -177,8 +249,8 @@ def eta_text(left_s: float | None, since_s: float) -> str:
     return f"ETA {fmt_clock(left_s - since_s)}"
 
 
-def sweep_with_progress(loaded, scenarios, out_dir, estimate, settings=None) -> list[dict]:
-    """`run_sweep` under a progress bar: the bar fills by expected work, the current scenario shows its expected
+def sweep_with_progress(loaded, scenarios, todo, writer, estimate, settings=None) -> list[dict]:
+    """`run_sweep` of `todo` (the scenarios not yet recorded) under a progress bar: the bar fills by expected work, the current scenario shows its expected
     time, and an ETA counts down the time left as the finished scenarios rescale the estimates."""
     import time
 
@@ -199,15 +271,15 @@ def sweep_with_progress(loaded, scenarios, out_dir, estimate, settings=None) -> 
             return Text(eta_text(task.fields.get("left_s"), time.monotonic() - at if at else 0.0), style="cyan")
 
     def label(i: int) -> str:
-        if i >= len(scenarios):
+        if i >= len(todo):
             return "done"
-        return f"{scenarios[i].id} ~{fmt_clock(estimate.expected_s(scenarios[i]))}"
+        return f"{todo[i].id} ~{fmt_clock(estimate.expected_s(todo[i]))}"
 
-    costs = [max(estimate.prior_s(s), 1e-9) for s in scenarios]
+    costs = [max(estimate.prior_s(s), 1e-9) for s in todo]
     last = time.monotonic()
     with Progress(TextColumn("{task.description}"), BarColumn(bar_width=12), TextColumn("{task.fields[done]}/{task.fields[n]}"),
                   TimeElapsedColumn(), ETAColumn(), console=console, transient=True) as bar:
-        task = bar.add_task(label(0), total=sum(costs), done=0, n=len(scenarios), left_s=estimate.remaining_s(),
+        task = bar.add_task(label(0), total=sum(costs), done=0, n=len(todo), left_s=estimate.remaining_s(),
                             at=last)
 
         def advance(record):
@@ -218,5 +290,5 @@ def sweep_with_progress(loaded, scenarios, out_dir, estimate, settings=None) -> 
             bar.update(task, advance=costs[i - 1], description=label(i), done=i, left_s=estimate.remaining_s(),
                        at=now)
 
-        return run_sweep(loaded, scenarios, out_dir, repeats=estimate.repeats, warmup=estimate.warmup,
+        return run_sweep(loaded, scenarios, writer, repeats=estimate.repeats, warmup=estimate.warmup,
                          settings=settings, progress=advance)

@@ -35,7 +35,11 @@ class Scenario:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"{name} must be a positive integer, got {value!r}")
-        if self.decoding not in DECODINGS:
+        if not isinstance(self.use_cache, bool):
+            raise UserError(f"use_cache must be True or False, got {self.use_cache!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise UserError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if not isinstance(self.decoding, str) or self.decoding not in DECODINGS:
             raise UserError(f"decoding must be one of {', '.join(DECODINGS)}, got {self.decoding!r}")
         if self.decoding == "beam" and self.num_beams < 2:
             raise UserError(f"beam decoding needs num_beams >= 2, got {self.num_beams}")
@@ -43,7 +47,7 @@ class Scenario:
             raise UserError(f"num_beams={self.num_beams} needs decoding='beam', got {self.decoding!r}")
         if not self.use_cache:
             object.__setattr__(self, "cache_implementation", "none")
-        elif self.cache_implementation not in CACHE_IMPLEMENTATIONS:
+        elif not isinstance(self.cache_implementation, str) or self.cache_implementation not in CACHE_IMPLEMENTATIONS:
             raise UserError(
                 f"cache_implementation must be one of {', '.join(CACHE_IMPLEMENTATIONS)}, "
                 f"got {self.cache_implementation!r}"

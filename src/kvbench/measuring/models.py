@@ -128,7 +128,8 @@ def load_model(spec, device: str = "auto", dtype: str = "auto", trust_remote_cod
         model = random_model(config, dev, dt)
     else:
         model = AutoModelForCausalLM.from_pretrained(
-            weights, dtype=dt, device_map=str(dev), trust_remote_code=trust_remote_code
+            weights, dtype=dt, device_map=str(dev), trust_remote_code=trust_remote_code,
+            use_safetensors=True,  # never torch.load (pickle): resolve_spec refuses folders without safetensors
         )
     model.eval()
     gen = model.generation_config

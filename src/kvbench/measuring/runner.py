@@ -14,6 +14,14 @@ from ..results.store import RunWriter
 from .environment import environment
 from .measure import base_record, check_fits, free_memory, measure
 from .models import LoadedModel
+from .resume import (
+    SweepInterrupted,
+    check_same_run,
+    check_sweep_args,
+    run_grid,
+    split_done,
+    stop_after_scenario,
+)
 
 
 def default_run_dir(model_name: str, root: str | Path = "results") -> Path:
@@ -24,33 +32,67 @@ def default_run_dir(model_name: str, root: str | Path = "results") -> Path:
 
 def run_sweep(
     loaded: LoadedModel,
-    scenarios: list[Scenario],
-    out_dir: str | Path,
+    scenarios: list[Scenario] | None,
+    out_dir: str | Path | RunWriter,
     repeats: int = 5,
     warmup: int = 1,
     settings: dict | None = None,
     progress=None,
+    resume: bool = False,
 ) -> list[dict]:
     """Measure every scenario; a failing one becomes a record with status "error" and the sweep goes on.
 
-    `progress(record)` is called after each scenario (the CLI advances its bar there).
+    `out_dir` is a run folder (a folder that already holds a run is refused unless `resume`) or an open RunWriter.
+    With `resume=True` only the scenarios without a record in the folder are measured (see `kvbench.measuring.
+    resume`); `scenarios=None` then means the run's own grid. Returns the records of all `scenarios`, in order.
+    `progress(record)` is called after each scenario (the CLI advances its bar there). A first Ctrl-C stops the
+    sweep once the scenario in flight is recorded (SweepInterrupted); a second one stops at once.
     """
-    for scenario in scenarios:  # refuse the whole sweep before anything runs
+    scenarios = check_sweep_args(scenarios, repeats, warmup, resume)
+    for scenario in scenarios or []:  # refuse the whole sweep before anything runs
         check_fits(loaded, scenario)
-    records = []
-    with RunWriter(out_dir, run_info(loaded, scenarios, repeats, warmup, settings)) as writer, frozen_heap():
+    info = run_info(loaded, repeats, warmup, settings)
+    owned = not isinstance(out_dir, RunWriter)
+    writer = RunWriter(out_dir, resume=resume) if owned else out_dir
+    try:
+        return sweep(loaded, scenarios, writer, info, repeats, warmup, progress)
+    finally:
+        if owned:
+            writer.close()
+
+
+def sweep(loaded, scenarios, writer: RunWriter, info: dict, repeats: int, warmup: int, progress) -> list[dict]:
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    done: dict[str, dict] = {}
+    todo = scenarios
+    if writer.resumed:
+        scenarios = scenarios or run_grid(writer.info, writer.dir)
+        check_same_run(writer.info, info, scenarios, writer.dir)
         for scenario in scenarios:
+            check_fits(loaded, scenario)
+        records = writer.records()
+        kept, todo = split_done(records, scenarios)
+        if len(kept) < len(records):  # error records of scenarios measured again
+            writer.rewrite(kept)
+        done = {r.get("scenario_id"): r for r in kept}
+        info["resumed_utc"] = [*writer.info.get("resumed_utc", []), started]
+    info.update(scenarios=[s.id for s in scenarios], grid=[s.as_dict() for s in scenarios])
+    info["started_utc"] = writer.info.get("started_utc", started)
+    writer.update_info(info)
+    with stop_after_scenario() as ctrl_c, frozen_heap():
+        for scenario in todo:
             record = measure_or_error(loaded, scenario, repeats, warmup)
             writer.write(record)
-            records.append(record)
+            done[scenario.id] = record
             if progress:
                 progress(record)
-    return records
+            if ctrl_c.requested and scenario is not todo[-1]:
+                raise SweepInterrupted(sum(s.id in done for s in scenarios), len(scenarios))
+    return [done[s.id] for s in scenarios if s.id in done]
 
 
-def run_info(loaded: LoadedModel, scenarios: list[Scenario], repeats: int, warmup: int,
-             settings: dict | None = None) -> dict:
-    """What run.json holds: the model, device, dtype, repeats, the scenarios, extra settings and the environment."""
+def run_info(loaded: LoadedModel, repeats: int, warmup: int, settings: dict | None = None) -> dict:
+    """What run.json holds besides the scenarios: the model, device, dtype, repeats, extra settings, environment."""
     return {
         "schema_version": SCHEMA_VERSION,
         "model": loaded.name,
@@ -59,8 +101,6 @@ def run_info(loaded: LoadedModel, scenarios: list[Scenario], repeats: int, warmu
         "dtype": str(loaded.dtype).removeprefix("torch."),
         "repeats": repeats,
         "warmup": warmup,
-        "scenarios": [s.id for s in scenarios],
-        "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **(settings or {}),
         **environment(loaded.device),
     }

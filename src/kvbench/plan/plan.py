@@ -99,8 +99,7 @@ def plan_capacity(model, gpu: str | None = None, *, memory=None, bandwidth_gbps:
     w = make_workload(model, dtype, kv_dtype, cache_implementation, num_beams, target)
     cal = calibration or Calibration()
     if overhead is not None:
-        cal = replace(cal, overhead_bytes=overhead if isinstance(overhead, int) else
-                      parse_bytes(overhead, "--overhead", minimum=0))
+        cal = replace(cal, overhead_bytes=parse_bytes(overhead, "--overhead", minimum=0))  # ints too: -1 refused
     new_tokens = [new_tokens] if isinstance(new_tokens, int) else list(new_tokens)
     batch_sizes = [batch_sizes] if isinstance(batch_sizes, int) else list(batch_sizes)
     for option, values in (("--batch-sizes", batch_sizes), ("--new-tokens", new_tokens)):

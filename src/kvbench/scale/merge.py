@@ -12,10 +12,12 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
+from ..inputs.scenario import Scenario
 from ..results.store import RECORDS, RUN_INFO, RunWriter, read_jsonl
 
 # What differs between the shards of one sweep by design.
-SHARD_FIELDS = {"scenarios", "started_utc", "shard", "merged_from", "missing_scenarios"}
+SHARD_FIELDS = {"scenarios", "grid", "options", "started_utc", "resumed_utc", "shard", "merged_from",
+                "missing_scenarios"}
 
 
 def read_run(path: str | Path) -> tuple[dict, list[dict]]:
@@ -72,7 +74,7 @@ def merge_runs(paths, out: str | Path, ignore=()) -> dict:
                 raise UserError(f"cannot merge: scenario {sid} is recorded in both {seen[sid]} and {path}")
             seen[sid] = path
             records.append(row)
-    grid = infos[0].get("grid") or [s for info in infos for s in info.get("scenarios", [])]
+    grid = infos[0].get("shard_grid") or [s for info in infos for s in info.get("scenarios", [])]
     position = {sid: i for i, sid in enumerate(grid)}
     records.sort(key=lambda r: position.get(r.get("scenario_id"), len(position)))
     missing = [sid for sid in grid if sid not in seen]
@@ -81,6 +83,9 @@ def merge_runs(paths, out: str | Path, ignore=()) -> dict:
         scenarios=[r.get("scenario_id") for r in records], merged_from=[str(p) for p in paths],
         missing_scenarios=missing, started_utc=min(str(i.get("started_utc", "")) for i in infos),
     )
+    dicts = [d for i in infos for d in i.get("grid", [])]  # the shards' scenarios, for --resume of the merged run
+    if dicts:
+        info["grid"] = sorted(dicts, key=lambda d: position.get(Scenario(**d).id, len(position)))
     with RunWriter(out, info) as writer:
         for row in records:
             writer.write(row)

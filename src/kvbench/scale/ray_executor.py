@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import UserError
@@ -46,8 +47,8 @@ class Worker:
     def failed(self, scenario: dict, error: str) -> dict:
         return error_record(self.loaded, Scenario(**scenario), error)
 
-    def info(self, scenarios: list[dict], repeats: int, warmup: int, settings: dict) -> dict:
-        return run_info(self.loaded, [Scenario(**s) for s in scenarios], repeats, warmup, settings)
+    def info(self, repeats: int, warmup: int, settings: dict) -> dict:
+        return run_info(self.loaded, repeats, warmup, settings)
 
 
 def worker_count(ray, gpus_per_task: float, workers: int | None) -> tuple[int, float]:
@@ -83,8 +84,9 @@ def run_sweep_ray(spec, scenarios: list[Scenario], out_dir: str | Path, *, load:
                                        max_task_retries=1)
     pool = [actor.remote(spec, load or {}) for _ in range(count)]
     dicts = [s.as_dict() for s in scenarios]
-    info = ray.get(pool[0].info.remote(dicts, repeats, warmup, {**(settings or {}), "executor": "ray",
-                                                                  "ray_workers": count}))
+    info = ray.get(pool[0].info.remote(repeats, warmup, {**(settings or {}), "executor": "ray", "ray_workers": count}))
+    info.update(scenarios=[s.id for s in scenarios], grid=dicts,
+                started_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     queue, pending, records = list(dicts), {}, []
 
     def submit(worker):
