@@ -22,14 +22,24 @@ def run(
     use_cache: str = typer.Option("both", help="on, off or both"),
     cache_implementation: str = typer.Option("dynamic", help="dynamic, static (comma-separated for both)"),
     decoding: str = typer.Option("greedy", help="greedy, sample, beam (comma-separated)"),
+    compile: str = typer.Option(
+        "auto", "--compile",
+        help="decode compiled with the static cache: off, on (any device; needs a C/C++ compiler), auto "
+             "(transformers' choice: compiled on CUDA, eager on the CPU); comma-separated for several",
+    ),
     num_beams: int = typer.Option(4, help="beams for --decoding beam"),
     repeats: int = typer.Option(3, help="timed generates per scenario (the median is reported)"),
-    warmup: int = typer.Option(1, help="untimed generates before the timed ones"),
+    warmup: int = typer.Option(1, help="untimed generates before the timed ones (at least 1 where decode compiles)"),
+    profile_steps: bool = typer.Option(
+        False, "--profile-steps",
+        help="one extra generate under torch.profiler: device-busy time per decode step (not in the timings)",
+    ),
     out: Optional[Path] = typer.Option(None, help="run folder (default results/<time>-<model>)"),
     trust_remote_code: bool = typer.Option(False, help="allow a Hub model's own code to run"),
 ):
     """Sweep a grid of scenarios on one model and write records.jsonl (defaults: a quick grid on `tiny`)."""
-    from ..inputs.scenario import CACHE_IMPLEMENTATIONS, DECODINGS, grid
+    from ..inputs.scenario import CACHE_IMPLEMENTATIONS, COMPILE_MODES, DECODINGS, grid
+    from ..measuring.decode import check_compile
     from ..measuring.models import load_model
     from ..measuring.runner import default_run_dir, run_sweep
 
@@ -40,14 +50,18 @@ def run(
         raise UserError(f"--repeats: {repeats} is not a positive integer")
     if warmup < 0:
         raise UserError(f"--warmup: {warmup} must be 0 or more")
+    implementations = choice_list("--cache-implementation", cache_implementation, CACHE_IMPLEMENTATIONS)
+    compiles = choice_list("--compile", compile, COMPILE_MODES)
+    if "on" in compiles and ("static" not in implementations or use_cache == "off"):
+        raise UserError("--compile on: decode compiles only with the static cache (add --cache-implementation static)")
     scenarios = grid(
         int_list("--prompt-len", prompt_len), int_list("--new-tokens", new_tokens),
-        int_list("--batch-size", batch_size), caches[use_cache],
-        choice_list("--cache-implementation", cache_implementation, CACHE_IMPLEMENTATIONS),
-        choice_list("--decoding", decoding, DECODINGS), num_beams=num_beams,
+        int_list("--batch-size", batch_size), caches[use_cache], implementations,
+        choice_list("--decoding", decoding, DECODINGS), num_beams=num_beams, compiles=compiles,
     )
     with console.status(f"loading {model}"):
         loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    check_compile(scenarios, loaded.device)
     out_dir = out or default_run_dir(model)
     console.print(
         f"[bold]{loaded.name}[/] ({loaded.source}) on {loaded.device} in {str(loaded.dtype).removeprefix('torch.')}: "
@@ -66,7 +80,7 @@ def run(
         task = bar.add_task(scenarios[0].id, total=len(scenarios))
         ids = iter([s.id for s in scenarios[1:]] + ["done"])
         records = run_sweep(
-            loaded, scenarios, out_dir, repeats=repeats, warmup=warmup,
+            loaded, scenarios, out_dir, repeats=repeats, warmup=warmup, profile_steps=profile_steps,
             progress=lambda rec: bar.update(task, advance=1, description=next(ids)),
         )
     print_summary(records)

@@ -28,6 +28,7 @@ def run_sweep(
     warmup: int = 1,
     settings: dict | None = None,
     progress=None,
+    profile_steps: bool = False,
 ) -> list[dict]:
     """Measure every scenario; a failing one becomes a record with status "error" and the sweep goes on.
 
@@ -43,6 +44,7 @@ def run_sweep(
         "dtype": str(loaded.dtype).removeprefix("torch."),
         "repeats": repeats,
         "warmup": warmup,
+        "profile_steps": profile_steps,
         "scenarios": [s.id for s in scenarios],
         "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **(settings or {}),
@@ -52,7 +54,7 @@ def run_sweep(
     with RunWriter(out_dir, info) as writer:
         for scenario in scenarios:
             try:
-                record = measure(loaded, scenario, repeats=repeats, warmup=warmup)
+                record = measure(loaded, scenario, repeats=repeats, warmup=warmup, profile_steps=profile_steps)
             except Exception as exc:  # keep the sweep going; the record says what broke
                 record = base_record(loaded, scenario) | environment(loaded.device)
                 record.update(status="error", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
