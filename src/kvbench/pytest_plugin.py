@@ -21,6 +21,7 @@ import pytest
 from .errors import UserError
 from .inputs.scenario import (
     CACHE_IMPLEMENTATIONS,
+    COMPILE_MODES,
     DECODINGS,
     QUICK,
     Scenario,
@@ -71,6 +72,7 @@ class KVSettings:
     scenarios: tuple[Scenario, ...]
     rounds: int
     warmup_rounds: int
+    profile_steps: bool = False
 
 
 def pytest_addoption(parser):
@@ -89,6 +91,11 @@ def pytest_addoption(parser):
     add("--kv-use-cache", default=None, help="on, off or both")
     add("--kv-cache-implementation", default=None, help="dynamic, static (comma-separated for both)")
     add("--kv-decoding", default="greedy", help="greedy, sample, beam (comma-separated)")
+    add("--kv-compile", default="auto",
+        help="decode compiled with the static cache: off, on, auto (comma-separated; default: auto, transformers' "
+             "choice)")
+    add("--kv-profile-steps", action="store_true", default=False,
+        help="one extra profiled generate per scenario in the record: device-busy time per decode step")
     add("--kv-num-beams", default="4", help="beams for --kv-decoding beam (default: 4)")
     add("--kv-rounds", default="5", help="timed rounds per scenario (default: 5)")
     add("--kv-warmup-rounds", default="1", help="untimed rounds before them (default: 1)")
@@ -121,17 +128,21 @@ def kv_settings_from(config) -> KVSettings:
             int_list("--kv-batch-size", axes["batch_size"]), USE_CACHE[axes["use_cache"]],
             choice_list("--kv-cache-implementation", axes["cache_implementation"], CACHE_IMPLEMENTATIONS),
             choice_list("--kv-decoding", opt("kv_decoding"), DECODINGS), num_beams=num_beams,
+            compiles=choice_list("--kv-compile", opt("kv_compile"), COMPILE_MODES),
         )
+        from .measuring.decode import check_compile
         from .measuring.models import resolve_device, resolve_dtype
 
         device = resolve_device(opt("kv_device"))
         if opt("kv_dtype") != "auto":
             resolve_dtype(opt("kv_dtype"), device)
+        check_compile(scenarios, device)
     except ValueError as exc:  # UserError, and "--kv-rounds 4,5" unpacking into one value
         raise pytest.UsageError(f"kvbench: {exc}") from None
     settings = KVSettings(
         model=opt("kv_model"), device=opt("kv_device"), dtype=opt("kv_dtype"), grid=opt("kv_grid"),
         scenarios=tuple(scenarios), rounds=rounds, warmup_rounds=int(warmup),
+        profile_steps=bool(opt("kv_profile_steps")),
     )
     config.stash[_SETTINGS] = settings
     return settings
@@ -189,7 +200,7 @@ def kv_benchmark(benchmark, kv_model, kv_settings):
             benchmark, kv_model, scenario,
             rounds=kv_settings.rounds if rounds is None else rounds,
             warmup_rounds=kv_settings.warmup_rounds if warmup_rounds is None else warmup_rounds,
-            check=check,
+            check=check, profile_steps=kv_settings.profile_steps,
         )
 
     return run
@@ -197,7 +208,7 @@ def kv_benchmark(benchmark, kv_model, kv_settings):
 
 # ---------------------------------------------------------------- the measurement
 def benchmark_generate(benchmark, loaded, scenario: Scenario, rounds: int = 5, warmup_rounds: int = 1,
-                       check: bool = True) -> dict:
+                       check: bool = True, profile_steps: bool = False) -> dict:
     """Time `generate` for one scenario with pytest-benchmark, and record it with kvbench.
 
     Skips (with the reason) a scenario longer than the model's context, or one that runs out of memory.
@@ -205,14 +216,9 @@ def benchmark_generate(benchmark, loaded, scenario: Scenario, rounds: int = 5, w
     """
     import torch
 
-    from .measuring.measure import (
-        check_fits,
-        error_line,
-        forget_static_cache,
-        free_memory,
-        is_oom,
-        measure,
-    )
+    from .measuring.decode import cache_kwarg, generate_kwargs, static_cache
+    from .measuring.forwards import eager_probes
+    from .measuring.measure import check_fits, error_line, free_memory, is_oom, measure, reset_cache
     from .measuring.models import synthetic_inputs
 
     try:
@@ -221,12 +227,14 @@ def benchmark_generate(benchmark, loaded, scenario: Scenario, rounds: int = 5, w
         pytest.skip(str(exc))
     if benchmark.group is None:  # cached and uncached twins side by side: the table shows the speedup
         benchmark.group = pair_id(scenario)
-    forget_static_cache(loaded.model)
-    model, device, kwargs = loaded.model, loaded.device, scenario.generate_kwargs()
+    model, device = loaded.model, loaded.device
+    kwargs = generate_kwargs(scenario, static_cache(model, scenario))  # one static cache for all rounds
     held, shapes = {}, []
 
     def setup():
         inputs = synthetic_inputs(loaded.config, scenario.batch_size, scenario.prompt_len, device, scenario.seed)
+        with torch.inference_mode():  # where the cache's tensors were made
+            reset_cache(kwargs.get(cache_kwarg()))
         torch.manual_seed(scenario.seed)  # sampling draws the same tokens every round
         synchronize(device)
         return (), inputs
@@ -240,20 +248,24 @@ def benchmark_generate(benchmark, loaded, scenario: Scenario, rounds: int = 5, w
         shapes.append(tuple(held.pop("out").sequences.shape))
 
     oom = None
-    try:
-        benchmark.pedantic(generate, setup=setup, teardown=teardown, rounds=rounds, warmup_rounds=warmup_rounds,
-                           iterations=1)
-    except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError too
-        if not is_oom(exc):
-            raise
-        oom = error_line(exc)  # the message only: the exception's traceback holds generate's frames
+    with eager_probes(model):  # the same hooks in the rounds and in measure's record: no recompile between
+        try:
+            benchmark.pedantic(generate, setup=setup, teardown=teardown, rounds=rounds, warmup_rounds=warmup_rounds,
+                               iterations=1)
+        except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError too
+            if not is_oom(exc):
+                raise
+            oom = error_line(exc)  # the message only: the exception's traceback holds generate's frames
+        if oom is None:
+            if "out" in held:  # --benchmark-disable runs no teardown
+                teardown()
+            kwargs.clear()  # drops the cache
+            record = measure(loaded, scenario, repeats=1, warmup=0, profile_steps=profile_steps)
     if oom is not None:  # skip outside the except block, or the skip would carry the OOM as its __context__
         held.clear()
+        kwargs.clear()
         free_memory(device)
         pytest.skip(f"out of memory on {device}: {oom}")
-    if "out" in held:  # --benchmark-disable runs no teardown
-        teardown()
-    record = measure(loaded, scenario, repeats=1, warmup=0)
     if record["status"] == "oom":
         benchmark.has_error = True  # pytest-benchmark saves no timings without their record
         pytest.skip(f"out of memory on {device}: {record['error']}")
@@ -300,7 +312,7 @@ def generation_problems(record: dict, scenario: Scenario, shapes=()) -> list[str
 
 def pair_id(scenario: Scenario) -> str:
     """The scenario's id without its cache setting: `P16-N32-B1-greedy` (the group of its cached/uncached twins)."""
-    return dataclasses.replace(scenario, use_cache=False).id.replace("-nocache", "")
+    return dataclasses.replace(scenario, use_cache=False, compile="auto").id.replace("-nocache", "")
 
 
 def synchronize(device) -> None:

@@ -25,9 +25,18 @@ def run(
     use_cache: str = typer.Option("both", help="on, off or both"),
     cache_implementation: str = typer.Option("dynamic", help="dynamic, static (comma-separated for both)"),
     decoding: str = typer.Option("greedy", help="greedy, sample, beam (comma-separated)"),
+    compile: str = typer.Option(
+        "auto", "--compile",
+        help="decode compiled with the static cache: off, on (any device; needs a C/C++ compiler), auto "
+             "(transformers' choice: compiled on CUDA, eager on the CPU); comma-separated for several",
+    ),
     num_beams: int = typer.Option(4, help="beams for --decoding beam"),
     repeats: int = typer.Option(3, help="timed generates per scenario (the median is reported)"),
-    warmup: int = typer.Option(1, help="untimed generates before the timed ones"),
+    warmup: int = typer.Option(1, help="untimed generates before the timed ones (at least 1 where decode compiles)"),
+    profile_steps: bool = typer.Option(
+        False, "--profile-steps",
+        help="one extra generate under torch.profiler: device-busy time per decode step (not in the timings)",
+    ),
     out: Optional[Path] = typer.Option(None, help="run folder (default results/<time>-<model>)"),
     trust_remote_code: bool = typer.Option(False, help="allow a Hub model's own code to run"),
     device_map: Optional[str] = typer.Option(None, help="place the model across devices with accelerate: auto, "
@@ -49,7 +58,7 @@ def run(
     if resume is not None and not ctx.meta.get("kvbench_resumed"):
         ctx.meta["kvbench_resumed"] = True
         return run(ctx, **resumed_options(ctx, options))
-    from ..inputs.scenario import CACHE_IMPLEMENTATIONS, DECODINGS, grid
+    from ..inputs.scenario import CACHE_IMPLEMENTATIONS, COMPILE_MODES, DECODINGS, grid
     from ..measuring.runner import default_run_dir
     from ..results.store import RunWriter
 
@@ -60,11 +69,14 @@ def run(
         raise UserError(f"--repeats: {repeats} is not a positive integer")
     if warmup < 0:
         raise UserError(f"--warmup: {warmup} must be 0 or more")
+    implementations = choice_list("--cache-implementation", cache_implementation, CACHE_IMPLEMENTATIONS)
+    compiles = choice_list("--compile", compile, COMPILE_MODES)
+    if "on" in compiles and ("static" not in implementations or use_cache == "off"):
+        raise UserError("--compile on: decode compiles only with the static cache (add --cache-implementation static)")
     scenarios = grid(
         int_list("--prompt-len", prompt_len), int_list("--new-tokens", new_tokens),
-        int_list("--batch-size", batch_size), caches[use_cache],
-        choice_list("--cache-implementation", cache_implementation, CACHE_IMPLEMENTATIONS),
-        choice_list("--decoding", decoding, DECODINGS), num_beams=num_beams,
+        int_list("--batch-size", batch_size), caches[use_cache], implementations,
+        choice_list("--decoding", decoding, DECODINGS), num_beams=num_beams, compiles=compiles,
     )
     if executor not in ("local", "ray"):
         raise UserError(f"--executor: {executor!r} is not one of local, ray")
@@ -111,6 +123,7 @@ def run(
 
 def sweep(options: dict, scenarios: list, writer, settings: dict) -> list[dict]:
     """Load the model, then measure the scenarios not yet recorded in `writer`'s run under a progress bar."""
+    from ..measuring.decode import check_compile
     from ..measuring.eta import SweepEstimate
     from ..measuring.models import load_model
     from ..measuring.resume import split_done
@@ -122,6 +135,7 @@ def sweep(options: dict, scenarios: list, writer, settings: dict) -> list[dict]:
         loaded = load_model(model, device=options["device"], dtype=options["dtype"],
                             trust_remote_code=options["trust_remote_code"], device_map=options["device_map"],
                             max_memory=options["max_memory"])
+    check_compile(scenarios, loaded.device)
     console.print(
         f"[bold]{escape(loaded.name)}[/] ({loaded.source}) on {loaded.device} in "
         f"{str(loaded.dtype).removeprefix('torch.')}: {len(todo)} scenarios"
@@ -129,12 +143,13 @@ def sweep(options: dict, scenarios: list, writer, settings: dict) -> list[dict]:
         + f" x ({warmup} warm-up + {repeats} timed) -> {escape(str(writer.dir))}", highlight=False,
     )
     if not todo:
-        return run_sweep(loaded, scenarios, writer, repeats=repeats, warmup=warmup, settings=settings)
+        return run_sweep(loaded, scenarios, writer, repeats=repeats, warmup=warmup, settings=settings,
+                         profile_steps=options["profile_steps"])
     with console.status("timing a probe forward for the time estimates"):
         estimate = SweepEstimate.probe(loaded, todo, repeats, warmup)
     if line := slow_line(loaded, estimate):
         console.print(line, highlight=False)
-    return sweep_with_progress(loaded, scenarios, todo, writer, estimate, settings)
+    return sweep_with_progress(loaded, scenarios, todo, writer, estimate, settings, options["profile_steps"])
 
 
 def run_with_ray(model, load: dict, scenarios, out_dir, repeats, warmup, settings, address, gpus_per_task, workers,
@@ -249,7 +264,7 @@ def eta_text(left_s: float | None, since_s: float) -> str:
     return f"ETA {fmt_clock(left_s - since_s)}"
 
 
-def sweep_with_progress(loaded, scenarios, todo, writer, estimate, settings=None) -> list[dict]:
+def sweep_with_progress(loaded, scenarios, todo, writer, estimate, settings=None, profile_steps=False) -> list[dict]:
     """`run_sweep` of `todo` (the scenarios not yet recorded) under a progress bar: the bar fills by expected work, the current scenario shows its expected
     time, and an ETA counts down the time left as the finished scenarios rescale the estimates."""
     import time
@@ -291,4 +306,4 @@ def sweep_with_progress(loaded, scenarios, todo, writer, estimate, settings=None
                        at=now)
 
         return run_sweep(loaded, scenarios, writer, repeats=estimate.repeats, warmup=estimate.warmup,
-                         settings=settings, progress=advance)
+                         settings=settings, profile_steps=profile_steps, progress=advance)

@@ -32,12 +32,16 @@ def decode_bytes_per_step(config, scenario: Scenario, dtype) -> float | None:
     return decode_weight_bytes(config, dtype, sequences) + sum(kv) / len(kv)
 
 
-def roofline(bytes_per_step: float | None, bandwidth_gbps: float | None, step_s: float | None) -> dict:
-    """The decode step's floor at the memory bandwidth, and the bandwidth the measured step achieved."""
+def roofline(bytes_per_step: float | None, bandwidth_gbps: float | None, step_s: float | None,
+             device_step_s: float | None = None) -> dict:
+    """The decode step's floor at the memory bandwidth, and the bandwidth the measured step achieved: over the
+    wall-clock step (`step_s`) and, where profiled, over the device-busy time of the step (`device_step_s`)."""
     achieved = bytes_per_step / step_s / 1e9 if bytes_per_step and step_s else None
     known = bool(bytes_per_step and bandwidth_gbps)
     return {
         "decode_roofline_s": bytes_per_step / (bandwidth_gbps * 1e9) if known else None,
         "achieved_bandwidth_gbps": achieved,
         "bandwidth_fraction": achieved / bandwidth_gbps if known and achieved else None,
+        "achieved_bandwidth_device_gbps": bytes_per_step / device_step_s / 1e9 if bytes_per_step and device_step_s
+        else None,
     }

@@ -11,6 +11,9 @@ from ..errors import UserError
 
 DECODINGS = ("greedy", "sample", "beam")
 CACHE_IMPLEMENTATIONS = ("dynamic", "static")
+# off: eager decode; on: the decode forward compiled on any device; auto: transformers decides (it compiles the
+# decode forward of a static cache on CUDA, never on the CPU).
+COMPILE_MODES = ("off", "on", "auto")
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,8 @@ class Scenario:
 
     Without the cache (`use_cache=False`) the cache implementation is meaningless and is stored as "none".
     Beam search needs `num_beams >= 2`; greedy and sampling use one beam.
+    `compile` applies to the static cache only (transformers compiles decode only with a cache of fixed shape):
+    other scenarios store "auto" (which for them never compiles), and "on" with them is refused.
     """
 
     prompt_len: int
@@ -29,6 +34,7 @@ class Scenario:
     decoding: str = "greedy"
     num_beams: int = 1
     seed: int = 0
+    compile: str = "auto"
 
     def __post_init__(self):
         for name in ("prompt_len", "new_tokens", "batch_size", "num_beams"):
@@ -52,13 +58,22 @@ class Scenario:
                 f"cache_implementation must be one of {', '.join(CACHE_IMPLEMENTATIONS)}, "
                 f"got {self.cache_implementation!r}"
             )
+        if self.compile not in COMPILE_MODES:
+            raise UserError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
+        if self.cache_implementation != "static":
+            if self.compile == "on":
+                raise UserError(
+                    f"compile='on' needs the static cache, got cache_implementation={self.cache_implementation!r}"
+                )
+            object.__setattr__(self, "compile", "auto")
 
     @property
     def id(self) -> str:
         """A stable, readable name (used as pytest ids and to match scenarios across runs)."""
         cache = f"cache-{self.cache_implementation}" if self.use_cache else "nocache"
         decoding = f"beam{self.num_beams}" if self.decoding == "beam" else self.decoding
-        return f"P{self.prompt_len}-N{self.new_tokens}-B{self.batch_size}-{cache}-{decoding}"
+        compiled = "" if self.compile == "auto" else f"-compile-{self.compile}"
+        return f"P{self.prompt_len}-N{self.new_tokens}-B{self.batch_size}-{cache}-{decoding}{compiled}"
 
     @property
     def total_len(self) -> int:
@@ -68,7 +83,10 @@ class Scenario:
         return dataclasses.asdict(self)
 
     def generate_kwargs(self) -> dict:
-        """Keyword arguments for `model.generate` that produce exactly `new_tokens` tokens."""
+        """Keyword arguments for `model.generate` that produce exactly `new_tokens` tokens.
+
+        compile="on" needs a transformers object as well (`kvbench.measuring.decode.generate_kwargs` adds it).
+        """
         kwargs = dict(
             max_new_tokens=self.new_tokens,
             min_new_tokens=self.new_tokens,  # random weights would otherwise stop early on EOS
@@ -83,6 +101,8 @@ class Scenario:
             kwargs.update(temperature=1.0, top_k=50, top_p=1.0)
         if self.decoding == "beam":
             kwargs.update(early_stopping=False, length_penalty=1.0)
+        if self.compile == "off":
+            kwargs["disable_compile"] = True
         return kwargs
 
 
@@ -95,14 +115,17 @@ def grid(
     decodings=("greedy",),
     num_beams: int = 4,
     seed: int = 0,
+    compiles=("auto",),
 ) -> list[Scenario]:
-    """Every combination, in a stable order, without duplicates (no-cache rows ignore the implementation)."""
+    """Every combination, in a stable order, without duplicates (no-cache rows ignore the implementation, and rows
+    without the static cache ignore the compile setting)."""
     seen: dict[Scenario, None] = {}
-    for p, n, b, uc, impl, dec in itertools.product(
-        prompt_lens, new_tokens, batch_sizes, use_cache, cache_implementations, decodings
+    for p, n, b, uc, impl, dec, comp in itertools.product(
+        prompt_lens, new_tokens, batch_sizes, use_cache, cache_implementations, decodings, compiles
     ):
         beams = num_beams if dec == "beam" else 1
-        seen.setdefault(Scenario(p, n, b, uc, impl, dec, beams, seed), None)
+        comp = comp if uc and impl == "static" else "auto"
+        seen.setdefault(Scenario(p, n, b, uc, impl, dec, beams, seed, comp), None)
     return list(seen)
 
 

@@ -16,12 +16,21 @@ from ..inputs.scenario import Scenario
 from ..results.schema import SCHEMA_VERSION
 from .cache_bytes import cache_from_output, cache_nbytes, cache_nbytes_by_device
 from .clock import Clock
+from .decode import (
+    check_compile,
+    compiled_graphs,
+    generate_kwargs,
+    may_compile,
+    static_cache,
+)
 from .environment import environment
-from .forwards import record_forwards
+from .forwards import eager_probes, record_forwards
 from .memory import memory_probe
 from .models import LoadedModel, synthetic_inputs
 from .nvml import nvml_handle
 from .placement import placement_fields
+from .profile import NOT_PROFILED
+from .profile import profile_steps as profile_decode_steps
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -48,16 +57,6 @@ def free_memory(device: torch.device | str | None = None) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def forget_static_cache(model) -> None:
-    """Let the next static-cache generate size its cache for its own scenario.
-
-    transformers keeps the longest static cache length seen so far on the model (`_previous_max_cache_length` in
-    5.x, the cache itself as `_cache` in 4.x): a short scenario after a long one would get the long one's cache.
-    """
-    for name in ("_previous_max_cache_length", "_cache"):
-        model.__dict__.pop(name, None)
-
-
 def as_loaded(model) -> LoadedModel:
     """Accept a LoadedModel or a bare transformers model."""
     if isinstance(model, LoadedModel):
@@ -77,30 +76,63 @@ def check_fits(loaded: LoadedModel, scenario: Scenario) -> None:
         )
 
 
-def generate_once(loaded: LoadedModel, scenario: Scenario, inputs: dict, clock: Clock, nvml=None) -> dict:
-    """One timed generate: total, per-forward marks, positions, cache bytes and peak memory."""
+# Peaks above the level before a generate that count the reused static cache as the generate's (allocated memory;
+# reserved memory and NVML's reading are left as read: a fresh cache would often reuse freed blocks there).
+REBASED = ("peak_allocated_delta_bytes", "peak_memory_delta_bytes", "peak_rss_delta_bytes")
+
+
+def reset_cache(cache) -> int:
+    """Empty a reused static cache before a generate (inside inference mode, where its tensors were made); returns
+    the bytes it holds meanwhile (0 before its first generate, which allocates it; 0 without one)."""
+    if cache is None:
+        return 0
+    held = cache_nbytes(cache)
+    cache.reset()
+    return held
+
+
+def generate_once(loaded: LoadedModel, scenario: Scenario, inputs: dict, clock: Clock, nvml=None, kwargs=None,
+                  cache=None) -> dict:
+    """One timed generate: total, per-forward marks, positions, compiled or not, cache bytes and peak memory.
+
+    `kwargs` are generate's (default: the scenario's); `cache` is the static cache they pass, if any, reset here.
+    Allocated-memory peaks count a reused cache as this generate's, as a fresh one would be (`REBASED`).
+    """
+    kwargs = scenario.generate_kwargs() if kwargs is None else kwargs
+    held = reset_cache(cache)
     torch.manual_seed(scenario.seed)  # sampling draws the same tokens every repeat
     with memory_probe(loaded.device, nvml) as memory, record_forwards(loaded.model, clock) as forwards:
         start = clock.mark()
-        out = loaded.model.generate(**inputs, **scenario.generate_kwargs())
+        out = loaded.model.generate(**inputs, **kwargs)
         end = clock.mark()
         seconds = clock.intervals([start, *forwards.marks, end])
     generated = out.sequences.shape[1] - scenario.prompt_len
-    cache = cache_from_output(out) if scenario.use_cache else None
-    cache_bytes = cache_nbytes(cache)
-    by_device = {"kv_cache_bytes_by_device": cache_nbytes_by_device(cache)} if loaded.device_map else {}
-    del out, cache
+    out_cache = cache_from_output(out) if scenario.use_cache else None
+    cache_bytes = cache_nbytes(out_cache)
+    by_device = {"kv_cache_bytes_by_device": cache_nbytes_by_device(out_cache)} if loaded.device_map else {}
+    del out, out_cache
+    for key in REBASED:
+        if memory.get(key) is not None:
+            memory[key] += held
     # seconds: start->call1, call1->call2, ..., callN->end. The first token exists when call 2 starts.
     return {
         "total_s": sum(seconds),
         "ttft_s": sum(seconds[:2]) if len(seconds) > 2 else sum(seconds),
         "decode_steps_s": seconds[2:],
         "positions": forwards.positions,
+        "forward_compiled": forwards.compiled,
         "generated_tokens": generated,
         "kv_cache_bytes": cache_bytes,
         **by_device,
         **memory,
     }
+
+
+def bare_generate(loaded: LoadedModel, scenario: Scenario, inputs: dict, kwargs: dict, cache=None) -> None:
+    """One generate without instruments (the profiled run)."""
+    reset_cache(cache)
+    torch.manual_seed(scenario.seed)
+    loaded.model.generate(**inputs, **kwargs)
 
 
 def base_record(loaded: LoadedModel, scenario: Scenario) -> dict:
@@ -146,46 +178,90 @@ def kv_estimate(config, scenario: Scenario, dtype, by_layer: bool = False) -> in
     )
 
 
-def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1) -> dict:
+def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, profile_steps: bool = False) -> dict:
     """Measure one scenario: medians of `repeats` timed generates after `warmup` untimed ones.
 
+    A scenario whose decode may compile (compile "on", or "auto" with a static cache off the CPU) gets at least one
+    warm-up: the first warm-up compiles, and its wall time is `compile_s`. A static scenario builds one cache, reused
+    (reset) by every generate. `profile_steps` adds one profiled generate after the timed ones (measuring.profile).
     Out of memory on a GPU gives a record with status "oom" (and frees what it can); other errors raise.
-    Each call sizes a static cache for its own scenario (see `forget_static_cache`).
     """
     if repeats < 1 or warmup < 0:
         raise UserError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     loaded = as_loaded(model)
     check_fits(loaded, scenario)
+    check_compile([scenario], loaded.device)
     record = base_record(loaded, scenario)
     record.update(environment(loaded.device))
     clock, nvml = Clock(loaded.device), nvml_handle(loaded.device)
     inputs = synthetic_inputs(loaded.config, scenario.batch_size, scenario.prompt_len, loaded.device, scenario.seed)
-    forget_static_cache(loaded.model)
+    warmup = max(warmup, 1) if may_compile(scenario, loaded.device) else warmup
+    cache = static_cache(loaded.model, scenario)
+    call = {"kwargs": generate_kwargs(scenario, cache), "cache": cache}  # emptied before memory is freed
+    del cache
+    graphs = [compiled_graphs()]
+    profiled = dict(NOT_PROFILED)
     free_memory(loaded.device)  # the one garbage collection of the scenario, before the warm-up, untimed
     oom = None
     try:
-        with torch.inference_mode():
-            for _ in range(warmup):
-                generate_once(loaded, scenario, inputs, clock, nvml)
-            runs = [generate_once(loaded, scenario, inputs, clock, nvml) for _ in range(repeats)]
+        with torch.inference_mode(), eager_probes(loaded.model):  # probes on for every generate of the scenario
+            warm = [generate_once(loaded, scenario, inputs, clock, nvml, **call) for _ in range(warmup)]
+            graphs.append(compiled_graphs())
+            runs = [generate_once(loaded, scenario, inputs, clock, nvml, **call) for _ in range(repeats)]
+            graphs.append(compiled_graphs())
+            summary = summarize(runs)
+            if profile_steps and scenario.new_tokens > 1:
+                profiled = profile_decode_steps(
+                    loaded.model, loaded.device, lambda: bare_generate(loaded, scenario, inputs, **call),
+                    summary["decode_step_s"],
+                )
     except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError too
         if not is_oom(exc):
             raise  # the caller frees, once it has left its own except block
         oom = error_line(exc)  # the message, not the exception: its traceback holds generate's frames
+    finally:
+        call.clear()  # the static cache goes with the scenario
     if oom is not None:
         free_memory(loaded.device)  # out of the except block: generate's tensors are gone
         record.update(status="oom", error=oom)
         return record
-    record.update(summarize(runs))
+    record.update(summary)
+    record.update(compile_record(warm, runs, graphs, scenario.use_cache and scenario.cache_implementation == "static"))
+    record.update(profiled)
     record["tokens_per_s"] = record["generated_tokens"] * scenario.batch_size / record["total_s"]
     weight_bytes = loaded.weight_bytes
     per_step = decode_bytes_per_step(loaded.config, scenario, loaded.dtype)
     record.update(
         weight_bytes=weight_bytes,
         decode_bytes_per_step_estimate=per_step,
-        **roofline(per_step, record.get("env_gpu_bandwidth_gbps"), record["decode_step_s"]),
+        **roofline(per_step, record.get("env_gpu_bandwidth_gbps"), record["decode_step_s"],
+                   record["decode_step_device_s"]),
     )
     return record
+
+
+def decode_ran_compiled(run: dict) -> bool | None:
+    """Whether every decode forward (calls 2..N) of one generate ran as compiled code; None if unknown or none."""
+    compiled = run["forward_compiled"]
+    if compiled is None or len(compiled) < 2:
+        return None
+    return all(compiled[1:])
+
+
+def compile_record(warm: list[dict], runs: list[dict], graphs: list, reused_cache: bool) -> dict:
+    """What compilation really did: compiled decode in the timed repeats, the compiling warm-up's time, graph counts."""
+    per_run = [decode_ran_compiled(r) for r in runs]
+    decode_compiled = None if None in per_run else all(per_run)
+    first = warm[0] if warm else None
+    count = [None if None in (a, b) else b - a for a, b in zip(graphs, graphs[1:])]
+    return {
+        "decode_compiled": decode_compiled,
+        "compile_s": first["total_s"] if first and decode_ran_compiled(first) else None,
+        "compile_graphs": count[0],
+        "compile_graphs_timed": count[1],
+        "warmup_runs": len(warm),
+        "kv_cache_reused": reused_cache,
+    }
 
 
 def summarize(runs: list[dict]) -> dict:

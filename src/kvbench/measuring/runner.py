@@ -39,6 +39,7 @@ def run_sweep(
     settings: dict | None = None,
     progress=None,
     resume: bool = False,
+    profile_steps: bool = False,
 ) -> list[dict]:
     """Measure every scenario; a failing one becomes a record with status "error" and the sweep goes on.
 
@@ -51,17 +52,18 @@ def run_sweep(
     scenarios = check_sweep_args(scenarios, repeats, warmup, resume)
     for scenario in scenarios or []:  # refuse the whole sweep before anything runs
         check_fits(loaded, scenario)
-    info = run_info(loaded, repeats, warmup, settings)
+    info = run_info(loaded, repeats, warmup, settings, profile_steps)
     owned = not isinstance(out_dir, RunWriter)
     writer = RunWriter(out_dir, resume=resume) if owned else out_dir
     try:
-        return sweep(loaded, scenarios, writer, info, repeats, warmup, progress)
+        return sweep(loaded, scenarios, writer, info, repeats, warmup, progress, profile_steps)
     finally:
         if owned:
             writer.close()
 
 
-def sweep(loaded, scenarios, writer: RunWriter, info: dict, repeats: int, warmup: int, progress) -> list[dict]:
+def sweep(loaded, scenarios, writer: RunWriter, info: dict, repeats: int, warmup: int, progress,
+          profile_steps: bool = False) -> list[dict]:
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     done: dict[str, dict] = {}
     todo = scenarios
@@ -81,7 +83,7 @@ def sweep(loaded, scenarios, writer: RunWriter, info: dict, repeats: int, warmup
     writer.update_info(info)
     with stop_after_scenario() as ctrl_c, frozen_heap():
         for scenario in todo:
-            record = measure_or_error(loaded, scenario, repeats, warmup)
+            record = measure_or_error(loaded, scenario, repeats, warmup, profile_steps)
             writer.write(record)
             done[scenario.id] = record
             if progress:
@@ -91,7 +93,8 @@ def sweep(loaded, scenarios, writer: RunWriter, info: dict, repeats: int, warmup
     return [done[s.id] for s in scenarios if s.id in done]
 
 
-def run_info(loaded: LoadedModel, repeats: int, warmup: int, settings: dict | None = None) -> dict:
+def run_info(loaded: LoadedModel, repeats: int, warmup: int, settings: dict | None = None,
+             profile_steps: bool = False) -> dict:
     """What run.json holds besides the scenarios: the model, device, dtype, repeats, extra settings, environment."""
     return {
         "schema_version": SCHEMA_VERSION,
@@ -101,6 +104,7 @@ def run_info(loaded: LoadedModel, repeats: int, warmup: int, settings: dict | No
         "dtype": str(loaded.dtype).removeprefix("torch."),
         "repeats": repeats,
         "warmup": warmup,
+        "profile_steps": profile_steps,
         **(settings or {}),
         **environment(loaded.device),
     }
@@ -115,10 +119,11 @@ def error_record(loaded: LoadedModel, scenario: Scenario, error: str, tb: str | 
     return record
 
 
-def measure_or_error(loaded: LoadedModel, scenario: Scenario, repeats: int, warmup: int) -> dict:
+def measure_or_error(loaded: LoadedModel, scenario: Scenario, repeats: int, warmup: int,
+                     profile_steps: bool = False) -> dict:
     """measure(), or a record with status "error" when it raises (so a sweep goes on)."""
     try:
-        return measure(loaded, scenario, repeats=repeats, warmup=warmup)
+        return measure(loaded, scenario, repeats=repeats, warmup=warmup, profile_steps=profile_steps)
     except Exception as exc:  # keep the sweep going; the record says what broke
         record = error_record(loaded, scenario, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=-3))
     free_memory(loaded.device)  # out of the except block: the traceback and generate's frames are gone
