@@ -9,6 +9,7 @@ sweep) beside `estimate` (the analytic side) -> `results` (records, run folders)
 """
 
 from .errors import UserError
+from .estimate.inspect import inspect_model
 from .estimate.kvcache import (
     estimate_kv_cache_bytes,
     kv_cache_bytes_at,
@@ -30,4 +31,5 @@ __all__ = [
     "LoadedModel", "Scenario", "UserError", "__version__", "cache_nbytes", "estimate_kv_cache_bytes", "grid",
     "kv_cache_bytes_at", "list_presets", "load_model", "load_results", "measure", "naive_kv_cache_bytes",
     "param_count", "plan_capacity", "positions_processed_estimate", "run_sweep", "weight_bytes_estimate",
+    "inspect_model",
 ]

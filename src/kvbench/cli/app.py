@@ -12,6 +12,7 @@ import typer
 
 from ..errors import UserError
 from .common import CLICK_ERRORS
+from .inspect import inspect_command
 from .plan import frontier_command, plan_command
 from .presets import presets
 from .report import compare_command, report_command
@@ -27,6 +28,7 @@ app.command("report")(report_command)
 app.command("compare")(compare_command)
 app.command("plan")(plan_command)
 app.command("frontier")(frontier_command)
+app.command("inspect")(inspect_command)
 
 
 def main(argv: list[str] | None = None) -> int:
