@@ -22,6 +22,7 @@ from .inputs.scenario import Scenario, grid
 from .measuring.cache_bytes import cache_nbytes
 from .measuring.measure import measure
 from .measuring.models import LoadedModel, load_model
+from .measuring.reference import reference_generate
 from .measuring.runner import run_sweep
 from .plan.plan import plan_capacity
 from .results.store import load_results
@@ -31,5 +32,5 @@ __all__ = [
     "LoadedModel", "Scenario", "UserError", "__version__", "cache_nbytes", "estimate_kv_cache_bytes", "grid",
     "kv_cache_bytes_at", "list_presets", "load_model", "load_results", "measure", "naive_kv_cache_bytes",
     "param_count", "plan_capacity", "positions_processed_estimate", "run_sweep", "weight_bytes_estimate",
-    "inspect_model",
+    "inspect_model", "reference_generate",
 ]
