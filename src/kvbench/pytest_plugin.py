@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import pytest
 
 from .errors import UserError
+from .inputs.decoding import float_list, top_k_list
 from .inputs.scenario import (
     CACHE_IMPLEMENTATIONS,
     DECODINGS,
@@ -89,7 +90,10 @@ def pytest_addoption(parser):
     add("--kv-use-cache", default=None, help="on, off or both")
     add("--kv-cache-implementation", default=None, help="dynamic, static (comma-separated for both)")
     add("--kv-decoding", default="greedy", help="greedy, sample, beam (comma-separated)")
-    add("--kv-num-beams", default="4", help="beams for --kv-decoding beam (default: 4)")
+    add("--kv-num-beams", default="4", help="beams for --kv-decoding beam, comma-separated (default: 4)")
+    add("--kv-temperature", default="1.0", help="temperatures for --kv-decoding sample, comma-separated")
+    add("--kv-top-k", default="50", help="top-k values for --kv-decoding sample, comma-separated (0: off)")
+    add("--kv-top-p", default="1.0", help="top-p values for --kv-decoding sample, comma-separated (1.0: off)")
     add("--kv-rounds", default="5", help="timed rounds per scenario (default: 5)")
     add("--kv-warmup-rounds", default="1", help="untimed rounds before them (default: 1)")
 
@@ -111,7 +115,7 @@ def kv_settings_from(config) -> KVSettings:
         axes = {axis: opt(f"kv_{axis}") or GRIDS[opt("kv_grid")][axis] for axis in AXES}
         if axes["use_cache"] not in USE_CACHE:
             raise UserError(f"--kv-use-cache: {axes['use_cache']!r} is not one of on, off, both")
-        (num_beams,) = int_list("--kv-num-beams", opt("kv_num_beams"))
+        num_beams = int_list("--kv-num-beams", opt("kv_num_beams"))
         (rounds,) = int_list("--kv-rounds", opt("kv_rounds"))
         warmup = opt("kv_warmup_rounds")
         if not str(warmup).isdigit():
@@ -121,6 +125,7 @@ def kv_settings_from(config) -> KVSettings:
             int_list("--kv-batch-size", axes["batch_size"]), USE_CACHE[axes["use_cache"]],
             choice_list("--kv-cache-implementation", axes["cache_implementation"], CACHE_IMPLEMENTATIONS),
             choice_list("--kv-decoding", opt("kv_decoding"), DECODINGS), num_beams=num_beams,
+            **sampling_axes(opt),
         )
         from .measuring.models import resolve_device, resolve_dtype
 
@@ -135,6 +140,12 @@ def kv_settings_from(config) -> KVSettings:
     )
     config.stash[_SETTINGS] = settings
     return settings
+
+
+def sampling_axes(opt) -> dict:
+    """The sampling axes of --kv-temperature, --kv-top-k, --kv-top-p, as grid() takes them."""
+    return dict(temperatures=float_list("--kv-temperature", opt("kv_temperature")),
+                top_ks=top_k_list("--kv-top-k", opt("kv_top_k")), top_ps=float_list("--kv-top-p", opt("kv_top_p")))
 
 
 def pytest_generate_tests(metafunc):

@@ -22,13 +22,17 @@ def run(
     use_cache: str = typer.Option("both", help="on, off or both"),
     cache_implementation: str = typer.Option("dynamic", help="dynamic, static (comma-separated for both)"),
     decoding: str = typer.Option("greedy", help="greedy, sample, beam (comma-separated)"),
-    num_beams: int = typer.Option(4, help="beams for --decoding beam"),
+    num_beams: str = typer.Option("4", help="beams for --decoding beam, comma-separated"),
+    temperature: str = typer.Option("1.0", help="sampling temperatures for --decoding sample, comma-separated"),
+    top_k: str = typer.Option("50", help="top-k values for --decoding sample, comma-separated (0: off)"),
+    top_p: str = typer.Option("1.0", help="top-p values for --decoding sample, comma-separated (1.0: off)"),
     repeats: int = typer.Option(3, help="timed generates per scenario (the median is reported)"),
     warmup: int = typer.Option(1, help="untimed generates before the timed ones"),
     out: Optional[Path] = typer.Option(None, help="run folder (default results/<time>-<model>)"),
     trust_remote_code: bool = typer.Option(False, help="allow a Hub model's own code to run"),
 ):
     """Sweep a grid of scenarios on one model and write records.jsonl (defaults: a quick grid on `tiny`)."""
+    from ..inputs.decoding import float_list, top_k_list
     from ..inputs.scenario import CACHE_IMPLEMENTATIONS, DECODINGS, grid
     from ..measuring.models import load_model
     from ..measuring.runner import default_run_dir, run_sweep
@@ -44,7 +48,9 @@ def run(
         int_list("--prompt-len", prompt_len), int_list("--new-tokens", new_tokens),
         int_list("--batch-size", batch_size), caches[use_cache],
         choice_list("--cache-implementation", cache_implementation, CACHE_IMPLEMENTATIONS),
-        choice_list("--decoding", decoding, DECODINGS), num_beams=num_beams,
+        choice_list("--decoding", decoding, DECODINGS), num_beams=int_list("--num-beams", num_beams),
+        temperatures=float_list("--temperature", temperature), top_ks=top_k_list("--top-k", top_k),
+        top_ps=float_list("--top-p", top_p),
     )
     with console.status(f"loading {model}"):
         loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)

@@ -8,6 +8,12 @@ import itertools
 from dataclasses import dataclass
 
 from ..errors import UserError
+from .decoding import (
+    check_decoding,
+    decoding_label,
+    decoding_variants,
+    sampling_kwargs,
+)
 
 DECODINGS = ("greedy", "sample", "beam")
 CACHE_IMPLEMENTATIONS = ("dynamic", "static")
@@ -18,7 +24,8 @@ class Scenario:
     """One generate call: exact prompt length, exactly `new_tokens` new tokens per sequence.
 
     Without the cache (`use_cache=False`) the cache implementation is meaningless and is stored as "none".
-    Beam search needs `num_beams >= 2`; greedy and sampling use one beam.
+    Beam search needs `num_beams >= 2`; greedy and sampling use one beam. Sampling parameters:
+    `kvbench.inputs.decoding` (None where decoding is not sampling).
     """
 
     prompt_len: int
@@ -29,6 +36,9 @@ class Scenario:
     decoding: str = "greedy"
     num_beams: int = 1
     seed: int = 0
+    temperature: float | None = None  # sampling only; None: 1.0
+    top_k: int | None = None  # sampling only; None: 50, 0: off
+    top_p: float | None = None  # sampling only; None: 1.0 (off)
 
     def __post_init__(self):
         for name in ("prompt_len", "new_tokens", "batch_size", "num_beams"):
@@ -48,12 +58,13 @@ class Scenario:
                 f"cache_implementation must be one of {', '.join(CACHE_IMPLEMENTATIONS)}, "
                 f"got {self.cache_implementation!r}"
             )
+        check_decoding(self)
 
     @property
     def id(self) -> str:
         """A stable, readable name (used as pytest ids and to match scenarios across runs)."""
         cache = f"cache-{self.cache_implementation}" if self.use_cache else "nocache"
-        decoding = f"beam{self.num_beams}" if self.decoding == "beam" else self.decoding
+        decoding = decoding_label(self)
         return f"P{self.prompt_len}-N{self.new_tokens}-B{self.batch_size}-{cache}-{decoding}"
 
     @property
@@ -76,7 +87,7 @@ class Scenario:
         if self.use_cache:
             kwargs["cache_implementation"] = self.cache_implementation
         if self.decoding == "sample":
-            kwargs.update(temperature=1.0, top_k=50, top_p=1.0)
+            kwargs.update(sampling_kwargs(self))
         if self.decoding == "beam":
             kwargs.update(early_stopping=False, length_penalty=1.0)
         return kwargs
@@ -89,16 +100,18 @@ def grid(
     use_cache=(True, False),
     cache_implementations=("dynamic",),
     decodings=("greedy",),
-    num_beams: int = 4,
+    num_beams=4,
     seed: int = 0,
+    temperatures=(1.0,),
+    top_ks=(50,),
+    top_ps=(1.0,),
 ) -> list[Scenario]:
-    """Every combination, in a stable order, without duplicates (no-cache rows ignore the implementation)."""
+    """Every combination, in a stable order, without duplicates (no-cache rows ignore the implementation; beam
+    counts expand beam search only, sampling parameters sampling only: `kvbench.inputs.decoding`)."""
     seen: dict[Scenario, None] = {}
-    for p, n, b, uc, impl, dec in itertools.product(
-        prompt_lens, new_tokens, batch_sizes, use_cache, cache_implementations, decodings
-    ):
-        beams = num_beams if dec == "beam" else 1
-        seen.setdefault(Scenario(p, n, b, uc, impl, dec, beams, seed), None)
+    for p, n, b, uc, impl in itertools.product(prompt_lens, new_tokens, batch_sizes, use_cache, cache_implementations):
+        for dec in decoding_variants(decodings, num_beams, temperatures, top_ks, top_ps):
+            seen.setdefault(Scenario(p, n, b, uc, impl, seed=seed, **dec), None)
     return list(seen)
 
 

@@ -20,6 +20,10 @@ def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"].fillna("ok") == "ok"] if "status" in df else df
 
 
+# The decoding parameters are axes too: sampling with two temperatures is two scenarios (kvbench.inputs.decoding).
+PAIR_KEYS += ["temperature", "top_k", "top_p"]
+
+
 def speedups(df: pd.DataFrame) -> pd.DataFrame:
     """One row per cached scenario that has an uncached twin: latencies, speedup, positions, KV bytes."""
     ok = ok_rows(df)
