@@ -6,8 +6,8 @@ A suite in a few lines:
     def test_generate(kv_benchmark, kv_scenario):   # one test per scenario of the --kv-grid
         kv_benchmark(kv_scenario)
 
-Timing belongs to pytest-benchmark: the timed target is `model.generate` alone (pedantic rounds, inputs made in
-setup, a CUDA synchronize closing each round). Everything else in the benchmark's `extra_info` is kvbench's record of
+Timing belongs to pytest-benchmark: the timed target is `model.generate` alone -- or the reference loop for
+scenarios of engine "reference" -- (pedantic rounds, inputs made in setup, a CUDA synchronize closing each round). Everything else in the benchmark's `extra_info` is kvbench's record of
 the same scenario, from `kvbench.measure(..., repeats=1, warmup=0)` run after the timed rounds.
 """
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import pytest
 
 from .errors import UserError
-from .inputs.decoding import float_list, top_k_list
+from .inputs.decoding import ENGINES, float_list, top_k_list
 from .inputs.scenario import (
     CACHE_IMPLEMENTATIONS,
     DECODINGS,
@@ -94,6 +94,7 @@ def pytest_addoption(parser):
     add("--kv-temperature", default="1.0", help="temperatures for --kv-decoding sample, comma-separated")
     add("--kv-top-k", default="50", help="top-k values for --kv-decoding sample, comma-separated (0: off)")
     add("--kv-top-p", default="1.0", help="top-p values for --kv-decoding sample, comma-separated (1.0: off)")
+    add("--kv-engine", default="generate", help="generate, reference (kvbench's plain-torch loop), comma-separated")
     add("--kv-rounds", default="5", help="timed rounds per scenario (default: 5)")
     add("--kv-warmup-rounds", default="1", help="untimed rounds before them (default: 1)")
 
@@ -143,9 +144,10 @@ def kv_settings_from(config) -> KVSettings:
 
 
 def sampling_axes(opt) -> dict:
-    """The sampling axes of --kv-temperature, --kv-top-k, --kv-top-p, as grid() takes them."""
+    """The axes of --kv-temperature, --kv-top-k, --kv-top-p and --kv-engine, as grid() takes them."""
     return dict(temperatures=float_list("--kv-temperature", opt("kv_temperature")),
-                top_ks=top_k_list("--kv-top-k", opt("kv_top_k")), top_ps=float_list("--kv-top-p", opt("kv_top_p")))
+                top_ks=top_k_list("--kv-top-k", opt("kv_top_k")), top_ps=float_list("--kv-top-p", opt("kv_top_p")),
+                engines=choice_list("--kv-engine", opt("kv_engine"), ENGINES))
 
 
 def pytest_generate_tests(metafunc):
@@ -216,7 +218,13 @@ def benchmark_generate(benchmark, loaded, scenario: Scenario, rounds: int = 5, w
     """
     import torch
 
-    from .measuring.measure import check_fits, forget_static_cache, free_memory, measure
+    from .measuring.measure import (
+        check_fits,
+        forget_static_cache,
+        free_memory,
+        measure,
+        run_generation,
+    )
     from .measuring.models import synthetic_inputs
 
     try:
@@ -226,7 +234,7 @@ def benchmark_generate(benchmark, loaded, scenario: Scenario, rounds: int = 5, w
     if benchmark.group is None:  # cached and uncached twins side by side: the table shows the speedup
         benchmark.group = pair_id(scenario)
     forget_static_cache(loaded.model)
-    model, device, kwargs = loaded.model, loaded.device, scenario.generate_kwargs()
+    model, device = loaded.model, loaded.device
     held, shapes = {}, []
 
     def setup():
@@ -237,7 +245,7 @@ def benchmark_generate(benchmark, loaded, scenario: Scenario, rounds: int = 5, w
 
     def generate(**inputs):
         with torch.inference_mode():
-            held["out"] = model.generate(**inputs, **kwargs)
+            held["out"] = run_generation(model, inputs, scenario)
         synchronize(device)  # the round's wall clock stops after the device has finished
 
     def teardown(**inputs):  # frees the output (and its cache) outside the timed region

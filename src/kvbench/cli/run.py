@@ -26,13 +26,14 @@ def run(
     temperature: str = typer.Option("1.0", help="sampling temperatures for --decoding sample, comma-separated"),
     top_k: str = typer.Option("50", help="top-k values for --decoding sample, comma-separated (0: off)"),
     top_p: str = typer.Option("1.0", help="top-p values for --decoding sample, comma-separated (1.0: off)"),
+    engine: str = typer.Option("generate", help="generate, reference (kvbench's plain-torch loop), comma-separated"),
     repeats: int = typer.Option(3, help="timed generates per scenario (the median is reported)"),
     warmup: int = typer.Option(1, help="untimed generates before the timed ones"),
     out: Optional[Path] = typer.Option(None, help="run folder (default results/<time>-<model>)"),
     trust_remote_code: bool = typer.Option(False, help="allow a Hub model's own code to run"),
 ):
     """Sweep a grid of scenarios on one model and write records.jsonl (defaults: a quick grid on `tiny`)."""
-    from ..inputs.decoding import float_list, top_k_list
+    from ..inputs.decoding import ENGINES, float_list, top_k_list
     from ..inputs.scenario import CACHE_IMPLEMENTATIONS, DECODINGS, grid
     from ..measuring.models import load_model
     from ..measuring.runner import default_run_dir, run_sweep
@@ -50,7 +51,7 @@ def run(
         choice_list("--cache-implementation", cache_implementation, CACHE_IMPLEMENTATIONS),
         choice_list("--decoding", decoding, DECODINGS), num_beams=int_list("--num-beams", num_beams),
         temperatures=float_list("--temperature", temperature), top_ks=top_k_list("--top-k", top_k),
-        top_ps=float_list("--top-p", top_p),
+        top_ps=float_list("--top-p", top_p), engines=choice_list("--engine", engine, ENGINES),
     )
     with console.status(f"loading {model}"):
         loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)

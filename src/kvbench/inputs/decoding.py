@@ -1,10 +1,11 @@
-"""How a scenario chooses its tokens: the sampling parameters (temperature, top-k, top-p) with their defaults,
-their part of a scenario's id, and the decoding variants a grid expands to.
+"""How a scenario chooses its tokens, and what decodes them: the sampling parameters (temperature, top-k, top-p)
+with their defaults, the engine (transformers' `generate`, or kvbench's plain-torch reference loop), their part of
+a scenario's id, and the decoding variants a grid expands to.
 
 The defaults are what `kvbench run` sampled with before these became axes (temperature 1.0, top-k 50, top-p 1.0,
 the defaults of transformers' GenerationConfig), so ids and generate calls of existing scenarios are unchanged:
-an id names a parameter only where it differs from its default (``sample-t0.5-p0.9``). Greedy and beam scenarios
-store None for the sampling parameters.
+an id names a parameter only where it differs from its default (``sample-t0.5-p0.9``), and the engine only when it
+is not generate (``...-greedy-reference``). Greedy and beam scenarios store None for the sampling parameters.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ import itertools
 from ..errors import UserError
 
 SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}
+ENGINES = ("generate", "reference")
+# What the reference loop decodes (kvbench.measuring.reference): no beam search, no static cache.
+REFERENCE_DECODINGS = ("greedy", "sample")
+REFERENCE_CACHES = ("dynamic", "none")
 
 
 def _number(value) -> bool:
@@ -21,7 +26,7 @@ def _number(value) -> bool:
 
 
 def check_decoding(scenario) -> None:
-    """Validate (one line naming the bad value) and normalise a Scenario's sampling parameters."""
+    """Validate (one line naming the bad value) and normalise a Scenario's sampling parameters and engine."""
     for name, default in SAMPLING_DEFAULTS.items():
         value = getattr(scenario, name)
         if scenario.decoding != "sample":
@@ -40,6 +45,14 @@ def check_decoding(scenario) -> None:
             raise UserError(f"top_p must be in (0, 1] (1: off), got {p!r}")
         object.__setattr__(scenario, "temperature", float(t))
         object.__setattr__(scenario, "top_p", float(p))
+    if scenario.engine not in ENGINES:
+        raise UserError(f"engine must be one of {', '.join(ENGINES)}, got {scenario.engine!r}")
+    if scenario.engine == "reference":
+        if scenario.decoding not in REFERENCE_DECODINGS:
+            raise UserError(f"the reference engine decodes {' and '.join(REFERENCE_DECODINGS)}, "
+                            f"not {scenario.decoding!r} (beam search is generate's)")
+        if scenario.cache_implementation not in REFERENCE_CACHES:
+            raise UserError(f"the reference engine uses a dynamic cache or none, not {scenario.cache_implementation!r}")
 
 
 def decoding_label(scenario) -> str:
@@ -54,6 +67,10 @@ def decoding_label(scenario) -> str:
     return "-".join(["sample", *parts])
 
 
+def engine_suffix(scenario) -> str:
+    return "" if scenario.engine == "generate" else f"-{scenario.engine}"
+
+
 def sampling_kwargs(scenario) -> dict:
     """temperature, top_k, top_p for generate (sampling only; empty otherwise)."""
     if scenario.decoding != "sample":
@@ -61,9 +78,11 @@ def sampling_kwargs(scenario) -> dict:
     return {name: getattr(scenario, name) for name in SAMPLING_DEFAULTS}
 
 
-def decoding_variants(decodings, num_beams=(4,), temperatures=(1.0,), top_ks=(50,), top_ps=(1.0,)) -> list[dict]:
-    """The decoding fields of every scenario a grid makes: beam counts expand beam search only, sampling parameters
-    sampling only."""
+def decoding_variants(decodings, num_beams=(4,), temperatures=(1.0,), top_ks=(50,), top_ps=(1.0,),
+                      engines=("generate",), cache_implementation: str = "dynamic") -> list[dict]:
+    """The decoding fields of every scenario a grid makes for one cache setting: beam counts expand beam search
+    only, sampling parameters sampling only; the reference engine skips what it does not decode (beam search,
+    the static cache) rather than failing the sweep."""
     beams = [num_beams] if isinstance(num_beams, int) else list(num_beams)
     variants: dict[tuple, dict] = {}
     for decoding in decodings:
@@ -73,8 +92,11 @@ def decoding_variants(decodings, num_beams=(4,), temperatures=(1.0,), top_ks=(50
         else:
             combos = [{}]
         for nb in beams if decoding == "beam" else [1]:
-            for combo in combos:
-                variant = dict(decoding=decoding, num_beams=nb, **combo)
+            for combo, engine in itertools.product(combos, engines):
+                if engine == "reference" and (decoding not in REFERENCE_DECODINGS
+                                              or cache_implementation not in REFERENCE_CACHES):
+                    continue
+                variant = dict(decoding=decoding, num_beams=nb, engine=engine, **combo)
                 variants.setdefault(tuple(sorted(variant.items())), variant)
     return list(variants.values())
 

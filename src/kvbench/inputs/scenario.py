@@ -12,6 +12,7 @@ from .decoding import (
     check_decoding,
     decoding_label,
     decoding_variants,
+    engine_suffix,
     sampling_kwargs,
 )
 
@@ -24,8 +25,8 @@ class Scenario:
     """One generate call: exact prompt length, exactly `new_tokens` new tokens per sequence.
 
     Without the cache (`use_cache=False`) the cache implementation is meaningless and is stored as "none".
-    Beam search needs `num_beams >= 2`; greedy and sampling use one beam. Sampling parameters:
-    `kvbench.inputs.decoding` (None where decoding is not sampling).
+    Beam search needs `num_beams >= 2`; greedy and sampling use one beam. Sampling parameters and the engine:
+    `kvbench.inputs.decoding` (None where decoding is not sampling; "reference" decodes with the plain-torch loop).
     """
 
     prompt_len: int
@@ -39,6 +40,7 @@ class Scenario:
     temperature: float | None = None  # sampling only; None: 1.0
     top_k: int | None = None  # sampling only; None: 50, 0: off
     top_p: float | None = None  # sampling only; None: 1.0 (off)
+    engine: str = "generate"  # or "reference": kvbench.measuring.reference, no generate
 
     def __post_init__(self):
         for name in ("prompt_len", "new_tokens", "batch_size", "num_beams"):
@@ -65,7 +67,7 @@ class Scenario:
         """A stable, readable name (used as pytest ids and to match scenarios across runs)."""
         cache = f"cache-{self.cache_implementation}" if self.use_cache else "nocache"
         decoding = decoding_label(self)
-        return f"P{self.prompt_len}-N{self.new_tokens}-B{self.batch_size}-{cache}-{decoding}"
+        return f"P{self.prompt_len}-N{self.new_tokens}-B{self.batch_size}-{cache}-{decoding}{engine_suffix(self)}"
 
     @property
     def total_len(self) -> int:
@@ -105,12 +107,15 @@ def grid(
     temperatures=(1.0,),
     top_ks=(50,),
     top_ps=(1.0,),
+    engines=("generate",),
 ) -> list[Scenario]:
     """Every combination, in a stable order, without duplicates (no-cache rows ignore the implementation; beam
-    counts expand beam search only, sampling parameters sampling only: `kvbench.inputs.decoding`)."""
+    counts expand beam search only, sampling parameters sampling only; the reference engine skips beam search and
+    the static cache: `kvbench.inputs.decoding`)."""
     seen: dict[Scenario, None] = {}
     for p, n, b, uc, impl in itertools.product(prompt_lens, new_tokens, batch_sizes, use_cache, cache_implementations):
-        for dec in decoding_variants(decodings, num_beams, temperatures, top_ks, top_ps):
+        variants = decoding_variants(decodings, num_beams, temperatures, top_ks, top_ps, engines, impl if uc else "none")
+        for dec in variants:
             seen.setdefault(Scenario(p, n, b, uc, impl, seed=seed, **dec), None)
     return list(seen)
 

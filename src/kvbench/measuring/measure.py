@@ -21,6 +21,7 @@ from .forwards import record_forwards
 from .memory import memory_probe
 from .models import LoadedModel, synthetic_inputs
 from .nvml import nvml_handle
+from .reference import reference_run
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -66,12 +67,19 @@ def check_fits(loaded: LoadedModel, scenario: Scenario) -> None:
         )
 
 
+def run_generation(model, inputs: dict, scenario: Scenario):
+    """The scenario's engine: transformers' generate, or the plain-torch reference loop (same output fields)."""
+    if scenario.engine == "reference":
+        return reference_run(model, inputs, scenario)
+    return model.generate(**inputs, **scenario.generate_kwargs())
+
+
 def generate_once(loaded: LoadedModel, scenario: Scenario, inputs: dict, clock: Clock, nvml=None) -> dict:
     """One timed generate: total, per-forward marks, positions, cache bytes and peak memory."""
     torch.manual_seed(scenario.seed)  # sampling draws the same tokens every repeat
     with memory_probe(loaded.device, nvml) as memory, record_forwards(loaded.model, clock) as forwards:
         start = clock.mark()
-        out = loaded.model.generate(**inputs, **scenario.generate_kwargs())
+        out = run_generation(loaded.model, inputs, scenario)
         end = clock.mark()
         seconds = clock.intervals([start, *forwards.marks, end])
     generated = out.sequences.shape[1] - scenario.prompt_len

@@ -172,3 +172,25 @@ def reference_generate(model, input_ids: torch.Tensor, attention_mask: torch.Ten
     steps = decode(model, input_ids, attention_mask, new_tokens=new_tokens, use_cache=use_cache, do_sample=do_sample,
                    temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     return torch.cat([input_ids, *(step.tokens[:, None] for step in steps)], dim=-1)
+
+
+@dataclass
+class ReferenceOutput:
+    """What measure reads from a generate output: the sequences, and the cache (None without one)."""
+
+    sequences: torch.Tensor
+    cache: Any
+
+
+def reference_run(model, inputs: dict, scenario) -> ReferenceOutput:
+    """A Scenario's generation through the reference loop (greedy or sampling, dynamic cache or none)."""
+    if scenario.decoding not in ("greedy", "sample") or scenario.cache_implementation not in ("dynamic", "none"):
+        raise UserError(f"{scenario.id}: the reference engine decodes greedy or sample with a dynamic cache or none")
+    sample = scenario.decoding == "sample"
+    last = None
+    tokens = []
+    for last in decode(model, inputs["input_ids"], inputs.get("attention_mask"), new_tokens=scenario.new_tokens,
+                       use_cache=scenario.use_cache, do_sample=sample, temperature=scenario.temperature or 1.0,
+                       top_k=scenario.top_k, top_p=scenario.top_p, seed=scenario.seed):
+        tokens.append(last.tokens[:, None])
+    return ReferenceOutput(torch.cat([inputs["input_ids"], *tokens], dim=-1), last.cache)

@@ -20,8 +20,9 @@ def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"].fillna("ok") == "ok"] if "status" in df else df
 
 
-# The decoding parameters are axes too: sampling with two temperatures is two scenarios (kvbench.inputs.decoding).
-PAIR_KEYS += ["temperature", "top_k", "top_p"]
+# The decoding parameters and the engine are axes too: sampling at two temperatures is two scenarios, and so is one
+# scenario decoded by generate and by the reference loop (kvbench.inputs.decoding).
+PAIR_KEYS += ["temperature", "top_k", "top_p", "engine"]
 
 
 def speedups(df: pd.DataFrame) -> pd.DataFrame:
