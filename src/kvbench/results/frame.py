@@ -22,7 +22,22 @@ def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 # The decoding parameters and the engine are axes too: sampling at two temperatures is two scenarios, and so is one
 # scenario decoded by generate and by the reference loop (kvbench.inputs.decoding).
-PAIR_KEYS += ["temperature", "top_k", "top_p", "engine"]
+DECODING_AXES = ["temperature", "top_k", "top_p", "engine"]
+PAIR_KEYS += DECODING_AXES
+
+
+def with_decoding_defaults(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with the decoding axes filled where records predate them: engine "generate", and sampling rows the
+    parameters they ran with (temperature 1.0, top-k 50, top-p 1.0)."""
+    from ..inputs.decoding import SAMPLING_DEFAULTS
+
+    out = df.copy()
+    out["engine"] = out["engine"].fillna("generate") if "engine" in out else "generate"
+    sample = out["decoding"].astype(str) == "sample" if "decoding" in out else pd.Series(False, index=out.index)
+    for name, default in SAMPLING_DEFAULTS.items():
+        column = out[name] if name in out else pd.Series(None, index=out.index, dtype=object)
+        out[name] = column.where(~sample | column.notna(), default)
+    return out
 
 
 def speedups(df: pd.DataFrame) -> pd.DataFrame:
