@@ -56,11 +56,12 @@ def print_tables(model: str, frame) -> None:
     modules = section(frame, "module")
     tree = Table(title=f"{model}: {frame.attrs['params']:,} parameters, {fmt_bytes(modules.loc[0, 'bytes'])} "
                        f"in {dtype}")
-    for col in ("module", "kind", "params", "bytes", "note"):
-        tree.add_column(col, justify="right" if col in ("params", "bytes") else "left")
+    notes = "note" in modules  # tied weights
+    for col in ("module", "kind", "params", "bytes") + (("note",) if notes else ()):
+        tree.add_column(col, justify="right" if col in ("params", "bytes") else "left", no_wrap=col == "module")
     for r in records(modules):
-        tree.add_row("  " * r["depth"] + r["name"], r["kind"], f"{r['params']:,}", fmt_bytes(r["bytes"]),
-                     r.get("note") or "")
+        cells = ["  " * r["depth"] + r["name"], r["kind"], f"{r['params']:,}", fmt_bytes(r["bytes"])]
+        tree.add_row(*cells, *([r.get("note") or ""] if notes else []))
     console.print(tree)
 
     parts = Table(title="parameters by component")
