@@ -142,6 +142,16 @@ def test_tokenizer_option_gives_a_preset_text(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["prompt_ids"] == [9, 10]
 
 
+def test_a_preset_gives_the_same_steps_every_call(capsys):
+    argv = ["steps", "--model", "tiny", "--prompt-len", "6", "--new-tokens", "3", "--device", "cpu", "--format",
+            "json", "--seed", "4"]
+    runs = []
+    for _ in range(2):
+        assert main(argv) == 0
+        runs.append([s["token_id"] for s in json.loads(capsys.readouterr().out)["steps"]])
+    assert runs[0] == runs[1]
+
+
 @pytest.mark.parametrize("args, named", [
     (["--prompt", "hola"], "--tokenizer"),
     (["--prompt", "hola", "--prompt-len", "4"], "--prompt-len"),
@@ -151,6 +161,7 @@ def test_tokenizer_option_gives_a_preset_text(tmp_path, capsys):
     (["--prompt-len", "4", "--temperature", "0"], "temperature"),
     (["--prompt-len", "4", "--new-tokens", "0"], "--new-tokens"),
     (["--prompt-len", "4000"], "context"),
+    (["--prompt-len", "4", "--warmup", "-1"], "--warmup"),
 ])
 def test_steps_refuses_bad_input_in_one_line(args, named, capsys):
     assert main(["steps", "--model", "tiny", "--device", "cpu"] + args) == 2

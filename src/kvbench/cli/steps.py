@@ -28,6 +28,7 @@ def steps_command(
     top_p: Optional[float] = typer.Option(None, help="sample among the smallest set of probability > top_p"),
     seed: int = typer.Option(0, help="seed of the random prompt and of sampling"),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="decode with the KV cache or without it"),
+    warmup: int = typer.Option(1, help="untimed decodes of the same prompt before the timed one"),
     tokenizer: Optional[Path] = typer.Option(None, help="tokenizer folder or tokenizer.json (presets have none)"),
     device: str = typer.Option("auto", help="auto (a GPU where there is one), cpu, cuda, cuda:N"),
     dtype: str = typer.Option("auto", help="auto (float32 on CPU; the model's half type on GPU), float16, "
@@ -53,6 +54,8 @@ def steps_command(
         raise UserError(f"--prompt-len: {prompt_len} is not a positive integer")
     if new_tokens < 1:
         raise UserError(f"--new-tokens: {new_tokens} is not a positive integer")
+    if warmup < 0:
+        raise UserError(f"--warmup: {warmup} must be 0 or more")
     _, _, source, weights = resolve_spec(model, trust_remote_code)
     folder = Path(model).expanduser()
     where = tokenizer or weights or (folder if folder.is_dir() else None)
@@ -60,6 +63,7 @@ def steps_command(
     if prompt is not None and tok is None:
         raise UserError(f"--prompt needs a tokenizer and {model!r} ({source}) has none: "
                         "pass --tokenizer PATH or use --prompt-len P")
+    torch.manual_seed(seed)  # random weights (presets, config files) are the same from one call to the next
     loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     if prompt is not None:
         ids = tok(prompt, return_tensors="pt").input_ids.to(loaded.device)
@@ -73,7 +77,7 @@ def steps_command(
     with torch.inference_mode():
         table = step_table(loaded, ids, new_tokens=new_tokens, top_k=top_k, use_cache=cache,
                            do_sample=decoding == "sample", temperature=temperature, sample_top_k=sample_top_k,
-                           top_p=top_p, seed=seed, tokenizer=tok)
+                           top_p=top_p, seed=seed, tokenizer=tok, warmup=warmup)
     if format == "csv":
         out = table.copy()
         for col in ("top_ids", "top_tokens", "top_probs"):
