@@ -36,6 +36,8 @@ _LAZY = {
     "run_sweep": ".measuring.runner",
     "plan_capacity": ".plan.plan",
     "load_results": ".results.store",
+    "inspect_model": ".estimate.inspect",
+    "reference_generate": ".measuring.reference",
 }
 
 __all__ = ["UserError", "__version__", *_LAZY]

@@ -6,8 +6,8 @@ A suite in a few lines:
     def test_generate(kv_benchmark, kv_scenario):   # one test per scenario of the --kv-grid
         kv_benchmark(kv_scenario)
 
-Timing belongs to pytest-benchmark: the timed target is `model.generate` alone (pedantic rounds, inputs made in
-setup, a CUDA synchronize closing each round). Everything else in the benchmark's `extra_info` is kvbench's record of
+Timing belongs to pytest-benchmark: the timed target is `model.generate` alone -- or the reference loop for
+scenarios of engine "reference" -- (pedantic rounds, inputs made in setup, a CUDA synchronize closing each round). Everything else in the benchmark's `extra_info` is kvbench's record of
 the same scenario, from `kvbench.measure(..., repeats=1, warmup=0)` run after the timed rounds.
 """
 
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import pytest
 
 from .errors import UserError
+from .inputs.decoding import ENGINES, float_list, top_k_list
 from .inputs.scenario import (
     CACHE_IMPLEMENTATIONS,
     COMPILE_MODES,
@@ -96,7 +97,11 @@ def pytest_addoption(parser):
              "choice)")
     add("--kv-profile-steps", action="store_true", default=False,
         help="one extra profiled generate per scenario in the record: device-busy time per decode step")
-    add("--kv-num-beams", default="4", help="beams for --kv-decoding beam (default: 4)")
+    add("--kv-num-beams", default="4", help="beams for --kv-decoding beam, comma-separated (default: 4)")
+    add("--kv-temperature", default="1.0", help="temperatures for --kv-decoding sample, comma-separated")
+    add("--kv-top-k", default="50", help="top-k values for --kv-decoding sample, comma-separated (0: off)")
+    add("--kv-top-p", default="1.0", help="top-p values for --kv-decoding sample, comma-separated (1.0: off)")
+    add("--kv-engine", default="generate", help="generate, reference (kvbench's plain-torch loop), comma-separated")
     add("--kv-rounds", default="5", help="timed rounds per scenario (default: 5)")
     add("--kv-warmup-rounds", default="1", help="untimed rounds before them (default: 1)")
 
@@ -118,7 +123,7 @@ def kv_settings_from(config) -> KVSettings:
         axes = {axis: opt(f"kv_{axis}") or GRIDS[opt("kv_grid")][axis] for axis in AXES}
         if axes["use_cache"] not in USE_CACHE:
             raise UserError(f"--kv-use-cache: {axes['use_cache']!r} is not one of on, off, both")
-        (num_beams,) = int_list("--kv-num-beams", opt("kv_num_beams"))
+        num_beams = int_list("--kv-num-beams", opt("kv_num_beams"))
         (rounds,) = int_list("--kv-rounds", opt("kv_rounds"))
         warmup = opt("kv_warmup_rounds")
         if not str(warmup).isdigit():
@@ -129,6 +134,7 @@ def kv_settings_from(config) -> KVSettings:
             choice_list("--kv-cache-implementation", axes["cache_implementation"], CACHE_IMPLEMENTATIONS),
             choice_list("--kv-decoding", opt("kv_decoding"), DECODINGS), num_beams=num_beams,
             compiles=choice_list("--kv-compile", opt("kv_compile"), COMPILE_MODES),
+            **sampling_axes(opt),
         )
         from .measuring.decode import check_compile
         from .measuring.models import resolve_device, resolve_dtype
@@ -146,6 +152,13 @@ def kv_settings_from(config) -> KVSettings:
     )
     config.stash[_SETTINGS] = settings
     return settings
+
+
+def sampling_axes(opt) -> dict:
+    """The axes of --kv-temperature, --kv-top-k, --kv-top-p and --kv-engine, as grid() takes them."""
+    return dict(temperatures=float_list("--kv-temperature", opt("kv_temperature")),
+                top_ks=top_k_list("--kv-top-k", opt("kv_top_k")), top_ps=float_list("--kv-top-p", opt("kv_top_p")),
+                engines=choice_list("--kv-engine", opt("kv_engine"), ENGINES))
 
 
 def pytest_generate_tests(metafunc):
@@ -218,7 +231,9 @@ def benchmark_generate(benchmark, loaded, scenario: Scenario, rounds: int = 5, w
 
     from .measuring.decode import cache_kwarg, generate_kwargs, static_cache
     from .measuring.forwards import eager_probes
-    from .measuring.measure import check_fits, error_line, free_memory, is_oom, measure, reset_cache
+    from .measuring.measure import (
+        check_fits, error_line, free_memory, is_oom, measure, reset_cache, run_generation,
+    )
     from .measuring.models import synthetic_inputs
 
     try:
@@ -241,7 +256,7 @@ def benchmark_generate(benchmark, loaded, scenario: Scenario, rounds: int = 5, w
 
     def generate(**inputs):
         with torch.inference_mode():
-            held["out"] = model.generate(**inputs, **kwargs)
+            held["out"] = run_generation(model, inputs, scenario, kwargs)
         synchronize(device)  # the round's wall clock stops after the device has finished
 
     def teardown(**inputs):  # frees the output (and its cache) outside the timed region

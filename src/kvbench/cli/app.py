@@ -14,11 +14,13 @@ import typer
 from ..errors import UserError
 from ..results.schema import PartialLineWarning
 from .common import CLICK_ERRORS
+from .inspect import inspect_command
 from .merge import merge_command
 from .plan import frontier_command, plan_command
 from .presets import presets
 from .report import compare_command, report_command
 from .run import run
+from .steps import steps_command
 
 app = typer.Typer(
     help="Measure what the KV cache of a transformers causal LM buys (latency) and costs (memory).",
@@ -31,6 +33,8 @@ app.command("compare")(compare_command)
 app.command("plan")(plan_command)
 app.command("frontier")(frontier_command)
 app.command("merge")(merge_command)
+app.command("inspect")(inspect_command)
+app.command("steps")(steps_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,11 @@ def run(
         help="decode compiled with the static cache: off, on (any device; needs a C/C++ compiler), auto "
              "(transformers' choice: compiled on CUDA, eager on the CPU); comma-separated for several",
     ),
-    num_beams: int = typer.Option(4, help="beams for --decoding beam"),
+    num_beams: str = typer.Option("4", help="beams for --decoding beam, comma-separated"),
+    temperature: str = typer.Option("1.0", help="sampling temperatures for --decoding sample, comma-separated"),
+    top_k: str = typer.Option("50", help="top-k values for --decoding sample, comma-separated (0: off)"),
+    top_p: str = typer.Option("1.0", help="top-p values for --decoding sample, comma-separated (1.0: off)"),
+    engine: str = typer.Option("generate", help="generate, reference (kvbench's plain-torch loop), comma-separated"),
     repeats: int = typer.Option(3, help="timed generates per scenario (the median is reported)"),
     warmup: int = typer.Option(1, help="untimed generates before the timed ones (at least 1 where decode compiles)"),
     profile_steps: bool = typer.Option(
@@ -58,6 +62,7 @@ def run(
     if resume is not None and not ctx.meta.get("kvbench_resumed"):
         ctx.meta["kvbench_resumed"] = True
         return run(ctx, **resumed_options(ctx, options))
+    from ..inputs.decoding import ENGINES, float_list, top_k_list
     from ..inputs.scenario import CACHE_IMPLEMENTATIONS, COMPILE_MODES, DECODINGS, grid
     from ..measuring.runner import default_run_dir
     from ..results.store import RunWriter
@@ -76,7 +81,9 @@ def run(
     scenarios = grid(
         int_list("--prompt-len", prompt_len), int_list("--new-tokens", new_tokens),
         int_list("--batch-size", batch_size), caches[use_cache], implementations,
-        choice_list("--decoding", decoding, DECODINGS), num_beams=num_beams, compiles=compiles,
+        choice_list("--decoding", decoding, DECODINGS), num_beams=int_list("--num-beams", num_beams),
+        compiles=compiles, temperatures=float_list("--temperature", temperature), top_ks=top_k_list("--top-k", top_k),
+        top_ps=float_list("--top-p", top_p), engines=choice_list("--engine", engine, ENGINES),
     )
     if executor not in ("local", "ray"):
         raise UserError(f"--executor: {executor!r} is not one of local, ray")

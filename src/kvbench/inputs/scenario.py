@@ -8,6 +8,13 @@ import itertools
 from dataclasses import dataclass
 
 from ..errors import UserError
+from .decoding import (
+    check_decoding,
+    decoding_label,
+    decoding_variants,
+    engine_suffix,
+    sampling_kwargs,
+)
 
 DECODINGS = ("greedy", "sample", "beam")
 CACHE_IMPLEMENTATIONS = ("dynamic", "static")
@@ -24,6 +31,8 @@ class Scenario:
     Beam search needs `num_beams >= 2`; greedy and sampling use one beam.
     `compile` applies to the static cache only (transformers compiles decode only with a cache of fixed shape):
     other scenarios store "auto" (which for them never compiles), and "on" with them is refused.
+    Sampling parameters and the engine:
+    `kvbench.inputs.decoding` (None where decoding is not sampling; "reference" decodes with the plain-torch loop).
     """
 
     prompt_len: int
@@ -35,6 +44,10 @@ class Scenario:
     num_beams: int = 1
     seed: int = 0
     compile: str = "auto"
+    temperature: float | None = None  # sampling only; None: 1.0
+    top_k: int | None = None  # sampling only; None: 50, 0: off
+    top_p: float | None = None  # sampling only; None: 1.0 (off)
+    engine: str = "generate"  # or "reference": kvbench.measuring.reference, no generate
 
     def __post_init__(self):
         for name in ("prompt_len", "new_tokens", "batch_size", "num_beams"):
@@ -66,14 +79,16 @@ class Scenario:
                     f"compile='on' needs the static cache, got cache_implementation={self.cache_implementation!r}"
                 )
             object.__setattr__(self, "compile", "auto")
+        check_decoding(self)
 
     @property
     def id(self) -> str:
         """A stable, readable name (used as pytest ids and to match scenarios across runs)."""
         cache = f"cache-{self.cache_implementation}" if self.use_cache else "nocache"
-        decoding = f"beam{self.num_beams}" if self.decoding == "beam" else self.decoding
+        decoding = decoding_label(self)
         compiled = "" if self.compile == "auto" else f"-compile-{self.compile}"
-        return f"P{self.prompt_len}-N{self.new_tokens}-B{self.batch_size}-{cache}-{decoding}{compiled}"
+        return (f"P{self.prompt_len}-N{self.new_tokens}-B{self.batch_size}-{cache}-{decoding}{compiled}"
+                f"{engine_suffix(self)}")
 
     @property
     def total_len(self) -> int:
@@ -98,7 +113,7 @@ class Scenario:
         if self.use_cache:
             kwargs["cache_implementation"] = self.cache_implementation
         if self.decoding == "sample":
-            kwargs.update(temperature=1.0, top_k=50, top_p=1.0)
+            kwargs.update(sampling_kwargs(self))
         if self.decoding == "beam":
             kwargs.update(early_stopping=False, length_penalty=1.0)
         if self.compile == "off":
@@ -113,19 +128,24 @@ def grid(
     use_cache=(True, False),
     cache_implementations=("dynamic",),
     decodings=("greedy",),
-    num_beams: int = 4,
+    num_beams=4,
     seed: int = 0,
     compiles=("auto",),
+    temperatures=(1.0,),
+    top_ks=(50,),
+    top_ps=(1.0,),
+    engines=("generate",),
 ) -> list[Scenario]:
-    """Every combination, in a stable order, without duplicates (no-cache rows ignore the implementation, and rows
-    without the static cache ignore the compile setting)."""
+    """Every combination, in a stable order, without duplicates (no-cache rows ignore the implementation, rows
+    without the static cache the compile setting; beam counts expand beam search only, sampling parameters sampling
+    only; the reference engine skips beam search and the static cache: `kvbench.inputs.decoding`)."""
     seen: dict[Scenario, None] = {}
-    for p, n, b, uc, impl, dec, comp in itertools.product(
-        prompt_lens, new_tokens, batch_sizes, use_cache, cache_implementations, decodings, compiles
-    ):
-        beams = num_beams if dec == "beam" else 1
+    for p, n, b, uc, impl, comp in itertools.product(prompt_lens, new_tokens, batch_sizes, use_cache,
+                                                     cache_implementations, compiles):
         comp = comp if uc and impl == "static" else "auto"
-        seen.setdefault(Scenario(p, n, b, uc, impl, dec, beams, seed, comp), None)
+        variants = decoding_variants(decodings, num_beams, temperatures, top_ks, top_ps, engines, impl if uc else "none")
+        for dec in variants:
+            seen.setdefault(Scenario(p, n, b, uc, impl, seed=seed, compile=comp, **dec), None)
     return list(seen)
 
 

@@ -31,6 +31,7 @@ from .nvml import nvml_handle
 from .placement import placement_fields
 from .profile import NOT_PROFILED
 from .profile import profile_steps as profile_decode_steps
+from .reference import reference_run
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -91,6 +92,14 @@ def reset_cache(cache) -> int:
     return held
 
 
+def run_generation(model, inputs: dict, scenario: Scenario, kwargs: dict | None = None):
+    """The scenario's engine: transformers' generate (with `kwargs`, default the scenario's), or the plain-torch
+    reference loop (same output fields)."""
+    if scenario.engine == "reference":
+        return reference_run(model, inputs, scenario)
+    return model.generate(**inputs, **(scenario.generate_kwargs() if kwargs is None else kwargs))
+
+
 def generate_once(loaded: LoadedModel, scenario: Scenario, inputs: dict, clock: Clock, nvml=None, kwargs=None,
                   cache=None) -> dict:
     """One timed generate: total, per-forward marks, positions, compiled or not, cache bytes and peak memory.
@@ -103,7 +112,7 @@ def generate_once(loaded: LoadedModel, scenario: Scenario, inputs: dict, clock: 
     torch.manual_seed(scenario.seed)  # sampling draws the same tokens every repeat
     with memory_probe(loaded.device, nvml) as memory, record_forwards(loaded.model, clock) as forwards:
         start = clock.mark()
-        out = loaded.model.generate(**inputs, **kwargs)
+        out = run_generation(loaded.model, inputs, scenario, kwargs)
         end = clock.mark()
         seconds = clock.intervals([start, *forwards.marks, end])
     generated = out.sequences.shape[1] - scenario.prompt_len
@@ -132,7 +141,7 @@ def bare_generate(loaded: LoadedModel, scenario: Scenario, inputs: dict, kwargs:
     """One generate without instruments (the profiled run)."""
     reset_cache(cache)
     torch.manual_seed(scenario.seed)
-    loaded.model.generate(**inputs, **kwargs)
+    run_generation(loaded.model, inputs, scenario, kwargs)
 
 
 def base_record(loaded: LoadedModel, scenario: Scenario) -> dict:

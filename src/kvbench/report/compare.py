@@ -15,11 +15,11 @@ import math
 import pandas as pd
 
 from ..errors import UserError
-from ..results.frame import ok_rows
+from ..results.frame import DECODING_AXES, ok_rows, with_decoding_defaults
 from .metrics import GATED, METRICS
 from .pages import fmt_ratio
 
-KEYS = ["prompt_len", "new_tokens", "batch_size", "use_cache", "decoding", "num_beams"]
+KEYS = ["prompt_len", "new_tokens", "batch_size", "use_cache", "decoding", "num_beams", *DECODING_AXES]
 RUN_LEVEL = ["model", "device", "dtype", "cache_implementation"]  # matched on unless they tell the runs apart
 PEAKS = ("peak_allocated_delta_bytes", "peak_rss_delta_bytes")
 # Records that name their peak only as peak_memory_delta_bytes (older runs, other writers): its source says which.
@@ -112,7 +112,7 @@ def compare_table(df: pd.DataFrame, base: str, news: list[str], threshold: float
     missing = [k for k in KEYS[:4] if k not in ok]
     if missing:
         raise UserError(f"cannot match scenarios: the records have no {', '.join(missing)}")
-    ok = with_peaks_by_source(ok.assign(use_cache=ok["use_cache"].astype(bool)))
+    ok = with_decoding_defaults(with_peaks_by_source(ok.assign(use_cache=ok["use_cache"].astype(bool))))
     keys = match_keys(ok)
     metrics = [m for m in METRICS if m in ok and ok[m].notna().any()]
     base_rows = ok[ok["run"].astype(str) == base]

@@ -6,9 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..results.frame import DECODING_AXES
+
 SCENARIO = ["run", "model", "dtype", "device", "scenario_id", "prompt_len", "new_tokens", "batch_size",
-            "use_cache", "cache_implementation", "decoding", "num_beams"]
-VARIANT_FIELDS = ["run", "model", "dtype", "device", "decoding", "num_beams"]
+            "use_cache", "cache_implementation", "decoding", "num_beams", *DECODING_AXES]
+VARIANT_FIELDS = ["run", "model", "dtype", "device", "decoding", "num_beams", *DECODING_AXES]
 
 
 class NoData(ValueError):
@@ -34,13 +36,15 @@ def variant(df: pd.DataFrame, fields=VARIANT_FIELDS) -> pd.Series | None:
     Fields that only follow the run (each run has one model, one dtype) are left to the run's name. The
     Series is named after the fields it joins (the legend's title).
     """
-    varying = [f for f in fields if f in df.columns and df[f].astype(str).nunique() > 1]
+    text = df[[f for f in fields if f in df.columns]].astype(object)
+    text = text.where(text.notna(), "-").astype(str)  # a field some rows lack (sampling parameters) reads "-"
+    varying = [f for f in text.columns if text[f].nunique() > 1]
     if "run" in varying:
-        runs = df.groupby(df["run"].astype(str))
+        runs = text.groupby(text["run"])
         varying = ["run"] + [f for f in varying if f != "run" and (runs[f].nunique(dropna=False) > 1).any()]
     if not varying:
         return None
-    return df[varying].astype(str).agg(" · ".join, axis=1).rename(" · ".join(varying))
+    return text[varying].agg(" · ".join, axis=1).rename(" · ".join(varying))
 
 
 def cache_label(df: pd.DataFrame) -> pd.Series:

@@ -9,7 +9,11 @@ import pandas as pd
 
 # The axes a sweep varies, in the order tables show them. A new axis (a record field a `kvbench run` option sets)
 # is added here: the run summary shows it as a column where it varies, and cached rows pair with uncached ones on it.
-AXES = ["prompt_len", "new_tokens", "batch_size", "cache_implementation", "decoding", "num_beams", "compile"]
+# The decoding parameters and the engine are axes too: sampling at two temperatures is two scenarios, and so is one
+# scenario decoded by generate and by the reference loop (kvbench.inputs.decoding).
+DECODING_AXES = ["temperature", "top_k", "top_p", "engine"]
+AXES = ["prompt_len", "new_tokens", "batch_size", "cache_implementation", "decoding", "num_beams", "compile",
+        *DECODING_AXES]
 
 # What identifies a scenario apart from the cache setting (uncached rows have cache_implementation "none").
 PAIR_KEYS = ["run", "model", "device", "dtype"] + [a for a in AXES if a != "cache_implementation"]
@@ -22,6 +26,20 @@ SPREAD_LIMIT = 0.10
 def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
     """Rows of scenarios that ran (status "ok"; records without a status are taken as ok)."""
     return df[df["status"].fillna("ok") == "ok"] if "status" in df else df
+
+
+def with_decoding_defaults(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with the decoding axes filled where records predate them: engine "generate", and sampling rows the
+    parameters they ran with (temperature 1.0, top-k 50, top-p 1.0)."""
+    from ..inputs.decoding import SAMPLING_DEFAULTS
+
+    out = df.copy()
+    out["engine"] = out["engine"].fillna("generate") if "engine" in out else "generate"
+    sample = out["decoding"].astype(str) == "sample" if "decoding" in out else pd.Series(False, index=out.index)
+    for name, default in SAMPLING_DEFAULTS.items():
+        column = out[name] if name in out else pd.Series(None, index=out.index, dtype=object)
+        out[name] = column.where(~sample | column.notna(), default)
+    return out
 
 
 def speedups(df: pd.DataFrame) -> pd.DataFrame:

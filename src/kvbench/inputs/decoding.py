@@ -1,0 +1,123 @@
+"""How a scenario chooses its tokens, and what decodes them: the sampling parameters (temperature, top-k, top-p)
+with their defaults, the engine (transformers' `generate`, or kvbench's plain-torch reference loop), their part of
+a scenario's id, and the decoding variants a grid expands to.
+
+The defaults are what `kvbench run` sampled with before these became axes (temperature 1.0, top-k 50, top-p 1.0,
+the defaults of transformers' GenerationConfig), so ids and generate calls of existing scenarios are unchanged:
+an id names a parameter only where it differs from its default (``sample-t0.5-p0.9``), and the engine only when it
+is not generate (``...-greedy-reference``). Greedy and beam scenarios store None for the sampling parameters.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from ..errors import UserError
+
+SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}
+ENGINES = ("generate", "reference")
+# What the reference loop decodes (kvbench.measuring.reference): no beam search, no static cache.
+REFERENCE_DECODINGS = ("greedy", "sample")
+REFERENCE_CACHES = ("dynamic", "none")
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_decoding(scenario) -> None:
+    """Validate (one line naming the bad value) and normalise a Scenario's sampling parameters and engine."""
+    for name, default in SAMPLING_DEFAULTS.items():
+        value = getattr(scenario, name)
+        if scenario.decoding != "sample":
+            if value is not None and value != default:
+                raise UserError(f"{name}={value!r} needs decoding='sample', got {scenario.decoding!r}")
+            object.__setattr__(scenario, name, None)
+        elif value is None:
+            object.__setattr__(scenario, name, default)
+    if scenario.decoding == "sample":
+        t, k, p = scenario.temperature, scenario.top_k, scenario.top_p
+        if not _number(t) or not t > 0:
+            raise UserError(f"temperature must be a number > 0, got {t!r}")
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            raise UserError(f"top_k must be an integer >= 0 (0: off), got {k!r}")
+        if not _number(p) or not 0 < p <= 1:
+            raise UserError(f"top_p must be in (0, 1] (1: off), got {p!r}")
+        object.__setattr__(scenario, "temperature", float(t))
+        object.__setattr__(scenario, "top_p", float(p))
+    if scenario.engine not in ENGINES:
+        raise UserError(f"engine must be one of {', '.join(ENGINES)}, got {scenario.engine!r}")
+    if scenario.engine == "reference":
+        if scenario.decoding not in REFERENCE_DECODINGS:
+            raise UserError(f"the reference engine decodes {' and '.join(REFERENCE_DECODINGS)}, "
+                            f"not {scenario.decoding!r} (beam search is generate's)")
+        if scenario.cache_implementation not in REFERENCE_CACHES:
+            raise UserError(f"the reference engine uses a dynamic cache or none, not {scenario.cache_implementation!r}")
+
+
+def decoding_label(scenario) -> str:
+    """The decoding part of an id: greedy, beam4, sample, sample-t0.5-k0-p0.9 (non-default parameters only)."""
+    if scenario.decoding == "beam":
+        return f"beam{scenario.num_beams}"
+    if scenario.decoding != "sample":
+        return scenario.decoding
+    marks = {"temperature": "t", "top_k": "k", "top_p": "p"}
+    parts = [f"{marks[name]}{getattr(scenario, name):g}" for name, default in SAMPLING_DEFAULTS.items()
+             if getattr(scenario, name) != default]
+    return "-".join(["sample", *parts])
+
+
+def engine_suffix(scenario) -> str:
+    return "" if scenario.engine == "generate" else f"-{scenario.engine}"
+
+
+def sampling_kwargs(scenario) -> dict:
+    """temperature, top_k, top_p for generate (sampling only; empty otherwise)."""
+    if scenario.decoding != "sample":
+        return {}
+    return {name: getattr(scenario, name) for name in SAMPLING_DEFAULTS}
+
+
+def decoding_variants(decodings, num_beams=(4,), temperatures=(1.0,), top_ks=(50,), top_ps=(1.0,),
+                      engines=("generate",), cache_implementation: str = "dynamic") -> list[dict]:
+    """The decoding fields of every scenario a grid makes for one cache setting: beam counts expand beam search
+    only, sampling parameters sampling only; the reference engine skips what it does not decode (beam search,
+    the static cache) rather than failing the sweep."""
+    beams = [num_beams] if isinstance(num_beams, int) else list(num_beams)
+    variants: dict[tuple, dict] = {}
+    for decoding in decodings:
+        if decoding == "sample":
+            combos = [dict(temperature=t, top_k=k, top_p=p) for t, k, p in itertools.product(temperatures, top_ks,
+                                                                                              top_ps)]
+        else:
+            combos = [{}]
+        for nb in beams if decoding == "beam" else [1]:
+            for combo, engine in itertools.product(combos, engines):
+                if engine == "reference" and (decoding not in REFERENCE_DECODINGS
+                                              or cache_implementation not in REFERENCE_CACHES):
+                    continue
+                variant = dict(decoding=decoding, num_beams=nb, engine=engine, **combo)
+                variants.setdefault(tuple(sorted(variant.items())), variant)
+    return list(variants.values())
+
+
+def float_list(option: str, text: str) -> list[float]:
+    """Parse "0.5,1.5" into numbers, naming the option and the bad value otherwise (ranges: Scenario checks)."""
+    values = []
+    for part in str(text).split(","):
+        try:
+            values.append(float(part.strip()))
+        except ValueError:
+            raise UserError(f"{option}: {part.strip()!r} is not a number (in {text!r})") from None
+    return values
+
+
+def top_k_list(option: str, text: str) -> list[int]:
+    """Parse "0,5,50" into integers >= 0 (0: top-k off), naming the option and the bad value otherwise."""
+    values = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part.isdigit():
+            raise UserError(f"{option}: {part!r} is not an integer >= 0 (in {text!r})")
+        values.append(int(part))
+    return values
