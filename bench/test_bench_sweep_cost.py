@@ -21,7 +21,6 @@ import pytest
 import torch
 
 from kvbench import Scenario, grid, run_sweep
-from kvbench.measuring.measure import forget_static_cache
 from kvbench.measuring.models import synthetic_inputs
 from kvbench.pytest_plugin import synchronize
 
@@ -35,7 +34,6 @@ def bare_loop(loaded, scenarios: list[Scenario], repeats: int, warmup: int) -> l
     for scenario in scenarios:
         inputs = synthetic_inputs(loaded.config, scenario.batch_size, scenario.prompt_len, device, scenario.seed)
         kwargs = scenario.generate_kwargs()
-        forget_static_cache(model)  # the same cache length as kvbench's (a dict lookup, no instrument)
         counts = []
         with torch.inference_mode():
             for _ in range(warmup + repeats):

@@ -4,19 +4,9 @@ import json
 
 import pytest
 import torch
+from tiny_models import llama_config
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
-
-
-def llama_config(**overrides):
-    from transformers import LlamaConfig
-
-    kwargs = dict(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=256, max_position_embeddings=128,
-    )
-    kwargs.update(overrides)
-    return LlamaConfig(**kwargs)
 
 
 @pytest.fixture(scope="session")

@@ -136,7 +136,7 @@ def test_a_custom_code_folder_is_refused_without_trust_remote_code(tmp_path):
 
 def test_a_folder_with_only_pickle_weights_is_refused_and_never_unpickled(tmp_path, monkeypatch, capsys):
     import torch
-    from conftest import llama_config
+    from tiny_models import llama_config
 
     def no_unpickling(*args, **kwargs):
         raise AssertionError("torch.load was called")
@@ -154,7 +154,7 @@ def test_a_folder_with_only_pickle_weights_is_refused_and_never_unpickled(tmp_pa
 
 def test_a_folder_with_safetensors_loads_its_weights(tmp_path):
     import torch
-    from conftest import llama_config
+    from tiny_models import llama_config
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)

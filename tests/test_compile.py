@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 from bench_support import copy_bench, kv_args, strict_json
-from conftest import llama_config
+from tiny_models import llama_config
 
 import kvbench
 from kvbench import Scenario, UserError, grid

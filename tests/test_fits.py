@@ -26,7 +26,7 @@ def small_device(monkeypatch):
 
 
 def test_weights_over_free_memory_exit_2_in_one_line(small_device, tiny_config_file, tmp_path, capsys):
-    from conftest import llama_config
+    from tiny_models import llama_config
 
     weights = param_count(llama_config()) * 4
     assert weights > small_device["free"]
@@ -49,7 +49,7 @@ def test_a_preset_that_does_not_fit_is_refused_before_it_is_built(small_device):
 
 
 def test_weights_that_just_fit_pass(small_device):
-    from conftest import llama_config
+    from tiny_models import llama_config
 
     config = llama_config()
     small_device["free"] = param_count(config) * 4  # exactly enough
