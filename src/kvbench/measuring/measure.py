@@ -7,6 +7,7 @@ import statistics
 
 import torch
 
+from ..compat import cache_from_output, drop_static_cache
 from ..errors import UserError
 from ..estimate.kvcache import estimate_kv_cache_bytes, naive_kv_cache_bytes
 from ..estimate.positions import positions_processed_estimate
@@ -14,7 +15,7 @@ from ..estimate.roofline import decode_bytes_per_step, roofline
 from ..estimate.weights import weight_bytes_estimate
 from ..inputs.scenario import Scenario
 from ..results.schema import SCHEMA_VERSION
-from .cache_bytes import cache_from_output, cache_nbytes
+from .cache_bytes import cache_nbytes
 from .clock import Clock
 from .environment import environment
 from .forwards import record_forwards
@@ -43,8 +44,7 @@ def forget_static_cache(model) -> None:
     transformers keeps the longest static cache length seen so far on the model (`_previous_max_cache_length` in
     5.x, the cache itself as `_cache` in 4.x): a short scenario after a long one would get the long one's cache.
     """
-    for name in ("_previous_max_cache_length", "_cache"):
-        model.__dict__.pop(name, None)
+    drop_static_cache(model)
 
 
 def as_loaded(model) -> LoadedModel:
