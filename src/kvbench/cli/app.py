@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from ..errors import UserError
 from .common import CLICK_ERRORS
+from .env import env_command, version_line
 from .plan import frontier_command, plan_command
 from .presets import presets
 from .report import compare_command, report_command
@@ -27,6 +27,19 @@ app.command("report")(report_command)
 app.command("compare")(compare_command)
 app.command("plan")(plan_command)
 app.command("frontier")(frontier_command)
+app.command("env")(env_command)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(version_line())
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version,
+                                          help="Show kvbench's, Python's, torch's and transformers' versions.")):
+    """Measure what the KV cache of a transformers causal LM buys (latency) and costs (memory)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         message = str(exc) if isinstance(exc, UserError) else exc.format_message()
         print(f"kvbench: error: {' '.join(message.split())}", file=sys.stderr)
         return 2
-    except (typer.Exit, click.exceptions.Exit) as exc:
+    except typer.Exit as exc:  # click's Exit up to typer 0.25, typer's own after
         return exc.exit_code
-    except (typer.Abort, click.Abort):
+    except typer.Abort:
         print("kvbench: aborted", file=sys.stderr)
         return 130
     return code if isinstance(code, int) else 0
