@@ -164,12 +164,14 @@ def test_cuda_probe_glue_runs_one_generate_on_any_device(monkeypatch):
     from kvbench.plan.frontier import cuda_probe
 
     loaded = load_model("tiny", device="cpu", dtype="float32")
-    loaded.model._previous_max_cache_length = 10_000  # a static size left by an earlier, longer probe
+    ids = torch.randint(3, 100, (2, 60))  # a static cache left by an earlier, longer probe of the same batch
+    loaded.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=2, min_new_tokens=2,
+                          do_sample=False, pad_token_id=0, cache_implementation="static")
     probe = cuda_probe(loaded, new_tokens=4, cache_implementation="static")
     record = probe(2, 24)
     assert record["status"] == "ok" and record["prompt_len"] == 20 and record["batch_size"] == 2
     assert record["generated_tokens"] == 4 and record["repeats"] == 1
-    assert record["kv_cache_bytes"] == record["kv_cache_bytes_estimate"]  # sized for this probe, not 10000
+    assert record["kv_cache_bytes"] == record["kv_cache_bytes_estimate"]  # sized for this probe, not the longer one
 
     def failing(*args, **kwargs):
         raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")

@@ -12,6 +12,7 @@ import pytest
 import torch
 import transformers
 
+from kvbench.compat import cache_from_output
 from kvbench.estimate.kvcache import (
     LayerSpec,
     dtype_nbytes,
@@ -21,11 +22,7 @@ from kvbench.estimate.kvcache import (
     kv_layer_specs,
     naive_kv_cache_bytes,
 )
-from kvbench.measuring.cache_bytes import (
-    cache_from_output,
-    cache_nbytes,
-    cache_visible_nbytes,
-)
+from kvbench.measuring.cache_bytes import cache_nbytes, cache_visible_nbytes
 
 warnings.filterwarnings("ignore")
 transformers.logging.set_verbosity_error()

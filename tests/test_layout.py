@@ -12,10 +12,11 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "kvbench"
 
 # Each part of the package (the first name below `kvbench`) and the parts it may import. The order is the flow:
 # inputs -> estimate (analytic) and results -> measuring -> report / plan -> cli -> the entry points.
-BASE = {"errors", "units", "version"}
+BASE = {"errors", "units", "version", "compat"}
 ALLOWED = {
     "errors": set(),
     "version": set(),
+    "compat": {"errors"},
     "units": {"errors"},
     "inputs": BASE,
     "estimate": BASE | {"inputs"},

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import kvbench
-from kvbench.measuring.cache_bytes import cache_from_output
+from kvbench.compat import cache_from_output
 from kvbench.measuring.models import synthetic_inputs
 
 

@@ -161,16 +161,26 @@ def test_gemma2_head_dim_and_alternating_windows():
     assert capacity.kv_prefill_bytes(static, 1, 100, 8192) == 21 * GEMMA_LAYER_TOKEN_FP16 * (8191 + 4096)
 
 
-def test_gemma2_eager_attention_activations():
-    """Gemma-2 runs eager attention (no SDPA with soft-capping): scores and masks grow with the prompt squared."""
+def test_gemma2_attention_activations_follow_the_attention_transformers_runs():
+    """Gemma-2 runs eager attention where transformers' Gemma-2 has no SDPA (5.24: soft-capping) and SDPA where it
+    has (4.57, 5.17): with eager, scores and masks grow with the prompt squared; with SDPA and no mask, neither."""
+    from transformers import AutoModelForCausalLM
+
     w = capacity.make_workload("gemma-2-9b", "float16")
-    assert w.dims.eager and w.dims.head_dim == 256
+    tiny = type(w.config)(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                          num_key_value_heads=1, head_dim=16, vocab_size=128)  # a Gemma2Config, like the preset's
+    runs = AutoModelForCausalLM.from_config(tiny).config._attn_implementation  # what transformers picks for it
+    assert runs in ("eager", "sdpa") and w.dims.eager == (runs == "eager") and w.dims.head_dim == 256
     p, e = 3968, 2
     logits = 256000 * (e + 4)
     stream = 2 * p * 3584 * e
     mlp = 4 * p * 14336 * e
-    attention = p * (2 * 16 + 2 * 8) * 256 * e + 2 * 16 * p * 256 * e + 16 * p * p * (2 * e + 4)
-    masks = 2 * p * p * (1 + e)  # eager builds one mask per kind of layer: sliding and full
+    projections = p * (2 * 16 + 2 * 8) * 256 * e
+    if w.dims.eager:
+        attention = projections + 2 * 16 * p * 256 * e + 16 * p * p * (2 * e + 4)
+        masks = 2 * p * p * (1 + e)  # eager builds one mask per kind of layer: sliding and full
+    else:  # SDPA: a causal prefill inside the 4096 window needs no mask, and GQA keys stay unexpanded
+        attention, masks = projections, 0
     assert capacity.activation_prefill_bytes(w, 1, p, 4096) == logits + stream + max(mlp, attention) + masks
 
 

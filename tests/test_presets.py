@@ -12,6 +12,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from kvbench.compat import cache_from_output, rope_parameters
+
 PRESETS_DIR = resources.files("kvbench") / "presets"
 GPUS_JSON = resources.files("kvbench") / "data" / "gpus.json"
 
@@ -108,7 +110,7 @@ def test_sliding_windows():
     assert build_config("mistral-7b").sliding_window == 4096
     # Qwen2.5 carries sliding_window in its config but does not use it.
     assert build_config("qwen2.5-7b").sliding_window is None
-    assert build_config("llama-3.1-8b").rope_parameters["rope_type"] == "llama3"
+    assert rope_parameters(build_config("llama-3.1-8b"))["rope_type"] == "llama3"
     gemma = build_config("gemma-2-9b")
     assert gemma.sliding_window == 4096
     assert gemma.tie_word_embeddings
@@ -159,7 +161,7 @@ def test_scaled_down_copy_generates(name):
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
                              do_sample=False, use_cache=True, return_dict_in_generate=True, pad_token_id=0)
     assert out.sequences.shape == (2, prompt + new)
-    lengths = [layer.keys.shape[-2] for layer in out.cache.layers]
+    lengths = [layer.keys.shape[-2] for layer in cache_from_output(out).layers]
     assert len(lengths) == 2
     window = getattr(config, "sliding_window", None)
     # Phi-3 and Mistral have no layer_types: their window applies to every layer.

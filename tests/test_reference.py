@@ -12,7 +12,8 @@ import transformers
 
 from kvbench.estimate.kvcache import estimate_kv_cache_bytes
 from kvbench.estimate.positions import positions_per_call
-from kvbench.measuring.cache_bytes import cache_from_output, cache_nbytes
+from kvbench.compat import cache_from_output
+from kvbench.measuring.cache_bytes import cache_nbytes
 from kvbench.measuring.clock import Clock
 from kvbench.measuring.forwards import record_forwards
 from kvbench.measuring.reference import decode, process_logits, reference_generate

@@ -88,4 +88,4 @@ def test_without_cache_or_decode_step_there_is_no_byte_model():
     assert decode_bytes_per_step(config, kvbench.Scenario(8, 4, use_cache=False), torch.float32) is None
     assert decode_bytes_per_step(config, kvbench.Scenario(8, 1), torch.float32) is None
     assert roofline(None, 100.0, 0.01) == {"decode_roofline_s": None, "achieved_bandwidth_gbps": None,
-                                           "bandwidth_fraction": None}
+                                           "bandwidth_fraction": None, "achieved_bandwidth_device_gbps": None}

@@ -8,12 +8,12 @@ from __future__ import annotations
 import sys
 import warnings
 
-import click
 import typer
 
 from ..errors import UserError
 from ..results.schema import PartialLineWarning
 from .common import CLICK_ERRORS
+from .env import env_command, version_line
 from .inspect import inspect_command
 from .merge import merge_command
 from .plan import frontier_command, plan_command
@@ -35,6 +35,19 @@ app.command("frontier")(frontier_command)
 app.command("merge")(merge_command)
 app.command("inspect")(inspect_command)
 app.command("steps")(steps_command)
+app.command("env")(env_command)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(version_line())
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version,
+                                          help="Show kvbench's, Python's, torch's and transformers' versions.")):
+    """Measure what the KV cache of a transformers causal LM buys (latency) and costs (memory)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,9 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         message = str(exc) if isinstance(exc, UserError) else exc.format_message() + bad_value(exc)
         print(f"kvbench: error: {' '.join(message.split())}", file=sys.stderr)
         return 2
-    except (typer.Exit, click.exceptions.Exit) as exc:
+    except typer.Exit as exc:  # click's Exit up to typer 0.25, typer's own after
         return exc.exit_code
-    except (typer.Abort, click.Abort):
+    except typer.Abort:
         print("kvbench: aborted", file=sys.stderr)
         return 130
     return code if isinstance(code, int) else 0

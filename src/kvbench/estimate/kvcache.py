@@ -36,6 +36,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .. import compat
+
 # ----------------------------------------------------------------------------------------------------------------
 # Reading a config
 # ----------------------------------------------------------------------------------------------------------------
@@ -80,13 +82,6 @@ STATE_FIELDS = ("state_size", "ssm_state_size", "mamba_d_state", "linear_conv_ke
                 "block_types", "layers_block_type")
 _LEGACY_LAYER_TYPES = {"attention": "full_attention", "mamba": "linear_attention",
                        "deepseek_sparse_attention": "indexed_attention", "qwen_sparse_attention": "indexed_attention"}
-
-
-def _transformers_version() -> tuple[int, int]:
-    import transformers
-
-    major, minor = transformers.__version__.split(".")[:2]
-    return int(major), int(minor)
 
 
 def _text_config(config: Any) -> Any:
@@ -141,7 +136,7 @@ def kv_layer_specs(config: Any) -> list[LayerSpec]:
     for name in (model_type, getattr(config, "model_type", "")):
         if name in UNSUPPORTED:
             raise NotImplementedError(f"KV cache of '{name}' is not estimated: it {UNSUPPORTED[name]}")
-    if getattr(cfg, "layer_types", None) is None or _transformers_version() < (5, 0):
+    if getattr(cfg, "layer_types", None) is None or compat.hybrid_state_on_every_layer():
         for field in STATE_FIELDS:
             if getattr(cfg, field, None) is not None:
                 raise NotImplementedError(f"KV cache of '{model_type}' is not estimated: its config has '{field}', "
@@ -174,7 +169,7 @@ def kv_layer_specs(config: Any) -> list[LayerSpec]:
         if getattr(lc, "kv_lora_rank", None):  # multi-head latent attention
             if model_type not in MLA_LATENT_CACHE:
                 raise NotImplementedError(f"latent attention of '{model_type}' is not estimated")
-            if _transformers_version() >= (5, 15):
+            if compat.mla_caches_latent():
                 specs.append(LayerSpec(kind, 1, lc.kv_lora_rank, lc.qk_rope_head_dim, window))
             else:
                 k_dim = lc.qk_nope_head_dim + lc.qk_rope_head_dim
@@ -238,7 +233,8 @@ def kv_cache_bytes_by_layer(config: Any, *, batch_size: int, seq_len: int, dtype
             raise ValueError(f"a static cache of {max_cache_len} tokens cannot hold {seq_len}")
     else:
         raise ValueError(f"cache_implementation {cache_implementation!r} is not estimated (dynamic or static)")
-    if num_beams > 1 and _transformers_version() < (5, 0) and getattr(_text_config(config), "num_kv_shared_layers", 0):
+    shared_kv = getattr(_text_config(config), "num_kv_shared_layers", 0)
+    if num_beams > 1 and shared_kv and compat.beam_search_keeps_shared_kv_copies():
         raise NotImplementedError("beam search with KV-shared layers (Gemma-3n) in transformers 4.x: its cache keeps "
                                   "copies of the shared states that beam reordering leaves behind")
     sequences, nbytes = batch_size * num_beams, dtype_nbytes(dtype)

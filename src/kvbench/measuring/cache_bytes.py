@@ -9,16 +9,6 @@ from typing import Any
 import torch
 
 
-def cache_from_output(out: Any) -> Any:
-    """The cache of a ``generate(..., return_dict_in_generate=True)`` output: ``.cache`` in transformers 5.x,
-    ``.past_key_values`` in 4.x (None when the model ran without one)."""
-    for name in ("cache", "past_key_values"):
-        cache = getattr(out, name, None)
-        if cache is not None:
-            return cache
-    return None
-
-
 def _collect_tensors(obj: Any, seen: set[int], found: list[torch.Tensor]) -> None:
     """Append every tensor reachable from ``obj``: a Cache, its layers, dicts/lists/tuples (the legacy
     tuple-of-tuples format included) and any attribute of theirs; tensor subclasses that wrap inner tensors

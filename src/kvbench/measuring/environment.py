@@ -1,9 +1,18 @@
-"""The environment a record was measured in: versions, device, driver, memory, bandwidth, commit."""
+"""The environment a record was measured in: versions, device, driver, memory, bandwidth, commit, NVML, compiler.
+
+`environment(device)` is the block of `env_*` fields every record carries; `kvbench env` prints the same block
+(and `devices()`, what torch sees). `versions()` reads package versions without importing them (`--version`).
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
 import platform
+import re
+import shutil
 import subprocess
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -12,7 +21,60 @@ import torch
 
 from ..estimate.gpus import match_device_name
 from ..version import __version__
-from .nvml import nvml_gpu_info
+from .nvml import nvml_gpu_info, nvml_status
+
+# env_* key -> (distribution, module): the packages whose versions every record keeps.
+PACKAGES = {
+    "env_torch": ("torch", "torch"),
+    "env_transformers": ("transformers", "transformers"),
+    "env_accelerate": ("accelerate", "accelerate"),
+    "env_nvidia_ml_py": ("nvidia-ml-py", "pynvml"),
+}
+
+
+def package_version(distribution: str, module: str) -> str | None:
+    """The installed distribution's version, else the imported module's `__version__` (a package run from a
+    source tree); None when neither is there. Nothing is imported."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        version = getattr(sys.modules.get(module), "__version__", None)
+        return None if version is None else str(version)
+
+
+def versions() -> dict:
+    """kvbench, Python and the PACKAGES' versions (env_* keys), nothing imported."""
+    return {"env_kvbench": __version__, "env_python": platform.python_version(),
+            **{key: package_version(*names) for key, names in PACKAGES.items()}}
+
+
+def _c_compiler() -> tuple[str | None, str | None]:
+    """(path, first line of --version) of the C compiler torch.compile's Triton backend builds with: $CC, else
+    gcc, else clang (Triton's own rule); (None, None) when there is none."""
+    path = shutil.which(os.environ.get("CC") or "gcc") or shutil.which("clang")
+    if path is None:
+        return None, None
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return path, None
+    return path, (out.strip().splitlines() or [None])[0]
+
+
+def _extras() -> str | None:
+    """The optional extras of kvbench whose packages are all installed, comma-separated ("" for none); None when
+    kvbench's metadata is not there (run from a source tree that was never installed)."""
+    try:
+        requirements = importlib.metadata.requires("kvbench") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    wanted: dict[str, list[str]] = {}
+    for requirement in requirements:
+        match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*).*;.*extra\s*==\s*[\"']([^\"']+)[\"']", requirement)
+        if match:
+            wanted.setdefault(match[2], []).append(match[1])
+    installed = [extra for extra, names in wanted.items() if all(package_version(n, n) for n in names)]
+    return ",".join(sorted(installed))
 
 
 def _cpu_name() -> str:
@@ -66,6 +128,19 @@ def _environment(device_str: str) -> tuple:
         "env_nvml": "no CUDA device",
         "env_ram_bytes": psutil.virtual_memory().total,  # the host's RAM (the CPU's device memory)
     }
+    c_compiler, c_compiler_version = _c_compiler()
+    env.update({  # the rest of what `kvbench env` shows
+        "env_accelerate": package_version(*PACKAGES["env_accelerate"]),
+        "env_nvidia_ml_py": package_version(*PACKAGES["env_nvidia_ml_py"]),
+        "env_torch_cuda": torch.version.cuda,  # the CUDA torch was built for; None: a CPU build
+        "env_nvml_status": nvml_status(),
+        "env_gpu_table_name": None,
+        "env_gpu_table_memory_bytes": None,
+        "env_gpu_table_bandwidth_gbps": None,
+        "env_c_compiler": c_compiler,
+        "env_c_compiler_version": c_compiler_version,
+        "env_extras": _extras(),
+    })
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         nvml = nvml_gpu_info(device)
@@ -82,6 +157,9 @@ def _environment(device_str: str) -> tuple:
             env_gpu_bandwidth_gbps=round(bandwidth, 1) if bandwidth else None,
             env_gpu_bandwidth_source=source if bandwidth else None,
             env_nvml=nvml.get("nvml", "unavailable"),
+            env_gpu_table_name=table.get("name"),
+            env_gpu_table_memory_bytes=table.get("memory_bytes"),
+            env_gpu_table_bandwidth_gbps=table.get("bandwidth_gbps"),
         )
     return tuple(env.items())
 
@@ -89,3 +167,15 @@ def _environment(device_str: str) -> tuple:
 def environment(device: torch.device | str = "cpu") -> dict:
     """Flat `env_*` fields, JSON-safe (read once per device and process)."""
     return dict(_environment(str(device)))
+
+
+def devices() -> list[dict]:
+    """The devices torch sees: the CPU, then every CUDA GPU with its memory, compute capability and the bundled
+    table's entry for it (None where the table has none)."""
+    found = [{"device": "cpu", "name": _cpu_name(), "memory_bytes": None, "capability": None, "table_name": None}]
+    for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        props = torch.cuda.get_device_properties(index)
+        found.append({"device": f"cuda:{index}", "name": props.name, "memory_bytes": props.total_memory,
+                      "capability": f"{props.major}.{props.minor}",
+                      "table_name": (match_device_name(props.name) or {}).get("name")})
+    return found

@@ -7,6 +7,7 @@ import statistics
 
 import torch
 
+from ..compat import cache_from_output
 from ..errors import UserError
 from ..estimate.kvcache import estimate_kv_cache_bytes, naive_kv_cache_bytes
 from ..estimate.positions import positions_processed_estimate
@@ -14,7 +15,7 @@ from ..estimate.roofline import decode_bytes_per_step, roofline
 from ..estimate.weights import weight_bytes_estimate
 from ..inputs.scenario import Scenario
 from ..results.schema import SCHEMA_VERSION
-from .cache_bytes import cache_from_output, cache_nbytes, cache_nbytes_by_device
+from .cache_bytes import cache_nbytes, cache_nbytes_by_device
 from .clock import Clock
 from .decode import (
     check_compile,

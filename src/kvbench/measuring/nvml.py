@@ -109,3 +109,19 @@ def nvml_gpu_info(device: torch.device) -> dict:
         except pynvml.NVMLError:
             pass
     return info
+
+
+def nvml_status() -> str:
+    """NVML as this process finds it: "NVML <version>, driver <version>, <n> GPU(s)", or why it is unavailable."""
+    try:
+        import pynvml
+    except ImportError:
+        return "unavailable: nvidia-ml-py is not installed (pip install nvidia-ml-py)"
+    try:
+        pynvml.nvmlInit()
+        count = pynvml.nvmlDeviceGetCount()
+        versions = [pynvml.nvmlSystemGetNVMLVersion(), pynvml.nvmlSystemGetDriverVersion()]
+    except pynvml.NVMLError as exc:  # no driver or library (a machine without a GPU), driver/library mismatch, ...
+        return f"unavailable: {exc}"
+    nvml, driver = (v.decode() if isinstance(v, bytes) else v for v in versions)
+    return f"NVML {nvml}, driver {driver}, {count} GPU(s)"

@@ -39,7 +39,7 @@ from typing import Any, Iterator
 import torch
 
 from ..errors import UserError
-from .cache_bytes import cache_from_output
+from ..compat import cache_from_output
 
 
 @dataclass
