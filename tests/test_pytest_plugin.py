@@ -278,7 +278,8 @@ def test_two_saved_runs_compare(pytester, tiny):
         pytester.runpytest(*args, "--benchmark-autosave").assert_outcomes(passed=2)
     saved = sorted(p.name for p in (pytester.path / ".benchmarks").rglob("*.json"))
     assert [name[:4] for name in saved] == ["0001", "0002"]
-    result = pytester.runpytest(*args, "--benchmark-compare=0001", "--benchmark-compare-fail=min:1000%")
+    # No --benchmark-compare-fail: one round each on a shared CPU can differ by any factor (a test checks no speed)
+    result = pytester.runpytest(*args, "--benchmark-compare=0001")
     result.assert_outcomes(passed=2)
     out = result.stdout.str() + result.stderr.str()
     assert "Comparing against benchmarks from" in out
