@@ -33,6 +33,8 @@ def fake_pynvml(uuids=(f"GPU-{UUID}",), init_error=None, v2="yes", total=150 * G
     `version` argument, no nvmlMemory_v2). `used_bytes`: a number, or a function read at each call."""
     nvml = types.ModuleType("pynvml")
     nvml.calls = []
+    nvml.nvmlDeviceGetCount = lambda: len(uuids)
+    nvml.nvmlSystemGetNVMLVersion = lambda: "12.580"
 
     class NVMLError(Exception):
         pass

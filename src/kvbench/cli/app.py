@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("always", PartialLineWarning)  # every skipped line, however often seen before
             warnings.showwarning = show_warning
             # Outside standalone mode click returns a command's typer.Exit code instead of raising it.
             code = command.main(args=argv, prog_name="kvbench", standalone_mode=False)
