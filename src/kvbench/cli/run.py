@@ -20,13 +20,22 @@ def run(
     new_tokens: str = typer.Option(QUICK["new_tokens"], help="new-token counts, comma-separated"),
     batch_size: str = typer.Option(QUICK["batch_size"], help="batch sizes, comma-separated"),
     use_cache: str = typer.Option("both", help="on, off or both"),
-    cache_implementation: str = typer.Option("dynamic", help="dynamic, static (comma-separated for both)"),
+    cache_implementation: str = typer.Option(
+        "dynamic", help="dynamic, static, offloaded, offloaded_static, quantized, paged, or a deprecated name "
+        "(sliding_window, hybrid, hybrid_chunked, offloaded_hybrid, offloaded_hybrid_chunked); comma-separated"),
     decoding: str = typer.Option("greedy", help="greedy, sample, beam (comma-separated)"),
     num_beams: int = typer.Option(4, help="beams for --decoding beam"),
     repeats: int = typer.Option(3, help="timed generates per scenario (the median is reported)"),
     warmup: int = typer.Option(1, help="untimed generates before the timed ones"),
     out: Optional[Path] = typer.Option(None, help="run folder (default results/<time>-<model>)"),
     trust_remote_code: bool = typer.Option(False, help="allow a Hub model's own code to run"),
+    # the quantized cache (--cache-implementation quantized): see docs/caches.md
+    quant_backend: str = typer.Option("quanto", help="quantized cache backend: quanto, hqq (pip install "
+                                      "kvbench[quant]) or fp8 (per tensor, no options)"),
+    quant_nbits: Optional[int] = typer.Option(None, help="quantized cache bits (quanto 2, 4; hqq 1, 2, 3, 4, 8; "
+                                              "default 4)"),
+    quant_residual_length: Optional[int] = typer.Option(None, help="tokens kept at full precision before "
+                                                        "requantizing (quanto, hqq; default 128)"),
 ):
     """Sweep a grid of scenarios on one model and write records.jsonl (defaults: a quick grid on `tiny`)."""
     from ..inputs.scenario import CACHE_IMPLEMENTATIONS, DECODINGS, grid
@@ -45,6 +54,8 @@ def run(
         int_list("--batch-size", batch_size), caches[use_cache],
         choice_list("--cache-implementation", cache_implementation, CACHE_IMPLEMENTATIONS),
         choice_list("--decoding", decoding, DECODINGS), num_beams=num_beams,
+        quantization=dict(quant_backend=quant_backend, quant_nbits=quant_nbits,
+                          quant_residual_length=quant_residual_length),
     )
     with console.status(f"loading {model}"):
         loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)

@@ -10,7 +10,16 @@ from dataclasses import dataclass
 from ..errors import UserError
 
 DECODINGS = ("greedy", "sample", "beam")
-CACHE_IMPLEMENTATIONS = ("dynamic", "static")
+# Every `cache_implementation` transformers 5.x's generate accepts (ALL_CACHE_IMPLEMENTATIONS of
+# generation/configuration_utils.py, plus "paged", which routes to continuous batching); tests/test_caches.py checks
+# the list against the installed transformers. The deprecated names build what their layer types say (5.24:
+# `sliding_window` and `hybrid_chunked` a StaticCache, `hybrid` a DynamicCache): records name the class built.
+CACHE_IMPLEMENTATIONS = ("dynamic", "static", "offloaded", "offloaded_static", "quantized", "paged",
+                         "sliding_window", "hybrid", "hybrid_chunked", "offloaded_hybrid", "offloaded_hybrid_chunked")
+# The backends of the quantized cache, the bit widths each accepts, and transformers' defaults for the group-wise
+# ones (fp8 quantizes per tensor and takes no option: no bits to choose, no residual).
+QUANT_BACKENDS = {"quanto": (2, 4), "hqq": (1, 2, 3, 4, 8), "fp8": ()}
+QUANT_DEFAULTS = dict(quant_backend="quanto", quant_nbits=4, quant_residual_length=128)
 
 
 @dataclass(frozen=True)
@@ -19,6 +28,8 @@ class Scenario:
 
     Without the cache (`use_cache=False`) the cache implementation is meaningless and is stored as "none".
     Beam search needs `num_beams >= 2`; greedy and sampling use one beam.
+    The `quant_*` fields apply to `cache_implementation="quantized"` only (None elsewhere); left None there, they take
+    transformers' defaults (quanto, 4 bits, a residual of 128 tokens; fp8 takes neither bits nor residual).
     """
 
     prompt_len: int
@@ -29,6 +40,9 @@ class Scenario:
     decoding: str = "greedy"
     num_beams: int = 1
     seed: int = 0
+    quant_backend: str | None = None
+    quant_nbits: int | None = None
+    quant_residual_length: int | None = None
 
     def __post_init__(self):
         for name in ("prompt_len", "new_tokens", "batch_size", "num_beams"):
@@ -48,11 +62,41 @@ class Scenario:
                 f"cache_implementation must be one of {', '.join(CACHE_IMPLEMENTATIONS)}, "
                 f"got {self.cache_implementation!r}"
             )
+        self._check_quantization()
+
+    def _check_quantization(self) -> None:
+        names = ("quant_backend", "quant_nbits", "quant_residual_length")
+        if self.cache_implementation != "quantized":  # meaningless there: stored as None (like a grid's other axes)
+            for name in names:
+                object.__setattr__(self, name, None)
+            return
+        backend = self.quant_backend or QUANT_DEFAULTS["quant_backend"]
+        if backend not in QUANT_BACKENDS:
+            raise UserError(f"quant_backend must be one of {', '.join(QUANT_BACKENDS)}, got {backend!r}")
+        object.__setattr__(self, "quant_backend", backend)
+        if backend == "fp8":
+            given = [f"{n}={getattr(self, n)}" for n in names[1:] if getattr(self, n) is not None]
+            if given:
+                raise UserError(f"the fp8 quantized cache quantizes per tensor and takes no {', '.join(given)}")
+            return
+        for name in names[1:]:
+            value = getattr(self, name)
+            value = QUANT_DEFAULTS[name] if value is None else value
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"{name} must be a positive integer, got {value!r}")
+            object.__setattr__(self, name, value)
+        if self.quant_nbits not in QUANT_BACKENDS[backend]:
+            bits = ", ".join(map(str, QUANT_BACKENDS[backend]))
+            raise UserError(f"quant_nbits={self.quant_nbits} is not one of the widths the {backend} backend takes ({bits})")
 
     @property
     def id(self) -> str:
         """A stable, readable name (used as pytest ids and to match scenarios across runs)."""
         cache = f"cache-{self.cache_implementation}" if self.use_cache else "nocache"
+        if self.cache_implementation == "quantized":
+            cache += f"-{self.quant_backend}" + (f"{self.quant_nbits}" if self.quant_nbits else "")
+            if self.quant_residual_length not in (None, QUANT_DEFAULTS["quant_residual_length"]):
+                cache += f"-R{self.quant_residual_length}"
         decoding = f"beam{self.num_beams}" if self.decoding == "beam" else self.decoding
         return f"P{self.prompt_len}-N{self.new_tokens}-B{self.batch_size}-{cache}-{decoding}"
 
@@ -75,11 +119,20 @@ class Scenario:
         )
         if self.use_cache:
             kwargs["cache_implementation"] = self.cache_implementation
+        if self.cache_implementation == "quantized":
+            kwargs["cache_config"] = self.quant_cache_config()
         if self.decoding == "sample":
             kwargs.update(temperature=1.0, top_k=50, top_p=1.0)
         if self.decoding == "beam":
             kwargs.update(early_stopping=False, length_penalty=1.0)
         return kwargs
+
+    def quant_cache_config(self) -> dict:
+        """generate's `cache_config` for the quantized cache (fp8: the backend alone, the only option it accepts)."""
+        config = {"backend": self.quant_backend}
+        if self.quant_backend != "fp8":
+            config.update(nbits=self.quant_nbits, residual_length=self.quant_residual_length)
+        return config
 
 
 def grid(
@@ -91,14 +144,17 @@ def grid(
     decodings=("greedy",),
     num_beams: int = 4,
     seed: int = 0,
+    quantization: dict | None = None,
 ) -> list[Scenario]:
-    """Every combination, in a stable order, without duplicates (no-cache rows ignore the implementation)."""
+    """Every combination, in a stable order, without duplicates (no-cache rows ignore the implementation).
+    `quantization`: the `quant_*` fields of the quantized rows (the other rows ignore them)."""
     seen: dict[Scenario, None] = {}
     for p, n, b, uc, impl, dec in itertools.product(
         prompt_lens, new_tokens, batch_sizes, use_cache, cache_implementations, decodings
     ):
         beams = num_beams if dec == "beam" else 1
-        seen.setdefault(Scenario(p, n, b, uc, impl, dec, beams, seed), None)
+        quant = (quantization or {}) if uc and impl == "quantized" else {}
+        seen.setdefault(Scenario(p, n, b, uc, impl, dec, beams, seed, **quant), None)
     return list(seen)
 
 

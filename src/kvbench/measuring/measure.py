@@ -8,13 +8,15 @@ import statistics
 import torch
 
 from ..errors import UserError
-from ..estimate.kvcache import estimate_kv_cache_bytes, naive_kv_cache_bytes
+from ..estimate.kvcache import estimate_kv_cache_bytes_by_kind, naive_kv_cache_bytes
 from ..estimate.positions import positions_processed_estimate
 from ..estimate.roofline import decode_bytes_per_step, roofline
 from ..estimate.weights import weight_bytes_estimate
 from ..inputs.scenario import Scenario
+from ..results.cache_fields import is_cache_field, kind_fields
 from ..results.schema import SCHEMA_VERSION
-from .cache_bytes import cache_from_output, cache_nbytes
+from .cache_bytes import cache_fields, cache_from_output
+from .caches import check_cache
 from .clock import Clock
 from .environment import environment
 from .forwards import record_forwards
@@ -74,6 +76,7 @@ def check_fits(loaded: LoadedModel, scenario: Scenario) -> None:
             f"prompt_len + new_tokens = {scenario.total_len} exceeds {loaded.name}'s context of "
             f"{loaded.context_len} tokens"
         )
+    check_cache(loaded, scenario)
 
 
 def generate_once(loaded: LoadedModel, scenario: Scenario, inputs: dict, clock: Clock, nvml=None) -> dict:
@@ -85,7 +88,7 @@ def generate_once(loaded: LoadedModel, scenario: Scenario, inputs: dict, clock: 
         end = clock.mark()
         seconds = clock.intervals([start, *forwards.marks, end])
     generated = out.sequences.shape[1] - scenario.prompt_len
-    cache_bytes = cache_nbytes(cache_from_output(out)) if scenario.use_cache else 0
+    cache = cache_fields(cache_from_output(out) if scenario.use_cache else None)
     del out
     # seconds: start->call1, call1->call2, ..., callN->end. The first token exists when call 2 starts.
     return {
@@ -94,7 +97,7 @@ def generate_once(loaded: LoadedModel, scenario: Scenario, inputs: dict, clock: 
         "decode_steps_s": seconds[2:],
         "positions": forwards.positions,
         "generated_tokens": generated,
-        "kv_cache_bytes": cache_bytes,
+        **cache,
         **memory,
     }
 
@@ -123,18 +126,22 @@ def base_record(loaded: LoadedModel, scenario: Scenario) -> dict:
     }
     if scenario.use_cache:
         try:
-            record["kv_cache_bytes_estimate"] = kv_estimate(config, scenario, dtype)
-        except NotImplementedError as exc:  # an architecture whose cache kvbench cannot predict exactly
+            by_kind = kv_estimate(config, scenario, dtype)
+            record.update(kv_cache_bytes_estimate=sum(by_kind.values()), **kind_fields(by_kind, estimate=True))
+        except (NotImplementedError, ValueError) as exc:  # an architecture whose cache kvbench cannot predict exactly
             record.update(kv_cache_bytes_estimate=None, kv_cache_estimate_error=str(exc))
         sequences = scenario.batch_size * scenario.num_beams
         record["kv_cache_bytes_naive"] = naive_kv_cache_bytes(config, batch_size=sequences, seq_len=seq_len, dtype=dtype)
     return record
 
 
-def kv_estimate(config, scenario: Scenario, dtype) -> int:
-    return estimate_kv_cache_bytes(
+def kv_estimate(config, scenario: Scenario, dtype) -> dict[str, int]:
+    """The scenario's estimated cache bytes, by kind."""
+    return estimate_kv_cache_bytes_by_kind(
         config, batch_size=scenario.batch_size, prompt_len=scenario.prompt_len, new_tokens=scenario.new_tokens,
         dtype=dtype, num_beams=scenario.num_beams, cache_implementation=scenario.cache_implementation,
+        quant_backend=scenario.quant_backend, quant_nbits=scenario.quant_nbits,
+        residual_length=scenario.quant_residual_length,
     )
 
 
@@ -200,7 +207,9 @@ def summarize(runs: list[dict]) -> dict:
         "positions_per_call": positions,
         "positions_processed": sum(positions),
         "generated_tokens": last["generated_tokens"],
+        "cache_class": last["cache_class"],
         "kv_cache_bytes": last["kv_cache_bytes"],
+        **{key: value for key, value in last.items() if is_cache_field(key)},  # by kind, by device
     }
     memory_keys = [k for k in last if k.endswith("_bytes") and k not in out]
     for key in memory_keys:  # peaks: the largest over repeats; levels (before, after): the last repeat's
