@@ -172,3 +172,37 @@ def test_reader_kinds_and_bookkeeping():
     assert layer._quantized_keys.numel() * 4 == 8 * packed.numel() * packed.element_size()
     shared = torch.zeros(4, 8)
     assert cache_nbytes_by_kind({"keys": shared, "values": shared[2:]}) == {"key_value": 128}
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_layer_bytes_sum_to_the_estimate(arch):
+    from kvbench.estimate.offload import layer_bytes
+
+    config, _ = build(arch)
+    for impl, beams, new in [("dynamic", 1, 3), ("static", 2, 3), ("dynamic", 1, 1)]:
+        kw = dict(batch_size=2, prompt_len=PROMPT, new_tokens=new, dtype="bfloat16", num_beams=beams,
+                  cache_implementation=impl)
+        assert sum(layer_bytes(config, **kw)) == estimate_kv_cache_bytes(config, **kw)
+
+
+def test_offloaded_split_by_device():
+    """Rules read in transformers' source (to be confirmed on a GPU): the first offloadable layer is prefetched back,
+    the others end on the host; a static cache keeps its sliding layers on the GPU, a dynamic one offloads them."""
+    from kvbench.estimate.offload import estimate_kv_cache_bytes_by_device, layer_bytes
+
+    def split(arch, impl):
+        config, _ = build(arch)
+        kw = dict(batch_size=1, prompt_len=PROMPT, new_tokens=3, dtype="float16", cache_implementation=impl)
+        layers = layer_bytes(config, **kw)
+        return estimate_kv_cache_bytes_by_device(config, device="cuda:0", **kw), layers
+
+    (devices, layers) = split("llama", "offloaded")
+    assert devices == {"cuda0": layers[0], "cpu": layers[1]}
+    devices, layers = split("gemma2", "offloaded_static")  # layer 0 slides (stays), layer 1 alone offloaded
+    assert devices == {"cuda0": layers[0], "cpu": layers[1]}
+    devices, layers = split("gemma2", "offloaded")  # both offloadable: the first comes back
+    assert devices == {"cuda0": layers[0], "cpu": layers[1]}
+    devices, layers = split("jamba", "offloaded")  # Mamba layers (0, 2) never move; attention 1 back, 3 on the host
+    assert devices == {"cuda0": layers[0] + layers[1] + layers[2], "cpu": layers[3]}
+    devices, layers = split("mistral", "offloaded_static")  # every layer slides: nothing leaves the GPU
+    assert devices == {"cuda0": sum(layers)}

@@ -133,6 +133,7 @@ def test_measure_records_the_cache_class_and_its_bytes_by_kind():
     assert record["kv_cache_bytes"] == record["kv_cache_bytes_estimate"] == sum(kinds.values())
     assert record["kv_cache_kind_quantized_scales_bytes"] == 2 * 4 * 2  # 2 layers x keys and values x float32
     assert by_device(record) == {"cpu": record["kv_cache_bytes"]} == {"cpu": record["kv_cache_device_cpu_bytes"]}
+    assert by_device(record, estimate=True) == by_device(record)
     json.dumps(record, allow_nan=False)
     assert all(not isinstance(v, dict) for v in record.values())
 
@@ -155,3 +156,34 @@ def test_cli_runs_dynamic_static_and_fp8_quantized(tiny_config_file, tmp_path):
     assert [(r["cache_implementation"], r["cache_class"]) for r in records] == \
         [("dynamic", "DynamicCache"), ("static", "StaticCache"), ("quantized", "QuantizedCache")]
     assert all(r["kv_cache_bytes"] == r["kv_cache_bytes_estimate"] for r in records)
+
+
+def test_pinned_host_peaks_of_offloaded_caches_on_cuda(monkeypatch):
+    """The probe reads torch's pinned host allocator around the call (a fake allocator here: no CUDA needed), and
+    only for offloaded caches on a CUDA device."""
+    from kvbench.measuring import host_memory
+    from kvbench.measuring.measure import summarize
+
+    stats = {"allocated_bytes.current": 1000, "allocated_bytes.peak": 5000, "active_bytes.current": 0,
+             "active_bytes.peak": 800}
+    calls = []
+    monkeypatch.setattr(torch.cuda, "host_memory_stats", lambda: dict(stats))
+    monkeypatch.setattr(torch.cuda, "reset_peak_host_memory_stats", lambda: calls.append("reset"))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append("sync"))
+    cuda = torch.device("cuda:0")
+
+    with host_memory.pinned_host_probe(cuda, "offloaded") as host:
+        stats.update({"allocated_bytes.peak": 9000, "active_bytes.peak": 4096})  # the call's copies
+    assert calls == ["reset", "sync"]
+    assert host == {"pinned_host_peak_bytes": 9000, "pinned_host_peak_delta_bytes": 8000,
+                    "pinned_host_active_peak_bytes": 4096, "pinned_host_active_peak_delta_bytes": 4096,
+                    "pinned_host_before_bytes": 1000, "pinned_host_memory_source": "torch.cuda.host_memory_stats"}
+    for device, impl in [(cuda, "dynamic"), (cuda, "static"), (torch.device("cpu"), "offloaded_static")]:
+        with host_memory.pinned_host_probe(device, impl) as other:
+            pass
+        assert other == {}
+    run = {"total_s": 1.0, "ttft_s": 0.5, "decode_steps_s": [0.1], "positions": [4, 1], "generated_tokens": 2,
+           "cache_class": "DynamicCache", "kv_cache_bytes": 64, **host}
+    summary = summarize([run, {**run, "pinned_host_peak_bytes": 7000}])
+    assert summary["pinned_host_peak_bytes"] == 9000  # peaks: the largest over repeats
+    assert summary["pinned_host_memory_source"] == "torch.cuda.host_memory_stats"

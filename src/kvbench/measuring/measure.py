@@ -9,17 +9,19 @@ import torch
 
 from ..errors import UserError
 from ..estimate.kvcache import estimate_kv_cache_bytes_by_kind, naive_kv_cache_bytes
+from ..estimate.offload import estimate_kv_cache_bytes_by_device
 from ..estimate.positions import positions_processed_estimate
 from ..estimate.roofline import decode_bytes_per_step, roofline
 from ..estimate.weights import weight_bytes_estimate
 from ..inputs.scenario import Scenario
-from ..results.cache_fields import is_cache_field, kind_fields
+from ..results.cache_fields import device_fields, is_cache_field, kind_fields
 from ..results.schema import SCHEMA_VERSION
 from .cache_bytes import cache_fields, cache_from_output
 from .caches import check_cache
 from .clock import Clock
 from .environment import environment
 from .forwards import record_forwards
+from .host_memory import pinned_host_probe
 from .memory import memory_probe
 from .models import LoadedModel, synthetic_inputs
 from .nvml import nvml_handle
@@ -82,7 +84,8 @@ def check_fits(loaded: LoadedModel, scenario: Scenario) -> None:
 def generate_once(loaded: LoadedModel, scenario: Scenario, inputs: dict, clock: Clock, nvml=None) -> dict:
     """One timed generate: total, per-forward marks, positions, cache bytes and peak memory."""
     torch.manual_seed(scenario.seed)  # sampling draws the same tokens every repeat
-    with memory_probe(loaded.device, nvml) as memory, record_forwards(loaded.model, clock) as forwards:
+    with memory_probe(loaded.device, nvml) as memory, pinned_host_probe(loaded.device, scenario.cache_implementation) \
+            as host, record_forwards(loaded.model, clock) as forwards:
         start = clock.mark()
         out = loaded.model.generate(**inputs, **scenario.generate_kwargs())
         end = clock.mark()
@@ -99,6 +102,7 @@ def generate_once(loaded: LoadedModel, scenario: Scenario, inputs: dict, clock: 
         "generated_tokens": generated,
         **cache,
         **memory,
+        **host,
     }
 
 
@@ -128,6 +132,7 @@ def base_record(loaded: LoadedModel, scenario: Scenario) -> dict:
         try:
             by_kind = kv_estimate(config, scenario, dtype)
             record.update(kv_cache_bytes_estimate=sum(by_kind.values()), **kind_fields(by_kind, estimate=True))
+            record.update(device_fields(kv_device_estimate(loaded, scenario, sum(by_kind.values())), estimate=True))
         except (NotImplementedError, ValueError) as exc:  # an architecture whose cache kvbench cannot predict exactly
             record.update(kv_cache_bytes_estimate=None, kv_cache_estimate_error=str(exc))
         sequences = scenario.batch_size * scenario.num_beams
@@ -143,6 +148,14 @@ def kv_estimate(config, scenario: Scenario, dtype) -> dict[str, int]:
         quant_backend=scenario.quant_backend, quant_nbits=scenario.quant_nbits,
         residual_length=scenario.quant_residual_length,
     )
+
+
+def kv_device_estimate(loaded: LoadedModel, scenario: Scenario, total: int) -> dict[str, int]:
+    """The scenario's estimated cache bytes by device (offloaded caches: GPU and host)."""
+    return estimate_kv_cache_bytes_by_device(
+        loaded.config, device=loaded.device, batch_size=scenario.batch_size, prompt_len=scenario.prompt_len,
+        new_tokens=scenario.new_tokens, dtype=loaded.dtype, num_beams=scenario.num_beams,
+        cache_implementation=scenario.cache_implementation, total=total)
 
 
 def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1) -> dict:
