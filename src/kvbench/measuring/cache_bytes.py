@@ -100,12 +100,14 @@ def held_tensors(cache: Any) -> list[Held]:
 
 
 def _storages(cache: Any) -> dict[tuple[str, int], tuple[int, str]]:
-    """(device, address) -> (bytes, kind) of every storage, each once (the first name that reaches it gives the kind)."""
+    """(device, address) -> (bytes, kind) of every storage, each once (the first name that reaches it gives the kind,
+    unless it is "other" and a later one is named: the paged pool is reached through its allocators' views first)."""
     storages: dict[tuple[str, int], tuple[int, str]] = {}
     for held in held_tensors(cache):
         storage = held.tensor.untyped_storage()
-        if storage.nbytes():
-            storages.setdefault((str(held.tensor.device), storage.data_ptr()), (storage.nbytes(), held.kind))
+        key = (str(held.tensor.device), storage.data_ptr())
+        if storage.nbytes() and storages.get(key, (0, "other"))[1] == "other":  # a named kind wins over "other"
+            storages[key] = (storage.nbytes(), held.kind)
     return storages
 
 

@@ -6,7 +6,8 @@
 * the quantized cache holds full-attention layers only (transformers refuses sliding, linear-attention, conv and
   MLP-only layers), needs its backend's package (quanto: ``optimum-quanto``, hqq: ``hqq``; fp8 nothing) and a
   cache whose tensors its group size divides at every quantization (``kvbench.estimate.quantized``);
-* paged attention runs through continuous batching (``generate_batch``): greedy or sampling, no beams.
+* paged attention runs through continuous batching (``generate_batch``): greedy or sampling, no beams, full
+  and sliding attention layers only (`kvbench.measuring.paged`).
 """
 
 from __future__ import annotations
@@ -82,6 +83,20 @@ def quantized_problem(model, config, scenario: Scenario) -> str | None:
     return None
 
 
+def paged_problem(model, config, scenario: Scenario) -> str | None:
+    """Why continuous batching cannot run this scenario (None: it can)."""
+    if not hasattr(model, "generate_batch"):
+        import transformers
+
+        return f"transformers {transformers.__version__} has no continuous batching (generate_batch)"
+    if scenario.decoding == "beam":
+        return "continuous batching does not do beam search"
+    other = sorted(set(layer_types(config)) - {"full_attention", "sliding_attention"})
+    if other:
+        return f"continuous batching takes full and sliding attention layers only, and this model has {', '.join(other)}"
+    return None
+
+
 def cache_problem(model, config, device, scenario: Scenario) -> str | None:
     """Why this scenario's cache cannot run on this model and device (None: it can)."""
     impl = scenario.cache_implementation
@@ -96,7 +111,7 @@ def cache_problem(model, config, device, scenario: Scenario) -> str | None:
     if impl == "quantized":
         return quantized_problem(model, config, scenario)
     if impl == "paged":
-        return "paged attention runs through continuous batching (generate_batch), which kvbench does not time yet"
+        return paged_problem(model, config, scenario)
     return None
 
 

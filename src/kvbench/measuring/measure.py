@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import statistics
 
@@ -25,6 +26,7 @@ from .host_memory import pinned_host_probe
 from .memory import memory_probe
 from .models import LoadedModel, synthetic_inputs
 from .nvml import nvml_handle
+from .paged import destroy_manager, generate_paged_once, paged_configs, paged_fields
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -141,7 +143,13 @@ def base_record(loaded: LoadedModel, scenario: Scenario) -> dict:
 
 
 def kv_estimate(config, scenario: Scenario, dtype) -> dict[str, int]:
-    """The scenario's estimated cache bytes, by kind."""
+    """The scenario's estimated cache bytes, by kind (paged: the pool it reserves)."""
+    if scenario.cache_implementation == "paged":
+        from ..estimate.paged import paged_pool_bytes, paged_sizing
+
+        sizing = paged_sizing(scenario.batch_size, scenario.prompt_len, scenario.new_tokens)
+        return {"paged_pool": paged_pool_bytes(config, dtype=dtype, num_blocks=sizing.num_blocks,
+                                               page_size=sizing.page_size)}
     return estimate_kv_cache_bytes_by_kind(
         config, batch_size=scenario.batch_size, prompt_len=scenario.prompt_len, new_tokens=scenario.new_tokens,
         dtype=dtype, num_beams=scenario.num_beams, cache_implementation=scenario.cache_implementation,
@@ -168,6 +176,8 @@ def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1) -> dic
         raise UserError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     loaded = as_loaded(model)
     check_fits(loaded, scenario)
+    if scenario.cache_implementation == "paged":  # continuous batching: an engine of its own
+        return measure_paged(loaded, scenario, repeats, warmup)
     record = base_record(loaded, scenario)
     record.update(environment(loaded.device))
     clock, nvml = Clock(loaded.device), nvml_handle(loaded.device)
@@ -197,6 +207,41 @@ def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1) -> dic
         decode_bytes_per_step_estimate=per_step,
         **roofline(per_step, record.get("env_gpu_bandwidth_gbps"), record["decode_step_s"]),
     )
+    return record
+
+
+def measure_paged(loaded: LoadedModel, scenario: Scenario, repeats: int, warmup: int,
+                  check_tokens: bool = False) -> dict:
+    """`measure` for ``cache_implementation="paged"``: the same record from continuous batching (measuring.paged).
+    ``check_tokens``: also compare greedy tokens with ``generate``'s on the same inputs (equal in float32)."""
+    record = base_record(loaded, scenario) | environment(loaded.device)
+    nvml = nvml_handle(loaded.device)
+    inputs = synthetic_inputs(loaded.config, scenario.batch_size, scenario.prompt_len, loaded.device, scenario.seed)
+    prompts, configs = inputs["input_ids"].tolist(), paged_configs(loaded.model, scenario)
+    free_memory(loaded.device)
+    oom, reference = None, None
+    try:
+        with torch.inference_mode():
+            for _ in range(warmup):
+                generate_paged_once(loaded, scenario, prompts, configs, nvml)
+            runs = [generate_paged_once(loaded, scenario, prompts, configs, nvml) for _ in range(repeats)]
+            if check_tokens and scenario.decoding == "greedy":
+                plain = dataclasses.replace(scenario, cache_implementation="dynamic")
+                out = loaded.model.generate(**inputs, **plain.generate_kwargs())
+                reference = out.sequences[:, scenario.prompt_len:].tolist()
+    except RuntimeError as exc:
+        if not is_oom(exc):
+            raise
+        oom = error_line(exc)
+    finally:
+        destroy_manager(loaded.model)
+    if oom is not None:
+        free_memory(loaded.device)
+        return record | {"status": "oom", "error": oom}
+    record.update(summarize(runs), **paged_fields(loaded, scenario, runs, reference))
+    record["tokens_per_s"] = scenario.new_tokens * scenario.batch_size / record["total_s"]
+    record.update(weight_bytes=loaded.weight_bytes, decode_bytes_per_step_estimate=None,
+                  **roofline(None, record.get("env_gpu_bandwidth_gbps"), record["decode_step_s"]))
     return record
 
 
