@@ -49,10 +49,26 @@ ARCHS = {
              "short convolution + attention"),
 }
 
+# more Mamba-2 hybrids, checked in dynamic and static caches only (the matrix above covers the decodings)
+MORE_SSM = {
+    "bamba": ("BambaConfig", dict(**SSM, num_hidden_layers=2, attn_layer_indices=[1], **MAMBA2), "Mamba-2 + attention"),
+    "granitemoehybrid": ("GraniteMoeHybridConfig", dict(**SSM, num_hidden_layers=2, layer_types=["mamba", "attention"],
+                                                        num_local_experts=2, num_experts_per_tok=1,
+                                                        shared_intermediate_size=64, **MAMBA2), "Mamba-2 + MoE"),
+    "nemotron_h": ("NemotronHConfig", dict(**SSM, head_dim=16, layer_types=["mamba", "full_attention", "mlp"],
+                                           mamba_num_heads=8, mamba_head_dim=16, n_groups=2, ssm_state_size=8,
+                                           conv_kernel=4, expand=2, chunk_size=16), "Mamba-2, attention, MLP"),
+    "zamba2": ("Zamba2Config", dict(**{**SSM, "num_key_value_heads": 4}, num_hidden_layers=3,
+                                    layers_block_type=["mamba", "hybrid", "mamba"], mamba_d_state=8, mamba_d_conv=4,
+                                    mamba_expand=2, mamba_ngroups=2, mamba_headdim=16, n_mamba_heads=8,
+                                    chunk_size=16, use_mem_rope=False, num_mem_blocks=1),
+               "Mamba-2 with a shared attention block"),
+}
+
 
 def build(arch: str, dtype=torch.float32):
     """(config, model) of a tiny random-weights model; skipped where this transformers lacks the architecture."""
-    class_name, kwargs, _ = ARCHS[arch]
+    class_name, kwargs, _ = {**ARCHS, **MORE_SSM}[arch]
     cls = getattr(transformers, class_name, None)
     if cls is None:
         pytest.skip(f"{class_name} is not in transformers {transformers.__version__}")

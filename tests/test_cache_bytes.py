@@ -1,12 +1,13 @@
 """Measured bytes equal the estimate, kind by kind, for every cache implementation that runs on a CPU, on tiny
 models of nine architectures (GQA, sliding window, alternating windows, MLA, Mamba-2, Jamba, a hybrid-layer model,
-a gated delta net, a short-convolution model), for each decoding the implementation supports."""
+a gated delta net, a short-convolution model) and four more Mamba-2 hybrids, for each decoding the implementation
+supports (the paged pool: tests/test_paged.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from cache_models import ARCHS, build, generate
+from cache_models import ARCHS, MORE_SSM, build, generate
 
 from kvbench.estimate.kvcache import (
     estimate_kv_cache_bytes,
@@ -206,3 +207,12 @@ def test_offloaded_split_by_device():
     assert devices == {"cuda0": layers[0] + layers[1] + layers[2], "cpu": layers[3]}
     devices, layers = split("mistral", "offloaded_static")  # every layer slides: nothing leaves the GPU
     assert devices == {"cuda0": sum(layers)}
+
+
+@pytest.mark.parametrize("impl", ["dynamic", "static"])
+@pytest.mark.parametrize("arch", list(MORE_SSM))
+def test_more_mamba2_hybrids_by_kind(arch, impl):
+    config, model = build(arch)
+    out = generate(model, 2, PROMPT, 3, cache_implementation=impl)
+    measured = _check(config, out, batch=2, prompt=PROMPT, new=3, dtype=torch.float32, impl=impl)
+    assert measured["recurrent_state"] > 0 and measured["conv_state"] > 0

@@ -132,7 +132,7 @@ def base_record(loaded: LoadedModel, scenario: Scenario) -> dict:
     }
     if scenario.use_cache:
         try:
-            by_kind = kv_estimate(config, scenario, dtype)
+            by_kind = kv_estimate_by_kind(config, scenario, dtype)
             record.update(kv_cache_bytes_estimate=sum(by_kind.values()), **kind_fields(by_kind, estimate=True))
             record.update(device_fields(kv_device_estimate(loaded, scenario, sum(by_kind.values())), estimate=True))
         except (NotImplementedError, ValueError) as exc:  # an architecture whose cache kvbench cannot predict exactly
@@ -142,7 +142,12 @@ def base_record(loaded: LoadedModel, scenario: Scenario) -> dict:
     return record
 
 
-def kv_estimate(config, scenario: Scenario, dtype) -> dict[str, int]:
+def kv_estimate(config, scenario: Scenario, dtype) -> int:
+    """The scenario's estimated cache bytes (paged: the pool it reserves)."""
+    return sum(kv_estimate_by_kind(config, scenario, dtype).values())
+
+
+def kv_estimate_by_kind(config, scenario: Scenario, dtype) -> dict[str, int]:
     """The scenario's estimated cache bytes, by kind (paged: the pool it reserves)."""
     if scenario.cache_implementation == "paged":
         from ..estimate.paged import paged_pool_bytes, paged_sizing
@@ -265,7 +270,7 @@ def summarize(runs: list[dict]) -> dict:
         "positions_per_call": positions,
         "positions_processed": sum(positions),
         "generated_tokens": last["generated_tokens"],
-        "cache_class": last["cache_class"],
+        "cache_class": last.get("cache_class"),
         "kv_cache_bytes": last["kv_cache_bytes"],
         **{key: value for key, value in last.items() if is_cache_field(key)},  # by kind, by device
     }
