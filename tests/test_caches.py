@@ -191,3 +191,22 @@ def test_pinned_host_peaks_of_offloaded_caches_on_cuda(monkeypatch):
     summary = summarize([run, {**run, "pinned_host_peak_bytes": 7000}])
     assert summary["pinned_host_peak_bytes"] == 9000  # peaks: the largest over repeats
     assert summary["pinned_host_memory_source"] == "torch.cuda.host_memory_stats"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="offloaded caches need CUDA")
+@pytest.mark.parametrize("arch, impl", [("llama", "offloaded"), ("llama", "offloaded_static"),
+                                        ("gemma2", "offloaded_static"), ("jamba", "offloaded")])
+def test_offloaded_caches_on_cuda_by_device(arch, impl):
+    """Where CUDA exists: the offloaded cache's bytes by device equal the estimate (host and GPU), and the record
+    carries the pinned-host peak beside the GPU's."""
+    from kvbench.measuring.measure import measure
+
+    config, model = build(arch)
+    loaded = LoadedModel(name=arch, model=model.to("cuda"), config=config, device=torch.device("cuda"),
+                         dtype=torch.float32, source="test")
+    record = measure(loaded, Scenario(12, 4, 2, cache_implementation=impl), repeats=1, warmup=1)
+    assert record["status"] == "ok"
+    assert by_device(record) == by_device(record, estimate=True) and "cpu" in by_device(record)
+    assert by_kind(record) == by_kind(record, estimate=True)
+    assert record["pinned_host_memory_source"] == "torch.cuda.host_memory_stats"
+    assert record["pinned_host_peak_bytes"] >= 0
