@@ -25,7 +25,7 @@ def test_run_writes_a_run_folder(tiny_config_file, tmp_path, capsys):
         (["--model", "no-such-model"], "no-such-model"),
         (["--dtype", "float8"], "float8"),
         (["--use-cache", "maybe"], "maybe"),
-        (["--cache-implementation", "paged"], "paged"),
+        (["--cache-implementation", "pagedd"], "pagedd"),
         (["--prompt-len", "100", "--new-tokens", "64"], "164"),
         (["--repeats", "0"], "--repeats"),
         (["--device", "tpu"], "tpu"),

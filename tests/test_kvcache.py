@@ -200,9 +200,9 @@ def test_specs_of_notable_configs():
     assert {s.kind for s in kv_layer_specs(qwen2)} == {"full"}
 
 
-def test_hybrids_and_custom_caches_raise():
-    for class_name, kwargs in [("Qwen3NextConfig", {}), ("MambaConfig", {}), ("RwkvConfig", {}),
-                               ("JambaConfig", {}), ("RecurrentGemmaConfig", {})]:
+def test_custom_caches_and_unchecked_states_raise():
+    for class_name, kwargs in [("RwkvConfig", {}), ("RecurrentGemmaConfig", {}), ("ZambaConfig", {}),
+                               ("MiniMaxConfig", {})]:
         config = getattr(transformers, class_name, None)
         if config is None:
             continue

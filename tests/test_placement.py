@@ -8,6 +8,7 @@ import pytest
 from kvbench.cli.app import main
 from kvbench.errors import UserError
 from kvbench.measuring.placement import parse_device_map, parse_max_memory
+from kvbench.results.cache_fields import by_device
 
 
 @pytest.mark.parametrize("args, named", [
@@ -46,6 +47,6 @@ def test_a_placed_model_records_its_map_and_bytes_per_device(tiny_config_file, t
     record = json.loads((out / "records.jsonl").read_text().splitlines()[0])
     assert record["status"] == "ok" and set(record["device_map"].values()) == {"cpu"}
     assert record["weight_bytes_by_device"] == {"cpu": record["weight_bytes"]}
-    assert record["kv_cache_bytes_by_device"] == {"cpu": record["kv_cache_bytes"]}
-    assert record["kv_cache_bytes_estimate_by_device"] == {"cpu": record["kv_cache_bytes_estimate"]}
+    assert by_device(record) == {"cpu": record["kv_cache_bytes"]}  # kv_cache_device_cpu_bytes
+    assert by_device(record, estimate=True) == {"cpu": record["kv_cache_bytes_estimate"]}
     assert record["kv_cache_bytes"] == record["kv_cache_bytes_estimate"]

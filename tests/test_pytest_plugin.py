@@ -127,7 +127,7 @@ def test_kvbench_marker_selects_the_kvbench_tests(pytester):
     ("--kv-prompt-len=16,x", "--kv-prompt-len: 'x' is not a positive integer"),
     ("--kv-batch-size=0", "--kv-batch-size: '0' is not a positive integer"),
     ("--kv-use-cache=maybe", "--kv-use-cache: 'maybe' is not one of on, off, both"),
-    ("--kv-cache-implementation=paged", "--kv-cache-implementation: 'paged' is not one of dynamic, static"),
+    ("--kv-cache-implementation=pagedd", "--kv-cache-implementation: 'pagedd' is not one of dynamic, static"),
     ("--kv-rounds=0", "--kv-rounds: '0' is not a positive integer"),
     ("--kv-warmup-rounds=-1", "--kv-warmup-rounds: '-1' is not 0 or a positive integer"),
     ("--kv-device=tpu", "unknown device 'tpu'; use cpu, cuda, cuda:N or auto"),

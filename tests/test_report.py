@@ -15,7 +15,7 @@ from kvbench.cli.app import main
 from kvbench.report import plots
 from kvbench.report.report import environment_differences, key_numbers, load_runs
 
-FIGURE_NAMES = ["speedup", "decode_steps", "positions", "memory", "bandwidth"]
+FIGURE_NAMES = ["speedup", "decode_steps", "positions", "memory", "bandwidth", "cache_tradeoff", "cache_memory_latency"]
 MARKUP = '<script>alert("x")</script><img src="http://example.invalid/x.png">'
 
 
@@ -120,7 +120,8 @@ def test_records_without_some_columns_degrade_to_notes(tmp_path):
     assert "No figure: per-step latency: the records have no decode_steps_s." in html
     assert "No figure: memory: the records have no kv_cache_bytes." in html
     assert "No figure: bandwidth: the records have no achieved_bandwidth_gbps." in html
-    assert sorted(p.stem for p in (out / "figures").glob("*.png")) == ["positions", "speedup"]
+    # the trade-off needs only the analytic bytes; latency against memory the measured ones
+    assert sorted(p.stem for p in (out / "figures").glob("*.png")) == ["cache_tradeoff", "positions", "speedup"]
 
 
 def test_stale_figures_of_an_earlier_report_are_removed(tmp_path):
@@ -144,11 +145,14 @@ def test_bandwidth_against_the_gpu_peak_and_note_without_one(tmp_path, run, defa
 
 @pytest.mark.parametrize("name", FIGURE_NAMES)
 def test_plot_functions_return_figures_and_raise_nodata(run, name):
+    from kvbench.report.report import FIGURES
+
+    spec = {f.name: f for f in FIGURES}[name]  # drawn by plots, or by the module the spec names
     df = load_results(run)
-    fig = getattr(plots, f"plot_{name}")(df)
+    fig = spec.call(f"plot_{name}", df)
     assert isinstance(fig, Figure) and fig.axes
     with pytest.raises(plots.NoData):
-        getattr(plots, f"plot_{name}")(df[["run", "prompt_len"]])
+        spec.call(f"plot_{name}", df[["run", "prompt_len"]])
 
 
 def test_decode_steps_table_positions_and_longest_scenario(run):

@@ -15,7 +15,7 @@ from synthetic_runs import GPU_ENV, grid, write_run
 
 from kvbench.cli.app import main
 
-FIGURES = {"speedup", "decode_steps", "positions", "memory", "bandwidth"}
+FIGURES = {"speedup", "decode_steps", "positions", "memory", "bandwidth", "cache_tradeoff", "cache_memory_latency"}
 MARKUP = '<script>alert("x")</script><img src="http://example.invalid/x.png" onerror="alert(1)">'
 
 

@@ -23,7 +23,7 @@ def test_no_cache_ignores_the_implementation():
         (dict(prompt_len=8, new_tokens=4, decoding="nucleus"), "nucleus"),
         (dict(prompt_len=8, new_tokens=4, decoding="beam"), "num_beams"),
         (dict(prompt_len=8, new_tokens=4, num_beams=2), "num_beams"),
-        (dict(prompt_len=8, new_tokens=4, cache_implementation="paged"), "paged"),
+        (dict(prompt_len=8, new_tokens=4, cache_implementation="pagedd"), "pagedd"),
     ],
 )
 def test_bad_values_are_named(kwargs, bad):

@@ -2,9 +2,10 @@
 
 For each model type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, build a tiny random-weights model from its config class
 (shrunk: 2 layers, hidden 64, 4 heads, 2 KV heads, window 8, ...), run ``generate`` over a few scenarios and
-compare ``cache_nbytes`` of the returned cache with ``estimate_kv_cache_bytes``. Prints one line per architecture:
+compare ``cache_nbytes_by_kind`` of the returned cache with ``estimate_kv_cache_bytes_by_kind`` (key/value, conv and
+recurrent state of linear-attention layers, ...). Prints one line per architecture:
 
-  MATCH      every scenario agrees to the byte ([storage != visible: ...] names the scenarios where the held
+  MATCH      every scenario agrees to the byte, kind by kind ([storage != visible: ...] names the scenarios where the held
              storage differs from numel * element_size)
   MISMATCH   at least one differs (details follow)
   NOTIMPL    the estimator refuses on purpose (NotImplementedError with its reason)
@@ -26,10 +27,14 @@ from transformers import AutoModelForCausalLM, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from kvbench.estimate.kvcache import estimate_kv_cache_bytes
+from kvbench.estimate.kvcache import (
+    estimate_kv_cache_bytes,
+    estimate_kv_cache_bytes_by_kind,
+)
 from kvbench.measuring.cache_bytes import (
     cache_from_output,
     cache_nbytes,
+    cache_nbytes_by_kind,
     cache_visible_nbytes,
 )
 
@@ -188,13 +193,14 @@ def survey(model_type: str, verbose: bool = False) -> tuple[str, str]:
         finally:
             model.to(torch.float32)
         ran += 1
-        measured = cache_nbytes(cache_from_output(out))
-        if cache_visible_nbytes(cache_from_output(out)) != measured:
+        measured = cache_nbytes_by_kind(cache_from_output(out))
+        if cache_visible_nbytes(cache_from_output(out)) != cache_nbytes(cache_from_output(out)):
             views.append(name)
         try:
-            estimated = estimate_kv_cache_bytes(config, batch_size=batch, prompt_len=prompt, new_tokens=new,
-                                                dtype=dtype, num_beams=gen_kwargs.get("num_beams", 1),
-                                                cache_implementation=gen_kwargs.get("cache_implementation", "dynamic"))
+            estimated = estimate_kv_cache_bytes_by_kind(
+                config, batch_size=batch, prompt_len=prompt, new_tokens=new, dtype=dtype,
+                num_beams=gen_kwargs.get("num_beams", 1),
+                cache_implementation=gen_kwargs.get("cache_implementation", "dynamic"))
         except NotImplementedError as exc:
             problems.append(f"{name}: refused ({exc})")
             continue

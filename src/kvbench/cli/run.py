@@ -23,7 +23,9 @@ def run(
     new_tokens: str = typer.Option(QUICK["new_tokens"], help="new-token counts, comma-separated"),
     batch_size: str = typer.Option(QUICK["batch_size"], help="batch sizes, comma-separated"),
     use_cache: str = typer.Option("both", help="on, off or both"),
-    cache_implementation: str = typer.Option("dynamic", help="dynamic, static (comma-separated for both)"),
+    cache_implementation: str = typer.Option(
+        "dynamic", help="dynamic, static, offloaded, offloaded_static, quantized, paged, or a deprecated name "
+        "(sliding_window, hybrid, hybrid_chunked, offloaded_hybrid, offloaded_hybrid_chunked); comma-separated"),
     decoding: str = typer.Option("greedy", help="greedy, sample, beam (comma-separated)"),
     compile: str = typer.Option(
         "auto", "--compile",
@@ -56,6 +58,13 @@ def run(
     wide: bool = typer.Option(False, "--wide", help="summary table with every column, however wide"),
     resume: Optional[Path] = typer.Option(None, help="continue the run in this folder: only its scenarios not yet "
                                                      "recorded, with the settings it was started with"),
+    # the quantized cache (--cache-implementation quantized): see docs/caches.md
+    quant_backend: str = typer.Option("quanto", help="quantized cache backend: quanto, hqq (pip install "
+                                      "kvbench[quant]) or fp8 (per tensor, no options)"),
+    quant_nbits: Optional[int] = typer.Option(None, help="quantized cache bits (quanto 2, 4; hqq 1, 2, 3, 4, 8; "
+                                              "default 4)"),
+    quant_residual_length: Optional[int] = typer.Option(None, help="tokens kept at full precision before "
+                                                        "requantizing (quanto, hqq; default 128)"),
 ):
     """Sweep a grid of scenarios on one model and write records.jsonl (defaults: a quick grid on `tiny`)."""
     options = {name: value for name, value in locals().items() if name != "ctx"}  # as given; run.json keeps them
@@ -84,6 +93,8 @@ def run(
         choice_list("--decoding", decoding, DECODINGS), num_beams=int_list("--num-beams", num_beams),
         compiles=compiles, temperatures=float_list("--temperature", temperature), top_ks=top_k_list("--top-k", top_k),
         top_ps=float_list("--top-p", top_p), engines=choice_list("--engine", engine, ENGINES),
+        quantization=dict(quant_backend=quant_backend, quant_nbits=quant_nbits,
+                          quant_residual_length=quant_residual_length),
     )
     if executor not in ("local", "ray"):
         raise UserError(f"--executor: {executor!r} is not one of local, ray")

@@ -26,8 +26,19 @@ last sampled token is never fed back; the forward calls feed [P, 1, 1, ...] toke
   4.x: ``model._cache``): a later, shorter call keeps the larger cache. The estimate is for a model's first
   static call (or its largest).
 * the batch dimension of every cache tensor is ``batch_size * num_beams``.
-* scalar (0-dim) tensors -- the step counters ``cumulative_length`` of static layers, ``_sliding_window_tensor``,
-  per-tensor FP8 scales -- are bookkeeping of a few bytes, exist in some versions only, and are not counted.
+* scalar (0-dim) tensors that count steps -- ``cumulative_length`` of static layers, ``_sliding_window_tensor`` --
+  are bookkeeping of a few bytes, exist in some versions only, and are not counted; the per-tensor scales of the
+  fp8 quantized cache, 0-dim too, are part of its storage and are counted (``kvbench.estimate.quantized``).
+* linear-attention layers (Mamba, gated delta nets, short convolutions; ``hybrid`` layers beside their KV) keep a
+  state of constant size (``kvbench.estimate.ssm``).
+* the implementations: ``dynamic``, ``offloaded`` and the deprecated ``hybrid`` (which generate unsets) follow the
+  dynamic rules; ``static``, ``offloaded_static`` and the deprecated ``sliding_window``, ``hybrid_chunked``,
+  ``offloaded_hybrid*`` the static ones (5.x: one StaticCache whose layers follow the config); ``quantized`` its
+  own (``kvbench.estimate.quantized``). Offloading moves bytes between devices, it does not change them.
+
+``estimate_kv_cache_bytes_by_kind`` splits the estimate as ``kvbench.measuring.cache_bytes.cache_nbytes_by_kind``
+splits the measurement: key_value, conv_state, recurrent_state, quantized_data / _scales / _zero_points /
+_residual, beam_index (kinds with no bytes left out).
 """
 
 from __future__ import annotations
@@ -37,6 +48,8 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import compat
+from . import quantized as quant
+from .ssm import LINEAR_LAYER_TYPES, StateSpec, state_bytes, state_spec
 
 # ----------------------------------------------------------------------------------------------------------------
 # Reading a config
@@ -52,6 +65,7 @@ class LayerSpec(NamedTuple):
     k_head_dim: int
     v_head_dim: int
     window: int | None
+    state: StateSpec | None = None  # the constant-size state of a linear-attention or hybrid layer
 
 
 # Architectures whose cache is not the standard per-layer keys/values of a Cache object, or whose modeling code
@@ -127,10 +141,11 @@ def _kv_heads(cfg: Any, model_type: str) -> int:
 
 
 def kv_layer_specs(config: Any) -> list[LayerSpec]:
-    """One ``LayerSpec`` per decoder layer, read from a transformers config (no model needed).
+    """One ``LayerSpec`` per decoder layer, read from a transformers config (no model needed). A linear-attention
+    layer is kind "none" (no KV) with its ``state``; a hybrid layer an attention kind with its ``state``.
 
     Raises NotImplementedError, naming the architecture or layer type, where the cache holds something this
-    module does not model (SSM / linear-attention states, sparse-attention indexers, custom cache classes)."""
+    module does not model (unchecked linear-attention states, sparse-attention indexers, custom cache classes)."""
     cfg = _text_config(config)
     model_type = getattr(cfg, "model_type", "") or getattr(config, "model_type", "")
     for name in (model_type, getattr(config, "model_type", "")):
@@ -149,9 +164,11 @@ def kv_layer_specs(config: Any) -> list[LayerSpec]:
     specs = []
     for i, layer_type in enumerate(_layer_types(cfg, layer_cfgs)):
         lc = layer_cfgs[i]
-        if layer_type == "none":
-            specs.append(LayerSpec("none", 0, 0, 0, None))
+        state = state_spec(lc, model_type) if layer_type in LINEAR_LAYER_TYPES else None
+        if layer_type in ("none", "linear_attention", "conv"):
+            specs.append(LayerSpec("none", 0, 0, 0, None, state))
             continue
+        layer_type = {"hybrid": "full_attention", "hybrid_sliding": "sliding_attention"}.get(layer_type, layer_type)
         if layer_type == "full_attention":
             kind, window = "full", None
         elif layer_type == "sliding_attention":
@@ -170,18 +187,20 @@ def kv_layer_specs(config: Any) -> list[LayerSpec]:
             if model_type not in MLA_LATENT_CACHE:
                 raise NotImplementedError(f"latent attention of '{model_type}' is not estimated")
             if compat.mla_caches_latent():
-                specs.append(LayerSpec(kind, 1, lc.kv_lora_rank, lc.qk_rope_head_dim, window))
+                specs.append(LayerSpec(kind, 1, lc.kv_lora_rank, lc.qk_rope_head_dim, window, state))
             else:
                 k_dim = lc.qk_nope_head_dim + lc.qk_rope_head_dim
-                specs.append(LayerSpec(kind, lc.num_attention_heads, k_dim, lc.v_head_dim, window))
+                specs.append(LayerSpec(kind, lc.num_attention_heads, k_dim, lc.v_head_dim, window, state))
             continue
 
         kv_heads = _kv_heads(lc, model_type)
         if model_type == "mimo_v2_flash" and kind == "sliding":  # its sliding layers have twice the KV heads
             kv_heads *= 2
         k_dim = getattr(lc, "head_dim", None) or lc.hidden_size // lc.num_attention_heads
+        if model_type == "zamba2":  # its shared attention blocks see the hidden states concatenated twice
+            k_dim = lc.attention_head_dim
         v_dim = getattr(lc, "v_head_dim", None) or k_dim
-        specs.append(LayerSpec(kind, kv_heads, k_dim, v_dim, window))
+        specs.append(LayerSpec(kind, kv_heads, k_dim, v_dim, window, state))
     return specs
 
 
@@ -217,32 +236,73 @@ def _layer_tokens(spec: LayerSpec, seq_len: int, last_step_tokens: int, reordere
     return min(seq_len - last_step_tokens, keep) + last_step_tokens  # ... else as a view of the last cat
 
 
-def kv_cache_bytes_by_layer(config: Any, *, batch_size: int, seq_len: int, dtype: torch.dtype | str,
-                            num_beams: int = 1, cache_implementation: str | None = "dynamic",
-                            max_cache_len: int | None = None, last_step_tokens: int = 1) -> list[int]:
-    """Bytes each decoder layer's cache holds once ``seq_len`` positions have been fed through it (see
-    `kv_cache_bytes_at`, their sum, for the arguments)."""
+DYNAMIC_RULES = ("dynamic", "offloaded", "hybrid")  # hybrid: generate unsets it, which leaves a DynamicCache
+STATIC_RULES = ("static", "offloaded_static", "sliding_window", "hybrid_chunked", "offloaded_hybrid",
+                "offloaded_hybrid_chunked")
+
+
+def cache_rules(cache_implementation: str | None) -> str:
+    """The rules an implementation's bytes follow: "dynamic", "static" or "quantized" (module docstring)."""
+    if cache_implementation is None or cache_implementation in DYNAMIC_RULES:
+        return "dynamic"
+    if cache_implementation in STATIC_RULES:
+        return "static"
+    if cache_implementation == "quantized":
+        return "quantized"
+    raise ValueError(f"cache_implementation {cache_implementation!r} is not estimated here (dynamic, static, "
+                     "offloaded, quantized and the deprecated names; the paged pool: kvbench.estimate.paged)")
+
+
+def _nonzero(counts: dict[str, int]) -> dict[str, int]:
+    return {kind: n for kind, n in counts.items() if n}
+
+
+def kv_cache_bytes_by_layer_kind(config: Any, *, batch_size: int, seq_len: int, dtype: torch.dtype | str,
+                                 num_beams: int = 1, cache_implementation: str | None = "dynamic",
+                                 max_cache_len: int | None = None, last_step_tokens: int = 1) -> list[dict[str, int]]:
+    """`kv_cache_bytes_at`, layer by layer and by kind: one dict per decoder layer, with key_value, and the
+    conv_state / recurrent_state of linear-attention layers."""
     if seq_len < 0 or batch_size < 1 or num_beams < 1:
         raise ValueError("seq_len must be >= 0, batch_size and num_beams >= 1")
-    if cache_implementation in (None, "dynamic"):
+    rules = cache_rules(cache_implementation)
+    if rules == "dynamic":
         max_cache_len = None
         last_step_tokens = max(1, min(last_step_tokens, seq_len))
-    elif cache_implementation == "static":
+    elif rules == "static":
         max_cache_len = seq_len if max_cache_len is None else max_cache_len
         if max_cache_len < seq_len:
             raise ValueError(f"a static cache of {max_cache_len} tokens cannot hold {seq_len}")
     else:
-        raise ValueError(f"cache_implementation {cache_implementation!r} is not estimated (dynamic or static)")
-    shared_kv = getattr(_text_config(config), "num_kv_shared_layers", 0)
-    if num_beams > 1 and shared_kv and compat.beam_search_keeps_shared_kv_copies():
+        raise ValueError("the quantized cache depends on the prompt and the steps: use estimate_kv_cache_bytes")
+    if num_beams > 1 and getattr(_text_config(config), "num_kv_shared_layers", 0) \
+            and compat.beam_search_keeps_shared_kv_copies():
         raise NotImplementedError("beam search with KV-shared layers (Gemma-3n) in transformers 4.x: its cache keeps "
                                   "copies of the shared states that beam reordering leaves behind")
     sequences, nbytes = batch_size * num_beams, dtype_nbytes(dtype)
-    return [
-        sequences * spec.kv_heads * (spec.k_head_dim + spec.v_head_dim) * nbytes
-        * _layer_tokens(spec, seq_len, last_step_tokens, num_beams > 1, max_cache_len)
-        for spec in kv_layer_specs(config)
-    ]
+    layers = []
+    for spec in kv_layer_specs(config):
+        tokens = _layer_tokens(spec, seq_len, last_step_tokens, num_beams > 1, max_cache_len)
+        layer = {"key_value": sequences * spec.kv_heads * (spec.k_head_dim + spec.v_head_dim) * tokens * nbytes}
+        if spec.state is not None and seq_len > 0:  # allocated by the first forward
+            for kind, n in state_bytes(spec.state, sequences, nbytes).items():
+                layer[kind] = layer.get(kind, 0) + n
+        layers.append(layer)
+    return layers
+
+
+def kv_cache_bytes_by_layer(config: Any, **kwargs) -> list[int]:
+    """Bytes each decoder layer's cache holds once ``seq_len`` positions have been fed through it (see
+    `kv_cache_bytes_at`, their sum, for the arguments)."""
+    return [sum(layer.values()) for layer in kv_cache_bytes_by_layer_kind(config, **kwargs)]
+
+
+def kv_cache_bytes_by_kind_at(config: Any, **kwargs) -> dict[str, int]:
+    """`kv_cache_bytes_at`, by kind: key_value, and the conv_state / recurrent_state of linear-attention layers."""
+    out = {"key_value": 0, "conv_state": 0, "recurrent_state": 0}
+    for layer in kv_cache_bytes_by_layer_kind(config, **kwargs):
+        for kind, n in layer.items():
+            out[kind] += n
+    return _nonzero(out)
 
 
 def kv_cache_bytes_at(config: Any, *, batch_size: int, seq_len: int, dtype: torch.dtype | str, num_beams: int = 1,
@@ -254,26 +314,56 @@ def kv_cache_bytes_at(config: Any, *, batch_size: int, seq_len: int, dtype: torc
     prefill (a dynamic sliding layer then still holds the whole prompt, not just its window). For a static cache
     ``max_cache_len`` is its preallocated length (default: ``seq_len``). ``num_beams`` multiplies the batch, and
     beam search compacts sliding layers at every step."""
-    return sum(kv_cache_bytes_by_layer(config, batch_size=batch_size, seq_len=seq_len, dtype=dtype, num_beams=num_beams,
-                                       cache_implementation=cache_implementation, max_cache_len=max_cache_len,
-                                       last_step_tokens=last_step_tokens))
+    return sum(kv_cache_bytes_by_kind_at(
+        config, batch_size=batch_size, seq_len=seq_len, dtype=dtype, num_beams=num_beams,
+        cache_implementation=cache_implementation, max_cache_len=max_cache_len, last_step_tokens=last_step_tokens,
+    ).values())
+
+
+def estimate_kv_cache_bytes_by_kind(config: Any, *, batch_size: int, prompt_len: int, new_tokens: int,
+                                    dtype: torch.dtype | str, num_beams: int = 1,
+                                    cache_implementation: str | None = "dynamic", quant_backend: str | None = None,
+                                    quant_nbits: int | None = None,
+                                    residual_length: int | None = None) -> dict[str, int]:
+    """`estimate_kv_cache_bytes`, by kind (the kinds with bytes only)."""
+    if prompt_len < 1 or new_tokens < 1:
+        raise ValueError("prompt_len and new_tokens must be >= 1")
+    seq_len = prompt_len + new_tokens - 1
+    if cache_rules(cache_implementation) != "quantized":
+        return kv_cache_bytes_by_kind_at(
+            config, batch_size=batch_size, seq_len=seq_len, dtype=dtype, num_beams=num_beams,
+            cache_implementation=cache_implementation, max_cache_len=seq_len,
+            last_step_tokens=prompt_len if new_tokens == 1 else 1)
+    return _nonzero(quant.quantized_cache_bytes(
+        kv_layer_specs(config), quant_backend, quant_nbits, residual_length, sequences=batch_size * num_beams,
+        prompt_len=prompt_len, new_tokens=new_tokens, dtype_bytes=dtype_nbytes(dtype), num_beams=num_beams))
 
 
 def estimate_kv_cache_bytes(config: Any, *, batch_size: int, prompt_len: int, new_tokens: int,
                             dtype: torch.dtype | str, num_beams: int = 1,
-                            cache_implementation: str | None = "dynamic", by_layer: bool = False) -> int | list[int]:
+                            cache_implementation: str | None = "dynamic", quant_backend: str | None = None,
+                            quant_nbits: int | None = None, residual_length: int | None = None,
+                            by_layer: bool = False) -> int | list[int]:
     """Bytes of the cache that ``model.generate`` returns after ``new_tokens`` tokens from a
     ``batch_size x prompt_len`` prompt (min_new_tokens = max_new_tokens = new_tokens, use_cache=True): it has seen
     ``prompt_len + new_tokens - 1`` positions, the last of them fed alone (or the whole prompt when
-    new_tokens == 1); a static cache is sized ``prompt_len + new_tokens - 1``. ``by_layer=True``: a list, one
-    figure per decoder layer."""
-    if prompt_len < 1 or new_tokens < 1:
-        raise ValueError("prompt_len and new_tokens must be >= 1")
-    seq_len = prompt_len + new_tokens - 1
-    layers = kv_cache_bytes_by_layer(config, batch_size=batch_size, seq_len=seq_len, dtype=dtype, num_beams=num_beams,
-                                     cache_implementation=cache_implementation, max_cache_len=seq_len,
-                                     last_step_tokens=prompt_len if new_tokens == 1 else 1)
-    return layers if by_layer else sum(layers)
+    new_tokens == 1); a static cache is sized ``prompt_len + new_tokens - 1``. The ``quant_*`` arguments and
+    ``residual_length`` configure ``cache_implementation="quantized"`` (None: transformers' defaults).
+    ``by_layer=True``: a list, one figure per decoder layer (not for the quantized cache)."""
+    if by_layer:
+        if cache_rules(cache_implementation) == "quantized":
+            raise ValueError("by_layer: the quantized cache is estimated as a whole")
+        if prompt_len < 1 or new_tokens < 1:
+            raise ValueError("prompt_len and new_tokens must be >= 1")
+        seq_len = prompt_len + new_tokens - 1
+        return kv_cache_bytes_by_layer(config, batch_size=batch_size, seq_len=seq_len, dtype=dtype,
+                                       num_beams=num_beams, cache_implementation=cache_implementation,
+                                       max_cache_len=seq_len, last_step_tokens=prompt_len if new_tokens == 1 else 1)
+    return sum(estimate_kv_cache_bytes_by_kind(
+        config, batch_size=batch_size, prompt_len=prompt_len, new_tokens=new_tokens, dtype=dtype,
+        num_beams=num_beams, cache_implementation=cache_implementation, quant_backend=quant_backend,
+        quant_nbits=quant_nbits, residual_length=residual_length,
+    ).values())
 
 
 def kv_bytes_per_token(config: Any, dtype: torch.dtype | str, *, count_sliding: bool = False) -> int:

@@ -4,7 +4,7 @@ and the bandwidth a measured step achieved."""
 from __future__ import annotations
 
 from ..inputs.scenario import Scenario
-from .kvcache import kv_cache_bytes_at
+from .kvcache import estimate_kv_cache_bytes, kv_cache_bytes_at
 from .weights import decode_weight_bytes
 
 
@@ -21,6 +21,17 @@ def decode_bytes_per_step(config, scenario: Scenario, dtype) -> float | None:
     if not scenario.use_cache or scenario.new_tokens < 2:
         return None
     sequences = scenario.batch_size * scenario.num_beams
+    if scenario.cache_implementation == "quantized":  # its bytes depend on when it last requantized
+        kv = [
+            estimate_kv_cache_bytes(
+                config, batch_size=scenario.batch_size, prompt_len=scenario.prompt_len, new_tokens=k + 1,
+                dtype=dtype, num_beams=scenario.num_beams, cache_implementation="quantized",
+                quant_backend=scenario.quant_backend, quant_nbits=scenario.quant_nbits,
+                residual_length=scenario.quant_residual_length,
+            )
+            for k in range(1, scenario.new_tokens)
+        ]
+        return decode_weight_bytes(config, dtype, sequences) + sum(kv) / len(kv)
     kv = [
         kv_cache_bytes_at(
             config, batch_size=scenario.batch_size, seq_len=scenario.prompt_len + k, dtype=dtype,

@@ -17,7 +17,16 @@ from .decoding import (
 )
 
 DECODINGS = ("greedy", "sample", "beam")
-CACHE_IMPLEMENTATIONS = ("dynamic", "static")
+# Every `cache_implementation` transformers 5.x's generate accepts (ALL_CACHE_IMPLEMENTATIONS of
+# generation/configuration_utils.py, plus "paged", which routes to continuous batching); tests/test_caches.py checks
+# the list against the installed transformers. The deprecated names build what their layer types say (5.24:
+# `sliding_window` and `hybrid_chunked` a StaticCache, `hybrid` a DynamicCache): records name the class built.
+CACHE_IMPLEMENTATIONS = ("dynamic", "static", "offloaded", "offloaded_static", "quantized", "paged",
+                         "sliding_window", "hybrid", "hybrid_chunked", "offloaded_hybrid", "offloaded_hybrid_chunked")
+# The backends of the quantized cache, the bit widths each accepts, and transformers' defaults for the group-wise
+# ones (fp8 quantizes per tensor and takes no option: no bits to choose, no residual).
+QUANT_BACKENDS = {"quanto": (2, 4), "hqq": (1, 2, 3, 4, 8), "fp8": ()}
+QUANT_DEFAULTS = dict(quant_backend="quanto", quant_nbits=4, quant_residual_length=128)
 # off: eager decode; on: the decode forward compiled on any device; auto: transformers decides (it compiles the
 # decode forward of a static cache on CUDA, never on the CPU).
 COMPILE_MODES = ("off", "on", "auto")
@@ -33,6 +42,8 @@ class Scenario:
     other scenarios store "auto" (which for them never compiles), and "on" with them is refused.
     Sampling parameters and the engine:
     `kvbench.inputs.decoding` (None where decoding is not sampling; "reference" decodes with the plain-torch loop).
+    The `quant_*` fields apply to `cache_implementation="quantized"` only (None elsewhere); left None there, they take
+    transformers' defaults (quanto, 4 bits, a residual of 128 tokens; fp8 takes neither bits nor residual).
     """
 
     prompt_len: int
@@ -48,6 +59,9 @@ class Scenario:
     top_k: int | None = None  # sampling only; None: 50, 0: off
     top_p: float | None = None  # sampling only; None: 1.0 (off)
     engine: str = "generate"  # or "reference": kvbench.measuring.reference, no generate
+    quant_backend: str | None = None
+    quant_nbits: int | None = None
+    quant_residual_length: int | None = None
 
     def __post_init__(self):
         for name in ("prompt_len", "new_tokens", "batch_size", "num_beams"):
@@ -80,11 +94,41 @@ class Scenario:
                 )
             object.__setattr__(self, "compile", "auto")
         check_decoding(self)
+        self._check_quantization()
+
+    def _check_quantization(self) -> None:
+        names = ("quant_backend", "quant_nbits", "quant_residual_length")
+        if self.cache_implementation != "quantized":  # meaningless there: stored as None (like a grid's other axes)
+            for name in names:
+                object.__setattr__(self, name, None)
+            return
+        backend = self.quant_backend or QUANT_DEFAULTS["quant_backend"]
+        if backend not in QUANT_BACKENDS:
+            raise UserError(f"quant_backend must be one of {', '.join(QUANT_BACKENDS)}, got {backend!r}")
+        object.__setattr__(self, "quant_backend", backend)
+        if backend == "fp8":
+            given = [f"{n}={getattr(self, n)}" for n in names[1:] if getattr(self, n) is not None]
+            if given:
+                raise UserError(f"the fp8 quantized cache quantizes per tensor and takes no {', '.join(given)}")
+            return
+        for name in names[1:]:
+            value = getattr(self, name)
+            value = QUANT_DEFAULTS[name] if value is None else value
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"{name} must be a positive integer, got {value!r}")
+            object.__setattr__(self, name, value)
+        if self.quant_nbits not in QUANT_BACKENDS[backend]:
+            bits = ", ".join(map(str, QUANT_BACKENDS[backend]))
+            raise UserError(f"quant_nbits={self.quant_nbits} is not one of the widths the {backend} backend takes ({bits})")
 
     @property
     def id(self) -> str:
         """A stable, readable name (used as pytest ids and to match scenarios across runs)."""
         cache = f"cache-{self.cache_implementation}" if self.use_cache else "nocache"
+        if self.cache_implementation == "quantized":
+            cache += f"-{self.quant_backend}" + (f"{self.quant_nbits}" if self.quant_nbits else "")
+            if self.quant_residual_length not in (None, QUANT_DEFAULTS["quant_residual_length"]):
+                cache += f"-R{self.quant_residual_length}"
         decoding = decoding_label(self)
         compiled = "" if self.compile == "auto" else f"-compile-{self.compile}"
         return (f"P{self.prompt_len}-N{self.new_tokens}-B{self.batch_size}-{cache}-{decoding}{compiled}"
@@ -112,6 +156,8 @@ class Scenario:
         )
         if self.use_cache:
             kwargs["cache_implementation"] = self.cache_implementation
+        if self.cache_implementation == "quantized":
+            kwargs["cache_config"] = self.quant_cache_config()
         if self.decoding == "sample":
             kwargs.update(sampling_kwargs(self))
         if self.decoding == "beam":
@@ -119,6 +165,13 @@ class Scenario:
         if self.compile == "off":
             kwargs["disable_compile"] = True
         return kwargs
+
+    def quant_cache_config(self) -> dict:
+        """generate's `cache_config` for the quantized cache (fp8: the backend alone, the only option it accepts)."""
+        config = {"backend": self.quant_backend}
+        if self.quant_backend != "fp8":
+            config.update(nbits=self.quant_nbits, residual_length=self.quant_residual_length)
+        return config
 
 
 def grid(
@@ -135,17 +188,20 @@ def grid(
     top_ks=(50,),
     top_ps=(1.0,),
     engines=("generate",),
+    quantization: dict | None = None,
 ) -> list[Scenario]:
     """Every combination, in a stable order, without duplicates (no-cache rows ignore the implementation, rows
     without the static cache the compile setting; beam counts expand beam search only, sampling parameters sampling
-    only; the reference engine skips beam search and the static cache: `kvbench.inputs.decoding`)."""
+    only; the reference engine skips beam search and the static cache: `kvbench.inputs.decoding`).
+    `quantization`: the `quant_*` fields of the quantized rows (the other rows ignore them)."""
     seen: dict[Scenario, None] = {}
     for p, n, b, uc, impl, comp in itertools.product(prompt_lens, new_tokens, batch_sizes, use_cache,
                                                      cache_implementations, compiles):
         comp = comp if uc and impl == "static" else "auto"
+        quant = (quantization or {}) if uc and impl == "quantized" else {}
         variants = decoding_variants(decodings, num_beams, temperatures, top_ks, top_ps, engines, impl if uc else "none")
         for dec in variants:
-            seen.setdefault(Scenario(p, n, b, uc, impl, seed=seed, compile=comp, **dec), None)
+            seen.setdefault(Scenario(p, n, b, uc, impl, seed=seed, compile=comp, **dec, **quant), None)
     return list(seen)
 
 

@@ -1,21 +1,15 @@
-"""measure(model, scenario) -> one flat, JSON-safe record: measurements beside their analytic estimates."""
+"""measure(model, scenario) -> one flat, JSON-safe record: measurements beside their analytic estimates (the
+untimed parts of the record: `kvbench.measuring.record`; continuous batching: `kvbench.measuring.paged`)."""
 
 from __future__ import annotations
-
-import gc
-import statistics
 
 import torch
 
 from ..compat import cache_from_output
 from ..errors import UserError
-from ..estimate.kvcache import estimate_kv_cache_bytes, naive_kv_cache_bytes
-from ..estimate.positions import positions_processed_estimate
 from ..estimate.roofline import decode_bytes_per_step, roofline
-from ..estimate.weights import weight_bytes_estimate
 from ..inputs.scenario import Scenario
-from ..results.schema import SCHEMA_VERSION
-from .cache_bytes import cache_nbytes, cache_nbytes_by_device
+from .cache_bytes import cache_fields, cache_nbytes
 from .clock import Clock
 from .decode import (
     check_compile,
@@ -26,60 +20,27 @@ from .decode import (
 )
 from .environment import environment
 from .forwards import eager_probes, record_forwards
+from .host_memory import pinned_host_probe
 from .memory import memory_probe
 from .models import LoadedModel, synthetic_inputs
 from .nvml import nvml_handle
-from .placement import placement_fields
+from .paged import measure_paged
 from .profile import NOT_PROFILED
 from .profile import profile_steps as profile_decode_steps
+from .record import (  # noqa: F401 - is_oom, error_line, kv_estimate: part of this module's API
+    as_loaded,
+    base_record,
+    check_fits,
+    compile_record,
+    error_line,
+    free_memory,
+    is_oom,
+    kv_estimate,
+    summarize,
+)
 from .reference import reference_run
 
 
-def is_oom(exc: BaseException) -> bool:
-    """Out-of-memory as torch raises it, and the allocation failures cuBLAS/cuDNN report near a memory cap."""
-    text = str(exc)
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text.lower() or "ALLOC_FAILED" in text
-
-
-def error_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type where the message is empty)."""
-    return (str(exc).splitlines() or [type(exc).__name__])[0]
-
-
-def free_memory(device: torch.device | str | None = None) -> None:
-    """Drop what a failed or finished call left behind, so the next one starts from the same level.
-
-    Call it after leaving the `except` block that caught the failure: until then the exception's traceback keeps
-    the failed call's frames, and the tensors they hold, alive. `device`: the CUDA device whose peak statistics
-    restart (None: the current one); on a CPU device only the garbage is collected.
-    """
-    gc.collect()
-    if (device is None or torch.device(device).type == "cuda") and torch.cuda.is_available():
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def as_loaded(model) -> LoadedModel:
-    """Accept a LoadedModel or a bare transformers model."""
-    if isinstance(model, LoadedModel):
-        return model
-    param = next(model.parameters())
-    return LoadedModel(
-        name=getattr(model.config, "_name_or_path", "") or type(model).__name__, model=model,
-        config=model.config, device=param.device, dtype=param.dtype, source="in-memory model",
-    )
-
-
-def check_fits(loaded: LoadedModel, scenario: Scenario) -> None:
-    if loaded.context_len and scenario.total_len > loaded.context_len:
-        raise UserError(
-            f"prompt_len + new_tokens = {scenario.total_len} exceeds {loaded.name}'s context of "
-            f"{loaded.context_len} tokens"
-        )
-
-
-# Peaks above the level before a generate that count the reused static cache as the generate's (allocated memory;
-# reserved memory and NVML's reading are left as read: a fresh cache would often reuse freed blocks there).
 REBASED = ("peak_allocated_delta_bytes", "peak_memory_delta_bytes", "peak_rss_delta_bytes")
 
 
@@ -111,16 +72,15 @@ def generate_once(loaded: LoadedModel, scenario: Scenario, inputs: dict, clock: 
     kwargs = scenario.generate_kwargs() if kwargs is None else kwargs
     held = reset_cache(cache)
     torch.manual_seed(scenario.seed)  # sampling draws the same tokens every repeat
-    with memory_probe(loaded.device, nvml) as memory, record_forwards(loaded.model, clock) as forwards:
+    with memory_probe(loaded.device, nvml) as memory, pinned_host_probe(loaded.device, scenario.cache_implementation) \
+            as host, record_forwards(loaded.model, clock) as forwards:
         start = clock.mark()
         out = run_generation(loaded.model, inputs, scenario, kwargs)
         end = clock.mark()
         seconds = clock.intervals([start, *forwards.marks, end])
     generated = out.sequences.shape[1] - scenario.prompt_len
-    out_cache = cache_from_output(out) if scenario.use_cache else None
-    cache_bytes = cache_nbytes(out_cache)
-    by_device = {"kv_cache_bytes_by_device": cache_nbytes_by_device(out_cache)} if loaded.device_map else {}
-    del out, out_cache
+    cache_record = cache_fields(cache_from_output(out) if scenario.use_cache else None)
+    del out
     for key in REBASED:
         if memory.get(key) is not None:
             memory[key] += held
@@ -132,9 +92,9 @@ def generate_once(loaded: LoadedModel, scenario: Scenario, inputs: dict, clock: 
         "positions": forwards.positions,
         "forward_compiled": forwards.compiled,
         "generated_tokens": generated,
-        "kv_cache_bytes": cache_bytes,
-        **by_device,
+        **cache_record,
         **memory,
+        **host,
     }
 
 
@@ -143,49 +103,6 @@ def bare_generate(loaded: LoadedModel, scenario: Scenario, inputs: dict, kwargs:
     reset_cache(cache)
     torch.manual_seed(scenario.seed)
     run_generation(loaded.model, inputs, scenario, kwargs)
-
-
-def base_record(loaded: LoadedModel, scenario: Scenario) -> dict:
-    """Who, what, where and the analytic estimates: everything known before generate runs."""
-    config, dtype = loaded.config, loaded.dtype
-    seq_len = scenario.total_len - 1  # the last sampled token is never fed back
-    record = {
-        "schema_version": SCHEMA_VERSION,
-        "model": loaded.name,
-        "model_source": loaded.source,
-        "model_type": getattr(config, "model_type", None),
-        "device": str(loaded.device),
-        "dtype": str(dtype).removeprefix("torch."),
-        "scenario_id": scenario.id,
-        **scenario.as_dict(),
-        "status": "ok",
-        "error": None,
-        "weight_bytes_estimate": weight_bytes_estimate(config, dtype),
-        "positions_processed_estimate": positions_processed_estimate(
-            scenario.prompt_len, scenario.new_tokens, scenario.use_cache
-        ),
-        "kv_cache_bytes_estimate": 0,
-        "kv_cache_bytes_naive": 0,
-    }
-    if scenario.use_cache:
-        try:
-            record["kv_cache_bytes_estimate"] = kv_estimate(config, scenario, dtype)
-        except NotImplementedError as exc:  # an architecture whose cache kvbench cannot predict exactly
-            record.update(kv_cache_bytes_estimate=None, kv_cache_estimate_error=str(exc))
-        sequences = scenario.batch_size * scenario.num_beams
-        record["kv_cache_bytes_naive"] = naive_kv_cache_bytes(config, batch_size=sequences, seq_len=seq_len, dtype=dtype)
-    if loaded.device_map is not None:
-        by_layer = kv_estimate(config, scenario, dtype, by_layer=True) if record["kv_cache_bytes_estimate"] else None
-        record.update(placement_fields(loaded, by_layer))
-    return record
-
-
-def kv_estimate(config, scenario: Scenario, dtype, by_layer: bool = False) -> int | list[int]:
-    return estimate_kv_cache_bytes(
-        config, batch_size=scenario.batch_size, prompt_len=scenario.prompt_len, new_tokens=scenario.new_tokens,
-        dtype=dtype, num_beams=scenario.num_beams, cache_implementation=scenario.cache_implementation,
-        by_layer=by_layer,
-    )
 
 
 def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, profile_steps: bool = False) -> dict:
@@ -201,6 +118,8 @@ def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, profil
     loaded = as_loaded(model)
     check_fits(loaded, scenario)
     check_compile([scenario], loaded.device)
+    if scenario.cache_implementation == "paged":  # continuous batching: an engine of its own
+        return measure_paged(loaded, scenario, repeats, warmup)
     record = base_record(loaded, scenario)
     record.update(environment(loaded.device))
     clock, nvml = Clock(loaded.device), nvml_handle(loaded.device)
@@ -248,58 +167,3 @@ def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, profil
                    record["decode_step_device_s"]),
     )
     return record
-
-
-def decode_ran_compiled(run: dict) -> bool | None:
-    """Whether every decode forward (calls 2..N) of one generate ran as compiled code; None if unknown or none."""
-    compiled = run["forward_compiled"]
-    if compiled is None or len(compiled) < 2:
-        return None
-    return all(compiled[1:])
-
-
-def compile_record(warm: list[dict], runs: list[dict], graphs: list, reused_cache: bool) -> dict:
-    """What compilation really did: compiled decode in the timed repeats, the compiling warm-up's time, graph counts."""
-    per_run = [decode_ran_compiled(r) for r in runs]
-    decode_compiled = None if None in per_run else all(per_run)
-    first = warm[0] if warm else None
-    count = [None if None in (a, b) else b - a for a, b in zip(graphs, graphs[1:])]
-    return {
-        "decode_compiled": decode_compiled,
-        "compile_s": first["total_s"] if first and decode_ran_compiled(first) else None,
-        "compile_graphs": count[0],
-        "compile_graphs_timed": count[1],
-        "warmup_runs": len(warm),
-        "kv_cache_reused": reused_cache,
-    }
-
-
-def summarize(runs: list[dict]) -> dict:
-    """Medians over repeats (raw repeats kept), the per-step latencies of the median repeat, and memory peaks."""
-    totals = [r["total_s"] for r in runs]
-    step_medians = [statistics.median(r["decode_steps_s"]) if r["decode_steps_s"] else None for r in runs]
-    median_run = runs[sorted(range(len(runs)), key=totals.__getitem__)[len(runs) // 2]]
-    last = runs[-1]
-    positions = last["positions"]
-    out = {
-        "repeats": len(runs),
-        "total_s": statistics.median(totals),
-        "total_s_repeats": totals,
-        "ttft_s": statistics.median(r["ttft_s"] for r in runs),
-        "ttft_s_repeats": [r["ttft_s"] for r in runs],
-        "decode_step_s": statistics.median(step_medians) if step_medians[0] is not None else None,
-        "decode_step_s_repeats": step_medians,
-        "decode_steps_s": median_run["decode_steps_s"],
-        "forward_calls": len(positions),
-        "positions_per_call": positions,
-        "positions_processed": sum(positions),
-        "generated_tokens": last["generated_tokens"],
-        "kv_cache_bytes": last["kv_cache_bytes"],
-        **({"kv_cache_bytes_by_device": last["kv_cache_bytes_by_device"]} if "kv_cache_bytes_by_device" in last else {}),
-    }
-    memory_keys = [k for k in last if k.endswith("_bytes") and k not in out]
-    for key in memory_keys:  # peaks: the largest over repeats; levels (before, after): the last repeat's
-        values = [r[key] for r in runs if r.get(key) is not None]
-        out[key] = (max(values) if "peak" in key or "delta" in key else values[-1]) if values else None
-    out.update((k, v) for k, v in last.items() if k.endswith("_source"))  # peak_memory_source, nvml_used_source
-    return out

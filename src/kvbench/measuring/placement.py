@@ -14,6 +14,7 @@ import json
 import torch
 
 from ..errors import UserError
+from ..results.cache_fields import device_fields
 from ..units import parse_bytes
 
 STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
@@ -163,5 +164,5 @@ def placement_fields(loaded, kv_by_layer: list[int] | None) -> dict:
     return {
         "device_map": {k: _device_name(v) for k, v in loaded.device_map.items()},
         "weight_bytes_by_device": weight_bytes_by_device(loaded.model),
-        "kv_cache_bytes_estimate_by_device": kv,
+        **device_fields(kv or {}, estimate=True),  # kv_cache_device_<device>_bytes_estimate
     }

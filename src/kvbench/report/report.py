@@ -26,11 +26,12 @@ class FigureSpec:
     how_to_read: str
     display: str | None = None  # a `plots` function giving a shorter table to show (the CSV keeps all)
     note: str | None = None  # a `plots` function of the table giving a note to show, or None
+    module: str = "plots"  # the report module that draws it (cache_plots: the figures comparing implementations)
 
     def call(self, what: str, *args):
-        from . import plots  # matplotlib loads only when a report is drawn
+        import importlib  # matplotlib loads only when a report is drawn
 
-        return getattr(plots, what)(*args)
+        return getattr(importlib.import_module(f".{self.module}", __package__), what)(*args)
 
 
 FIGURES = [
@@ -75,6 +76,20 @@ FIGURES = [
         "memory allows; far below it, overheads (kernel launches, Python, small batches) dominate.",
         note="bandwidth_note",
     ),
+    *[FigureSpec(*spec, module="cache_plots") for spec in [  # the figures comparing cache implementations
+        ("cache_tradeoff", "What the cache buys against what it costs: speedup against KV-cache bytes",
+         "Each point is one cached scenario: its speedup over the same scenario without the cache (y) against the "
+         "bytes its KV cache holds by kvbench's exact estimate (x); the colour is the cache implementation "
+         "(dynamic, static, quantized with its backend and bits, offloaded, ...), the marker the batch size. Up and "
+         "to the left is better: more speed for fewer bytes. A quantized cache moves left (fewer bytes) and, as it "
+         "dequantizes at every step, usually down."),
+        ("cache_memory_latency", "Latency against memory, implementation by implementation",
+         "Each scenario is a filled marker at the bytes its cache stores after generate (measured) and, joined to "
+         "it, a hollow one at the peak memory above the baseline during generate (its source in the title: the "
+         "cache plus activations, dequantized copies and allocator slack), both at its median decode step time; "
+         "a panel per batch size, a colour per implementation, a marker per prompt length. The table puts stored "
+         "bytes, peak bytes and step time side by side.", "cache_memory_latency_display"),
+    ]],
 ]
 
 

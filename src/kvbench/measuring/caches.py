@@ -1,0 +1,122 @@
+"""Which of transformers' cache implementations can run a scenario here: refused before a sweep, in one line.
+
+* every implementation must be one the installed transformers offers (``ALL_CACHE_IMPLEMENTATIONS`` + "paged");
+* offloaded caches (``offloaded``, ``offloaded_static``, ``offloaded_hybrid*``) need CUDA: their ``update`` calls
+  ``torch.cuda.default_stream`` (on a CPU build: "Torch not compiled with CUDA enabled");
+* the quantized cache holds full-attention layers only (transformers refuses sliding, linear-attention, conv and
+  MLP-only layers), needs its backend's package (quanto: ``optimum-quanto``, hqq: ``hqq``; fp8 nothing) and a
+  cache whose tensors its group size divides at every quantization (``kvbench.estimate.quantized``);
+* paged attention runs through continuous batching (``generate_batch``): greedy or sampling, no beams, full
+  and sliding attention layers only (`kvbench.measuring.paged`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from ..errors import UserError
+from ..estimate import quantized as quant
+from ..estimate.kvcache import kv_layer_specs
+from ..inputs.scenario import CACHE_IMPLEMENTATIONS, Scenario
+
+OFFLOADED = tuple(name for name in CACHE_IMPLEMENTATIONS if name.startswith("offloaded"))
+# backend -> (module that must import, what brings it)
+QUANT_PACKAGES = {"quanto": ("optimum.quanto", "optimum-quanto"), "hqq": ("hqq", "hqq")}
+
+
+def installed_implementations() -> tuple[str, ...]:
+    """The implementations the installed transformers' generate accepts."""
+    try:
+        from transformers.generation.configuration_utils import (
+            ALL_CACHE_IMPLEMENTATIONS,
+        )
+    except ImportError:  # an older layout: trust kvbench's list
+        return CACHE_IMPLEMENTATIONS
+    return tuple(ALL_CACHE_IMPLEMENTATIONS) + ("paged",)
+
+
+def layer_types(config) -> list[str]:
+    """The cache layer types transformers derives from the config (what QuantizedCache checks)."""
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    try:
+        from transformers.cache_utils import get_layer_types_and_kwargs
+
+        return list(get_layer_types_and_kwargs(text)[0])
+    except (ImportError, AttributeError, TypeError):  # transformers 4.x: kvbench's reading of the config
+        kinds = {"full": "full_attention", "sliding": "sliding_attention", "none": "dummy"}
+        return [kinds[s.kind] for s in kv_layer_specs(config)]
+
+
+def missing_package(backend: str | None) -> str | None:
+    """The pip install that brings a quantization backend, if its package is missing."""
+    module, package = QUANT_PACKAGES.get(backend, (None, None))
+    if module is None:
+        return None
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # the parent package (optimum) is missing
+        found = False
+    return None if found else f"pip install {package} (or kvbench[quant])"
+
+
+def quantized_problem(model, config, scenario: Scenario) -> str | None:
+    other = sorted(set(layer_types(config)) - {"full_attention"})
+    if other:
+        return f"the quantized cache holds full-attention layers only, and this model has {', '.join(other)} layers"
+    supports = getattr(model, "_supports_default_dynamic_cache", None)
+    if supports is not None and not supports():
+        return "this model keeps a cache of its own, which transformers cannot quantize"
+    install = missing_package(scenario.quant_backend)
+    if install:
+        return f"the {scenario.quant_backend} backend of the quantized cache is not installed: {install}"
+    try:
+        specs = kv_layer_specs(config)
+    except NotImplementedError:  # not estimated: the backend will say if its groups do not fit
+        return None
+    for spec in {(s.kv_heads, s.k_head_dim, s.v_head_dim) for s in specs}:
+        problem = quant.group_problem(
+            scenario.quant_backend, sequences=scenario.batch_size * scenario.num_beams, kv_heads=spec[0],
+            head_dims=spec[1:], prompt_len=scenario.prompt_len, new_tokens=scenario.new_tokens,
+            residual_length=scenario.quant_residual_length or 1)
+        if problem:
+            return problem
+    return None
+
+
+def paged_problem(model, config, scenario: Scenario) -> str | None:
+    """Why continuous batching cannot run this scenario (None: it can)."""
+    if not hasattr(model, "generate_batch"):
+        import transformers
+
+        return f"transformers {transformers.__version__} has no continuous batching (generate_batch)"
+    if scenario.decoding == "beam":
+        return "continuous batching does not do beam search"
+    other = sorted(set(layer_types(config)) - {"full_attention", "sliding_attention"})
+    if other:
+        return f"continuous batching takes full and sliding attention layers only, and this model has {', '.join(other)}"
+    return None
+
+
+def cache_problem(model, config, device, scenario: Scenario) -> str | None:
+    """Why this scenario's cache cannot run on this model and device (None: it can)."""
+    impl = scenario.cache_implementation
+    if not scenario.use_cache:
+        return None
+    import transformers
+
+    if impl not in installed_implementations():
+        return f"transformers {transformers.__version__} has no cache_implementation {impl!r}"
+    if impl in OFFLOADED and getattr(device, "type", str(device)) != "cuda":
+        return f"the {impl} cache needs CUDA (its update calls torch.cuda.default_stream), not {device}"
+    if impl == "quantized":
+        return quantized_problem(model, config, scenario)
+    if impl == "paged":
+        return paged_problem(model, config, scenario)
+    return None
+
+
+def check_cache(loaded, scenario: Scenario) -> None:
+    """Raise UserError (one line naming the scenario) where its cache implementation cannot run here."""
+    problem = cache_problem(loaded.model, loaded.config, loaded.device, scenario)
+    if problem:
+        raise UserError(f"{scenario.id}: {problem}")

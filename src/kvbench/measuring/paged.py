@@ -1,0 +1,191 @@
+"""Paged attention as a measured engine: a scenario's batch as continuous-batching requests (``generate_batch``).
+
+* The pool is sized explicitly (`kvbench.estimate.paged.paged_sizing`): every request at once, none preempted;
+  the scheduler's safety margin is 0, so all are admitted together; EOS is disabled so each makes exactly N tokens.
+* One manager serves a scenario: the first call (a warm-up, when there is one) starts it and reserves the pool, the
+  timed calls reuse it (``persistent_manager``), and it is destroyed after the scenario. Memory deltas count the
+  reused pool as the call's own, as if the call had reserved it.
+* Timing comes from the requests' own timestamps (perf_counter, taken as each token reaches the host): ``total_s``
+  from the first request's creation to the last one's end, ``ttft_s`` the median of first token minus creation,
+  decode steps the median over requests of the gaps between their tokens; ``paged_call_s`` is the whole
+  ``generate_batch`` call (manager start and stop included).
+* Bytes: ``kv_cache_bytes`` is the pool the cache reserves (``cache_tensor``, kind ``paged_pool``);
+  ``kv_cache_paged_used_bytes`` the blocks the requests held when they finished (read as each is freed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import statistics
+import time
+
+import dataclasses
+
+import torch
+
+from ..estimate.paged import paged_sizing, paged_used_bytes
+from ..estimate.roofline import roofline
+from ..inputs.scenario import Scenario
+from .cache_bytes import cache_fields
+from .environment import environment
+from .memory import memory_probe
+from .models import LoadedModel, synthetic_inputs
+from .nvml import nvml_handle
+from .record import base_record, error_line, free_memory, is_oom, summarize
+
+
+def paged_configs(model, scenario: Scenario):
+    """(GenerationConfig, ContinuousBatchingConfig) of a scenario: exactly N tokens, the pool sized for it."""
+    from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    sampling = (dict(do_sample=True, temperature=1.0, top_k=50, top_p=1.0) if scenario.decoding == "sample"
+                else dict(do_sample=False))
+    pad = getattr(model.generation_config, "pad_token_id", None)
+    generation = GenerationConfig(max_new_tokens=scenario.new_tokens, eos_token_id=-1,  # -1: no EOS, N tokens
+                                  pad_token_id=0 if pad is None else pad, **sampling)
+    sizing = paged_sizing(scenario.batch_size, scenario.prompt_len, scenario.new_tokens)
+    batching = ContinuousBatchingConfig(page_size=sizing.page_size, num_blocks=sizing.num_blocks,
+                                        max_batch_tokens=sizing.max_batch_tokens, safety_margin=0.0,
+                                        seed=scenario.seed)
+    return generation, batching
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Continuous batching's logger says at every call that the manager persists: silenced inside kvbench's calls."""
+    cb_logger, tf_logger = logging.getLogger("ContinuousBatchingLogger"), logging.getLogger("transformers")
+    levels = cb_logger.level, tf_logger.level
+    cb_logger.setLevel(logging.ERROR)
+    tf_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        cb_logger.setLevel(levels[0])
+        tf_logger.setLevel(levels[1])
+
+
+def manager_cache(model):
+    """The PagedAttentionCache of the model's persistent continuous-batching manager (None before the first call)."""
+    manager = getattr(model, "_cached_continuous_batching_manager", None)
+    processor = getattr(manager, "batch_processor", None)
+    return getattr(processor, "cache", None)
+
+
+def watch_blocks(cache, held: list[int]) -> None:
+    """Record in `held`, as each request is freed, the bytes of the blocks it held (an instance-level wrapper of the
+    cache's `free_blocks`, installed once; each call gives its own list)."""
+    cache._kvbench_held = held
+    if getattr(cache, "_kvbench_watched", False):
+        return
+    free = cache.free_blocks
+
+    def free_blocks(request_id, *args, **kwargs):
+        cache._kvbench_held.append(sum(len(a.block_table.get(request_id, [])) * a.bytes_per_block
+                                       for a in cache.cache_allocators.values()))
+        return free(request_id, *args, **kwargs)
+
+    cache.free_blocks = free_blocks
+    cache._kvbench_watched = True
+
+
+def generate_paged_once(loaded, scenario: Scenario, prompts: list[list[int]], configs, nvml=None,
+                        expected: list[list[int]] | None = None) -> dict:
+    """One timed ``generate_batch``: per-request timings, pool bytes, blocks used, memory; the tokens it made."""
+    generation, batching = configs
+    cache = manager_cache(loaded.model)
+    held: list[int] = []
+    if cache is not None:
+        watch_blocks(cache, held)
+    torch.manual_seed(scenario.seed)
+    with memory_probe(loaded.device, nvml) as memory, _quiet():
+        start = time.perf_counter()
+        outputs = loaded.model.generate_batch(inputs=prompts, generation_config=generation,
+                                              continuous_batching_config=batching, record_timestamps=True,
+                                              persistent_manager=True, progress_bar=False)
+        call_s = time.perf_counter() - start
+    results = list(outputs.values())
+    failed = [r for r in results if r.error is not None]
+    if len(results) != len(prompts) or failed:
+        raise RuntimeError(f"continuous batching lost requests: {failed[0].error if failed else 'missing results'}")
+    tokens = [list(r.generated_tokens) for r in results]
+    if any(len(t) != scenario.new_tokens or len(r.timestamps or []) != scenario.new_tokens
+           for t, r in zip(tokens, results)):
+        raise RuntimeError("continuous batching preempted or stopped a request early: the pool was too small")
+    if cache is not None:
+        for key, value in memory.items():  # the reused pool counts as this call's (module docstring)
+            if key.endswith("_delta_bytes") and value is not None:
+                memory[key] = value + cache.cache_tensor.nbytes
+    cache = manager_cache(loaded.model)
+    gaps = [[b - a for a, b in zip(r.timestamps, r.timestamps[1:])] for r in results]
+    return {
+        "total_s": max(r.lifespan[1] for r in results) - min(r.created_time for r in results),
+        "ttft_s": statistics.median(r.timestamps[0] - r.created_time for r in results),
+        "decode_steps_s": [statistics.median(step) for step in zip(*gaps)],
+        "positions": [],  # forward calls pack every request's tokens: not per-sequence positions
+        "generated_tokens": scenario.new_tokens,
+        "paged_call_s": call_s,
+        "tokens": tokens,
+        **cache_fields(cache),
+        "kv_cache_paged_used_bytes": sum(held) if held else None,
+        **memory,
+    }
+
+
+def destroy_manager(model) -> None:
+    """Stop and drop the model's persistent continuous-batching manager (and its pool)."""
+    with _quiet():
+        model.destroy_cached_continuous_batching_manager()
+
+
+def paged_fields(loaded, scenario: Scenario, runs: list[dict], reference_tokens: list[list[int]] | None) -> dict:
+    """The record fields only paged scenarios have, beside `summarize`'s (which gets no forward positions: the
+    forward calls pack every request's tokens together)."""
+    try:
+        used = paged_used_bytes(loaded.config, dtype=loaded.dtype, batch_size=scenario.batch_size,
+                                prompt_len=scenario.prompt_len, new_tokens=scenario.new_tokens)
+    except NotImplementedError:
+        used = None
+    out = {"forward_calls": None, "positions_per_call": None, "positions_processed": None,
+           "paged_call_s": statistics.median(r["paged_call_s"] for r in runs),
+           "kv_cache_paged_used_bytes": runs[-1]["kv_cache_paged_used_bytes"],
+           "kv_cache_paged_used_bytes_estimate": used}
+    if reference_tokens is not None:
+        out["paged_tokens_match_generate"] = reference_tokens == runs[-1]["tokens"]
+    return out
+
+
+def measure_paged(loaded: LoadedModel, scenario: Scenario, repeats: int, warmup: int,
+                  check_tokens: bool = False) -> dict:
+    """`measure` for ``cache_implementation="paged"``: the same record from continuous batching (measuring.paged).
+    ``check_tokens``: also compare greedy tokens with ``generate``'s on the same inputs (equal in float32)."""
+    record = base_record(loaded, scenario) | environment(loaded.device)
+    nvml = nvml_handle(loaded.device)
+    inputs = synthetic_inputs(loaded.config, scenario.batch_size, scenario.prompt_len, loaded.device, scenario.seed)
+    prompts, configs = inputs["input_ids"].tolist(), paged_configs(loaded.model, scenario)
+    free_memory(loaded.device)
+    oom, reference = None, None
+    try:
+        with torch.inference_mode():
+            for _ in range(warmup):
+                generate_paged_once(loaded, scenario, prompts, configs, nvml)
+            runs = [generate_paged_once(loaded, scenario, prompts, configs, nvml) for _ in range(repeats)]
+            if check_tokens and scenario.decoding == "greedy":
+                plain = dataclasses.replace(scenario, cache_implementation="dynamic")
+                out = loaded.model.generate(**inputs, **plain.generate_kwargs())
+                reference = out.sequences[:, scenario.prompt_len:].tolist()
+    except RuntimeError as exc:
+        if not is_oom(exc):
+            raise
+        oom = error_line(exc)
+    finally:
+        destroy_manager(loaded.model)
+    if oom is not None:
+        free_memory(loaded.device)
+        return record | {"status": "oom", "error": oom}
+    record.update(summarize(runs), **paged_fields(loaded, scenario, runs, reference))
+    record["tokens_per_s"] = scenario.new_tokens * scenario.batch_size / record["total_s"]
+    record.update(weight_bytes=loaded.weight_bytes, decode_bytes_per_step_estimate=None,
+                  **roofline(None, record.get("env_gpu_bandwidth_gbps"), record["decode_step_s"]))
+    return record

@@ -1,0 +1,213 @@
+"""Every cache implementation of the installed transformers: the options, the class generate really builds, and
+what cannot run refused before a sweep in one line (kvbench.inputs.scenario, kvbench.measuring.caches)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from cache_models import build, generate
+
+from kvbench import Scenario, UserError, grid
+from kvbench.cli.app import main
+from kvbench.inputs.scenario import CACHE_IMPLEMENTATIONS
+from kvbench.measuring import caches
+from kvbench.compat import cache_from_output
+from kvbench.measuring.cache_bytes import cache_class
+from kvbench.measuring.models import LoadedModel
+from kvbench.results.cache_fields import by_device, by_kind
+
+
+def test_the_list_covers_the_installed_transformers_list(monkeypatch):
+    from transformers.generation.configuration_utils import ALL_CACHE_IMPLEMENTATIONS
+
+    assert set(ALL_CACHE_IMPLEMENTATIONS) | {"paged"} <= set(CACHE_IMPLEMENTATIONS)
+    assert caches.installed_implementations() == tuple(ALL_CACHE_IMPLEMENTATIONS) + ("paged",)
+    # a name this transformers lacks (an older or newer one) is refused before the sweep, naming the version
+    monkeypatch.setattr(caches, "installed_implementations", lambda: ("dynamic", "static"))
+    with pytest.raises(UserError, match=r"transformers .* has no cache_implementation 'hybrid'"):
+        caches.check_cache(_loaded("llama"), Scenario(8, 4, cache_implementation="hybrid"))
+
+
+def test_quantization_fields_defaults_and_ids():
+    assert Scenario(8, 4).id == "P8-N4-B1-cache-dynamic-greedy"  # ids of the existing implementations unchanged
+    q = Scenario(8, 4, cache_implementation="quantized")
+    assert (q.quant_backend, q.quant_nbits, q.quant_residual_length) == ("quanto", 4, 128)
+    assert q.id == "P8-N4-B1-cache-quantized-quanto4-greedy"
+    assert Scenario(8, 4, cache_implementation="quantized", quant_backend="hqq", quant_nbits=2,
+                    quant_residual_length=32).id == "P8-N4-B1-cache-quantized-hqq2-R32-greedy"
+    fp8 = Scenario(8, 4, cache_implementation="quantized", quant_backend="fp8")
+    assert (fp8.id, fp8.quant_nbits, fp8.quant_residual_length) == ("P8-N4-B1-cache-quantized-fp8-greedy", None, None)
+    assert fp8.generate_kwargs()["cache_config"] == {"backend": "fp8"}
+    assert q.generate_kwargs()["cache_config"] == {"backend": "quanto", "nbits": 4, "residual_length": 128}
+    # other implementations ignore the options, so a grid can cross them
+    assert Scenario(8, 4, cache_implementation="static", quant_backend="hqq").quant_backend is None
+    assert "cache_config" not in Scenario(8, 4).generate_kwargs()
+
+
+@pytest.mark.parametrize("kwargs, named", [
+    (dict(quant_backend="fp8", quant_nbits=4), "quant_nbits=4"),
+    (dict(quant_backend="fp8", quant_residual_length=64), "quant_residual_length=64"),
+    (dict(quant_backend="quanto", quant_nbits=3), "quant_nbits=3"),
+    (dict(quant_backend="hqq", quant_nbits=5), "quant_nbits=5"),
+    (dict(quant_backend="int8"), "int8"),
+    (dict(quant_residual_length=0), "quant_residual_length"),
+])
+def test_bad_quantization_options_are_named(kwargs, named):
+    with pytest.raises(UserError, match=named):
+        Scenario(8, 4, cache_implementation="quantized", **kwargs)
+
+
+def test_grid_gives_quantization_to_the_quantized_rows_only():
+    rows = grid([8], [4], cache_implementations=("dynamic", "quantized"), use_cache=(True,),
+                quantization=dict(quant_backend="hqq", quant_nbits=2, quant_residual_length=None))
+    assert [(s.cache_implementation, s.quant_backend, s.quant_nbits) for s in rows] == \
+        [("dynamic", None, None), ("quantized", "hqq", 2)]
+
+
+def _loaded(arch: str, device: str = "cpu") -> LoadedModel:
+    config, model = build(arch)
+    return LoadedModel(name=arch, model=model, config=config, device=torch.device(device), dtype=torch.float32,
+                       source="test")
+
+
+@pytest.mark.parametrize("impl", ["offloaded", "offloaded_static", "offloaded_hybrid", "offloaded_hybrid_chunked"])
+def test_offloaded_caches_need_cuda(impl):
+    with pytest.raises(UserError, match=f"{impl} cache needs CUDA .*torch.cuda.default_stream"):
+        caches.check_cache(_loaded("llama"), Scenario(8, 4, cache_implementation=impl))
+
+
+@pytest.mark.parametrize("arch, named", [("mistral", "sliding_attention"), ("mamba2", "linear_attention"),
+                                         ("falcon_h1", "hybrid"), ("lfm2", "conv")])
+def test_quantized_cache_needs_full_attention_only(arch, named):
+    with pytest.raises(UserError, match=f"full-attention layers only.*{named}"):
+        caches.check_cache(_loaded(arch), Scenario(8, 4, cache_implementation="quantized", quant_backend="fp8"))
+
+
+def test_a_missing_backend_names_its_install(monkeypatch):
+    monkeypatch.setitem(caches.QUANT_PACKAGES, "hqq", ("no_such_module_kvbench", "hqq"))
+    with pytest.raises(UserError, match=r"hqq backend .* not installed: pip install hqq \(or kvbench\[quant\]\)"):
+        caches.check_cache(_loaded("llama"), Scenario(8, 4, cache_implementation="quantized", quant_backend="hqq"))
+    monkeypatch.setitem(caches.QUANT_PACKAGES, "quanto", ("optimum.no_such_module", "optimum-quanto"))
+    assert caches.missing_package("quanto") == "pip install optimum-quanto (or kvbench[quant])"
+    assert caches.missing_package("fp8") is None
+
+
+def test_groups_that_do_not_divide_are_refused_before_generate_fails():
+    """quanto groups 64 values per sequence: with 2 KV heads of 16 (llama_small) a 7-token tensor has 224."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(hidden_size=64, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=128)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    loaded = LoadedModel(name="small", model=model, config=config, device=torch.device("cpu"), dtype=torch.float32,
+                         source="test")
+    odd = Scenario(7, 3, cache_implementation="quantized")
+    with pytest.raises(UserError, match="groups 64 values, which does not divide the 224"):
+        caches.check_cache(loaded, odd)
+    with pytest.raises(ValueError, match="must be a divisor"):  # what generate would have said, mid-sweep
+        generate(model, 1, 7, 3, cache_implementation="quantized", cache_config=odd.quant_cache_config())
+    caches.check_cache(loaded, Scenario(8, 3, cache_implementation="quantized"))  # 8 tokens: 256 values, fine
+    # the requantization at P + R tokens must fit too
+    with pytest.raises(UserError, match="9-token"):
+        caches.check_cache(loaded, Scenario(8, 3, cache_implementation="quantized", quant_residual_length=1))
+
+
+@pytest.mark.parametrize("impl, built", [
+    ("dynamic", "DynamicCache"), ("static", "StaticCache"), ("sliding_window", "StaticCache"),
+    ("hybrid", "DynamicCache"), ("hybrid_chunked", "StaticCache"), ("quantized", "QuantizedCache"),
+])
+def test_records_name_the_class_generate_built(impl, built):
+    _, model = build("mistral" if impl != "quantized" else "llama")
+    scenario = Scenario(12, 3, cache_implementation=impl, quant_backend="fp8" if impl == "quantized" else None)
+    out = generate(model, 1, 12, 3, **{k: v for k, v in scenario.generate_kwargs().items()
+                                       if k in ("cache_implementation", "cache_config")})
+    assert cache_class(cache_from_output(out)) == built
+
+
+def test_measure_records_the_cache_class_and_its_bytes_by_kind():
+    from kvbench.measuring.measure import measure
+
+    loaded = _loaded("llama")
+    record = measure(loaded, Scenario(8, 3, cache_implementation="quantized", quant_backend="fp8"), repeats=1,
+                     warmup=0)
+    assert record["status"] == "ok" and record["cache_class"] == "QuantizedCache"
+    kinds = by_kind(record)
+    assert kinds == by_kind(record, estimate=True) and set(kinds) == {"quantized_data", "quantized_scales"}
+    assert record["kv_cache_bytes"] == record["kv_cache_bytes_estimate"] == sum(kinds.values())
+    assert record["kv_cache_kind_quantized_scales_bytes"] == 2 * 4 * 2  # 2 layers x keys and values x float32
+    assert by_device(record) == {"cpu": record["kv_cache_bytes"]} == {"cpu": record["kv_cache_device_cpu_bytes"]}
+    assert by_device(record, estimate=True) == by_device(record)
+    json.dumps(record, allow_nan=False)
+    assert all(not isinstance(v, dict) for v in record.values())
+
+
+def test_cli_refuses_an_offloaded_cache_without_cuda_in_one_line(tiny_config_file, tmp_path, capsys):
+    code = main(["run", "--model", str(tiny_config_file), "--device", "cpu", "--cache-implementation",
+                 "dynamic,offloaded", "--out", str(tmp_path / "never")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "offloaded cache needs CUDA" in err
+    assert not (tmp_path / "never").exists()
+
+
+def test_cli_runs_dynamic_static_and_fp8_quantized(tiny_config_file, tmp_path):
+    out = tmp_path / "run"
+    code = main(["run", "--model", str(tiny_config_file), "--device", "cpu", "--cache-implementation",
+                 "dynamic,static,quantized", "--quant-backend", "fp8", "--prompt-len", "8", "--new-tokens", "3",
+                 "--batch-size", "1", "--use-cache", "on", "--repeats", "1", "--warmup", "0", "--out", str(out)])
+    assert code == 0
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert [(r["cache_implementation"], r["cache_class"]) for r in records] == \
+        [("dynamic", "DynamicCache"), ("static", "StaticCache"), ("quantized", "QuantizedCache")]
+    assert all(r["kv_cache_bytes"] == r["kv_cache_bytes_estimate"] for r in records)
+
+
+def test_pinned_host_peaks_of_offloaded_caches_on_cuda(monkeypatch):
+    """The probe reads torch's pinned host allocator around the call (a fake allocator here: no CUDA needed), and
+    only for offloaded caches on a CUDA device."""
+    from kvbench.measuring import host_memory
+    from kvbench.measuring.measure import summarize
+
+    stats = {"allocated_bytes.current": 1000, "allocated_bytes.peak": 5000, "active_bytes.current": 0,
+             "active_bytes.peak": 800}
+    calls = []
+    monkeypatch.setattr(torch.cuda, "host_memory_stats", lambda: dict(stats))
+    monkeypatch.setattr(torch.cuda, "reset_peak_host_memory_stats", lambda: calls.append("reset"))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append("sync"))
+    cuda = torch.device("cuda:0")
+
+    with host_memory.pinned_host_probe(cuda, "offloaded") as host:
+        stats.update({"allocated_bytes.peak": 9000, "active_bytes.peak": 4096})  # the call's copies
+    assert calls == ["reset", "sync"]
+    assert host == {"pinned_host_peak_bytes": 9000, "pinned_host_peak_delta_bytes": 8000,
+                    "pinned_host_active_peak_bytes": 4096, "pinned_host_active_peak_delta_bytes": 4096,
+                    "pinned_host_before_bytes": 1000, "pinned_host_memory_source": "torch.cuda.host_memory_stats"}
+    for device, impl in [(cuda, "dynamic"), (cuda, "static"), (torch.device("cpu"), "offloaded_static")]:
+        with host_memory.pinned_host_probe(device, impl) as other:
+            pass
+        assert other == {}
+    run = {"total_s": 1.0, "ttft_s": 0.5, "decode_steps_s": [0.1], "positions": [4, 1], "generated_tokens": 2,
+           "cache_class": "DynamicCache", "kv_cache_bytes": 64, **host}
+    summary = summarize([run, {**run, "pinned_host_peak_bytes": 7000}])
+    assert summary["pinned_host_peak_bytes"] == 9000  # peaks: the largest over repeats
+    assert summary["pinned_host_memory_source"] == "torch.cuda.host_memory_stats"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="offloaded caches need CUDA")
+@pytest.mark.parametrize("arch, impl", [("llama", "offloaded"), ("llama", "offloaded_static"),
+                                        ("gemma2", "offloaded_static"), ("jamba", "offloaded")])
+def test_offloaded_caches_on_cuda_by_device(arch, impl):
+    """Where CUDA exists: the offloaded cache's bytes by device equal the estimate (host and GPU), and the record
+    carries the pinned-host peak beside the GPU's."""
+    from kvbench.measuring.measure import measure
+
+    config, model = build(arch)
+    loaded = LoadedModel(name=arch, model=model.to("cuda"), config=config, device=torch.device("cuda"),
+                         dtype=torch.float32, source="test")
+    record = measure(loaded, Scenario(12, 4, 2, cache_implementation=impl), repeats=1, warmup=1)
+    assert record["status"] == "ok"
+    assert by_device(record) == by_device(record, estimate=True) and "cpu" in by_device(record)
+    assert by_kind(record) == by_kind(record, estimate=True)
+    assert record["pinned_host_memory_source"] == "torch.cuda.host_memory_stats"
+    assert record["pinned_host_peak_bytes"] >= 0
