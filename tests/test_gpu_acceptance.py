@@ -150,7 +150,11 @@ def test_the_cpu_dry_run_writes_every_output(tmp_path):
     assert members["frontier"] == {"frontier", "frontier/NOTHING-WRITTEN.txt"}
     assert "bench/bench.json" in members["bench"]
     log = (out / "log.txt").read_text()
-    assert log.count("=== ") == 2 * 7 and "OMP_NUM_THREADS=1" in log
+    names = ("env", "study", "sweep", "sweep-off", "frontier", "selfcheck", "bench")
+    starts = [line.split()[1] for line in log.splitlines() if line.startswith("=== ") and "(limit " in line]
+    ends = [line.split()[1] for line in log.splitlines() if line.startswith("=== ") and ": exit " in line]
+    assert starts == list(names) and ends == [f"{name}:" for name in names]
+    assert "every step in this process, OMP_NUM_THREADS=" in log
 
 
 def test_the_eight_files_are_the_ones_the_script_names():
