@@ -319,7 +319,8 @@ def breakdown(w: Workload, target: Target, batch_size: int, context_len: int, ne
     overhead = int(cal.overhead_bytes)
     total = w.weight_bytes + kv + transient + act + overhead
     # a decode step reads every weight (one embedding row per sequence: roofline's byte model) and the whole cache
-    per_step = decode_weight_bytes(w.config, w.dtype, batch_size * w.num_beams) + kv_decode
+    # (an offloaded cache's host layers too, once prefetched; the host-to-GPU copies are not modelled)
+    per_step = decode_weight_bytes(w.config, w.dtype, batch_size * w.num_beams) + kv_decode + decode["kv_host_bytes"]
     floor = roofline(per_step, target.bandwidth_gbps, None)["decode_roofline_s"]
     step_s = None
     if cal.bandwidth_fraction and target.bandwidth_gbps:
