@@ -41,7 +41,8 @@ def test_json_and_options(capsys):
     assert main(["plan", "--model", "llama-3.1-8b", "--gpu", "h100", "--kv-dtype", "int4", "--num-beams", "2",
                  "--batch-sizes", "4", "--contexts", "8192", "--new-tokens", "64,256", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert {r["kv_dtype"] for r in rows} == {"int4"} and {r["num_beams"] for r in rows} == {2}
+    assert {r["cache_implementation"] for r in rows} == {"quantized"} and {r["num_beams"] for r in rows} == {2}
+    assert {(r["quant_backend"], r["quant_nbits"]) for r in rows} == {("quanto", 4)}
     assert {r["new_tokens"] for r in rows} == {64, 256}
     assert main(["plan", "--model", "tiny", "--memory", "2GiB", "--bandwidth-gbps", "100",
                  "--cache-implementation", "static", "--format", "json"]) == 0
@@ -60,7 +61,15 @@ def test_json_and_options(capsys):
     (["--model", "tiny", "--gpu", "t4", "--batch-sizes", "1,x"], "--batch-sizes: 'x'"),
     (["--model", "tiny", "--gpu", "t4", "--contexts", "4096"], "exceeds tiny's context window of 2048"),
     (["--model", "tiny", "--gpu", "t4", "--dtype", "float8"], "--dtype: 'float8'"),
-    (["--model", "tiny", "--gpu", "t4", "--cache-implementation", "paged"], "--cache-implementation: 'paged'"),
+    (["--model", "tiny", "--gpu", "t4", "--cache-implementation", "pagd"], "cache_implementation must be one of"),
+    (["--model", "tiny", "--gpu", "t4", "--cache-implementation", "quantized", "--quant-nbits", "3"],
+     "quant_nbits=3 is not one of the widths the quanto backend takes (2, 4)"),
+    (["--model", "tiny", "--gpu", "t4", "--cache-implementation", "quantized", "--quant-backend", "fp8",
+      "--quant-nbits", "4"], "the fp8 quantized cache quantizes per tensor and takes no quant_nbits=4"),
+    (["--model", "tiny", "--gpu", "t4", "--cache-implementation", "quantized", "--quant-backend", "int2"],
+     "quant_backend must be one of quanto, hqq, fp8"),
+    (["--model", "tiny", "--gpu", "t4", "--cache-implementation", "paged", "--num-beams", "2"], "beam"),
+    (["--model", "gemma-2-9b", "--gpu", "t4", "--cache-implementation", "quantized"], "full-attention models only"),
     (["--model", "phi-3-mini-4k", "--gpu", "t4", "--kv-dtype", "int4"], "full-attention models only"),
     (["--gpu", "t4"], "--model is required"),
 ])

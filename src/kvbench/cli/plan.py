@@ -50,16 +50,34 @@ def _int(value) -> str:
     return str(int(value)) if _known(value) else "-"
 
 
+def _transient(r) -> str:  # "-" (a column left out) for caches whose update holds nothing on top of them
+    return _bytes(r["kv_transient_bytes"]) if r.get("kv_transient_bytes") else "-"
+
+
+def _host(r) -> str:
+    return _bytes(r["kv_host_bytes"]) if r.get("kv_host_bytes") else "-"
+
+
+def _cache_label(r) -> str:
+    impl = r["cache_implementation"]
+    if impl != "quantized":
+        return f"{impl} cache"
+    if r["quant_backend"] == "fp8":
+        return "quantized cache (fp8, per tensor)"
+    return (f"quantized cache ({r['quant_backend']} {int(r['quant_nbits'])}-bit, residual "
+            f"{int(r['quant_residual_length'])} tokens; the update's dequantized layer counted as KV transient)")
+
+
 def plan_sections(plan) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, columns, rows of text) for one model on one GPU: longest context, most sequences, the breakdown."""
     longest, most, grid = (plan[plan["question"] == q].to_dict("records")
                            for q in ("longest_context", "most_sequences", "breakdown"))
-    mem = ["KV cache", "activations", "total", "peak at", "decode step (roofline)", "decode step (calibrated)",
-           "tokens/s"]
+    mem = ["KV cache", "KV transient", "activations", "total", "peak at", "decode step (roofline)",
+           "decode step (calibrated)", "tokens/s"]
 
     def memory_cells(r):  # where nothing fits: what the smallest case would need, and no decode speed
         speed = [_step(r["decode_step_roofline_s"]), _step(r["decode_step_s"]), _rate(r)] if r["fits"] else ["-"] * 3
-        return [_bytes(r["kv_cache_bytes"]), _bytes(r["activation_bytes"]), _bytes(r["total_bytes"]),
+        return [_bytes(r["kv_cache_bytes"]), _transient(r), _bytes(r["activation_bytes"]), _bytes(r["total_bytes"]),
                 r["peak_phase"], *speed]
 
     return [
@@ -69,14 +87,14 @@ def plan_sections(plan) -> list[tuple[str, list[str], list[list[str]]]]:
         ("Most sequences that fit, per context length", ["context", "new tokens", "sequences", "limited by", *mem],
          [[str(r["context_len"]), str(r["new_tokens"]), str(r["batch_size"]) if r["fits"] else "none",
            r["limit"], *memory_cells(r)] for r in most]),
-        ("Memory at the peak of generate", ["batch", "context", "prompt + new", "weights", "KV cache", "activations",
-                                            "overhead", "total", "headroom", "fits", "peak at",
-                                            "decode step (roofline)", "decode step (calibrated)"],
+        ("Memory at the peak of generate", ["batch", "context", "prompt + new", "weights", "KV cache", "KV transient",
+                                            "activations", "overhead", "total", "headroom", "fits", "peak at",
+                                            "decode step (roofline)", "decode step (calibrated)", "KV in host memory"],
          [[str(r["batch_size"]), str(r["context_len"]), f"{r['prompt_len']} + {r['new_tokens']}",
-           _bytes(r["weights_bytes"]), _bytes(r["kv_cache_bytes"]), _bytes(r["activation_bytes"]),
+           _bytes(r["weights_bytes"]), _bytes(r["kv_cache_bytes"]), _transient(r), _bytes(r["activation_bytes"]),
            _bytes(r["overhead_bytes"]), _bytes(r["total_bytes"]), _bytes(r["headroom_bytes"]),
            "yes" if r["fits"] else "NO", r["peak_phase"], _step(r["decode_step_roofline_s"]),
-           _step(r["decode_step_s"])] for r in grid]),
+           _step(r["decode_step_s"]), _host(r)] for r in grid]),
     ]
 
 
@@ -87,11 +105,18 @@ def plan_header(plan) -> list[str]:
     spare = r["usable_bytes"] - r["weights_bytes"] - r["overhead_bytes"]
     lines = [
         f"{r['model']} in {r['dtype']}: weights {_bytes(r['weights_bytes'])}; KV cache in {r['kv_dtype']}, "
-        f"{r['cache_implementation']} cache{beams}; context window {r['context_window']}",
+        f"{_cache_label(r)}{beams}; context window {r['context_window']}",
         f"{r['gpu']} ({r['gpu_source']}): usable {_bytes(r['usable_bytes'])}, {bandwidth}; overhead "
         f"{_bytes(r['overhead_bytes'])}; left for KV cache and activations {_bytes(max(spare, 0))}; "
         f"{r['calibration']}",
     ]
+    if str(r["cache_implementation"]).startswith("offloaded"):
+        lines.append("offloaded: the KV cache column counts what stays in GPU memory (the layers never offloaded, the "
+                     "layer being updated and the next one); the rest sits in pinned host memory (KV in host "
+                     "memory)")
+    if r["cache_implementation"] == "paged":
+        lines.append("paged: the KV cache column is the pool reserved for the batch (pages of 256 tokens, "
+                     "batch x ceil((context - 1) / 256) blocks)")
     if spare <= 0:
         lines.append("the weights and overhead alone exceed the usable memory: nothing fits "
                      "(try a smaller --dtype or a larger GPU)")
@@ -184,8 +209,15 @@ def plan_command(
                                                       "or the calibrated one; 0 to plan for an allocator cap"),
     dtype: str = typer.Option("auto", help="weights and compute: auto (the config's half type), float16, "
                                            "bfloat16, float32"),
-    kv_dtype: str = typer.Option("auto", help="KV cache: auto (= --dtype), float16, bfloat16, float32, int8, int4"),
-    cache_implementation: str = typer.Option("dynamic", help="dynamic or static"),
+    kv_dtype: str = typer.Option("auto", help="KV cache: auto (= --dtype), float16, bfloat16, float32; int4, int8: "
+                                              "the quantized cache (quanto 4-bit, hqq 8-bit)"),
+    cache_implementation: str = typer.Option("dynamic", help="dynamic, static, offloaded, offloaded_static, "
+                                             "quantized, paged, or a deprecated name (as kvbench run)"),
+    quant_backend: Optional[str] = typer.Option(None, help="quantized cache backend: quanto (default), hqq, fp8"),
+    quant_nbits: Optional[int] = typer.Option(None, help="quantized cache bits (quanto 2, 4; hqq 1, 2, 3, 4, 8; "
+                                                         "default 4; not for fp8)"),
+    quant_residual_length: Optional[int] = typer.Option(None, help="tokens kept at full precision before "
+                                                                   "requantizing (quanto, hqq; default 128)"),
     num_beams: int = typer.Option(1, help="beams per sequence (beam search when > 1)"),
     batch_sizes: str = typer.Option("1,2,4,8,16,32,64", help="batch sizes, comma-separated"),
     contexts: Optional[str] = typer.Option(None, help="context lengths (prompt + new tokens), comma-separated "
@@ -223,7 +255,8 @@ def plan_command(
                    batch_sizes=int_list("--batch-sizes", batch_sizes),
                    contexts=int_list("--contexts", contexts) if contexts else None,
                    new_tokens=int_list("--new-tokens", new_tokens), calibration=calibration,
-                   overhead=overhead)
+                   overhead=overhead, quant_backend=quant_backend, quant_nbits=quant_nbits,
+                   quant_residual_length=quant_residual_length)
     plans = [plan_capacity(m, g, **options) for m in models for g in gpus]
     comparison = None
     if compare_frontier is not None:

@@ -12,7 +12,9 @@ taken at the two moments where it can peak, and the larger wins:
 * the last decode step: the cache has seen context - 1 positions (the last sampled token is never fed back), sliding
   layers hold their window, beams are compacted; the step's working set is small.
 
-Every KV figure comes from `kvcache.kv_cache_bytes_at` (the estimate that matches real caches to the byte); weights
+Every KV figure comes from the exact estimators, implementation by implementation (`kvbench.estimate.plan_kv`:
+dynamic, static, quantized with its update's transient working set, offloaded counting the GPU part, paged its
+pool); weights
 are `estimate.param_count` x bytes per parameter. Activations and overhead are analytic defaults (see
 `activation_prefill_bytes`, `activation_decode_bytes`, `DEFAULT_OVERHEAD_BYTES`) that `kvbench.calibration`
 replaces with figures fitted to measurements.
@@ -28,17 +30,16 @@ import torch
 
 from ..errors import UserError
 from ..units import MIB
-from .kvcache import dtype_nbytes, kv_cache_bytes_at, kv_layer_specs
+from . import plan_kv
+from .kvcache import cache_rules, dtype_nbytes, kv_cache_bytes_at, kv_layer_specs
 from .roofline import roofline
 from .weights import decode_weight_bytes, param_count
 
 DEFAULT_OVERHEAD_BYTES = 500 * MIB  # CUDA context, cuBLAS workspace, allocator slack (before calibration)
 FLOAT_KV = ("float16", "bfloat16", "float32")
-QUANTIZED_KV_BITS = {"int8": 8, "int4": 4}  # transformers' QuantizedCache (HQQ for 8 bits, quanto or HQQ for 4)
-KV_DTYPES = FLOAT_KV + tuple(QUANTIZED_KV_BITS)
-Q_GROUP_SIZE = 64  # QuantizedCache defaults: a scale and a zero point per group of 64 elements ...
-RESIDUAL_LENGTH = 128  # ... and up to 127 recent tokens kept in full precision
-CACHE_IMPLEMENTATIONS = ("dynamic", "static")
+# --kv-dtype int4 / int8: aliases of the quantized cache (quanto 4 bits; hqq 8 bits), planned by its exact rules
+QUANTIZED_KV_ALIASES = {"int4": ("quanto", 4), "int8": ("hqq", 8)}
+KV_DTYPES = FLOAT_KV + tuple(QUANTIZED_KV_ALIASES)
 MAX_BATCH = 2**20
 
 
@@ -87,7 +88,8 @@ class Dims:
 
 @dataclass(frozen=True)
 class Workload:
-    """A model (its config) generating in `dtype` with a cache of `kv_dtype`, `cache_implementation`, `num_beams`."""
+    """A model (its config) generating in `dtype` with a cache of `kv_dtype`, `cache_implementation` (any of
+    `kvbench.inputs.scenario.CACHE_IMPLEMENTATIONS`, with the `quant_*` options of the quantized one), `num_beams`."""
 
     name: str
     config: Any = field(repr=False)
@@ -95,10 +97,22 @@ class Workload:
     kv_dtype: str
     cache_implementation: str = "dynamic"
     num_beams: int = 1
+    quant_backend: str | None = None
+    quant_nbits: int | None = None
+    quant_residual_length: int | None = None
+
+    @property
+    def rules(self) -> str:
+        """"dynamic", "static", "quantized" or "paged": the rules the cache's bytes follow."""
+        return "paged" if self.cache_implementation == "paged" else cache_rules(self.cache_implementation)
 
     @property
     def quantized(self) -> bool:
-        return self.kv_dtype in QUANTIZED_KV_BITS
+        return self.rules == "quantized"
+
+    @property
+    def offloaded(self) -> bool:
+        return self.cache_implementation.startswith("offloaded")
 
     @cached_property
     def compute_bytes(self) -> int:
@@ -145,8 +159,48 @@ def _auto_dtype(config, target: Target | None) -> torch.dtype:
     return gpu_half_dtype(config, target is None or target.bf16)
 
 
+def _cache_settings(name, config, kv, cache_implementation, num_beams, quant) -> tuple[str, str, dict]:
+    """(kv dtype, implementation, quant options) checked as `kvbench run` checks them (a Scenario), and what the
+    config allows; --kv-dtype int4/int8 become the quantized cache they stand for."""
+    from ..inputs.scenario import Scenario
+
+    if kv in QUANTIZED_KV_ALIASES:
+        if cache_implementation not in ("dynamic", "quantized") or any(v is not None for v in quant.values()):
+            raise UserError(f"--kv-dtype {kv} stands for --cache-implementation quantized --quant-backend "
+                            f"{QUANTIZED_KV_ALIASES[kv][0]} --quant-nbits {QUANTIZED_KV_ALIASES[kv][1]}: give "
+                            f"one or the other")
+        cache_implementation = "quantized"
+        quant = dict(quant, quant_backend=QUANTIZED_KV_ALIASES[kv][0], quant_nbits=QUANTIZED_KV_ALIASES[kv][1])
+    if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1:
+        raise UserError(f"--num-beams: {num_beams!r} is not a positive integer")
+    try:
+        s = Scenario(1, 1, cache_implementation=cache_implementation, decoding="beam" if num_beams > 1 else "greedy",
+                     num_beams=num_beams, **quant)
+    except UserError as exc:
+        raise UserError(f"--cache-implementation {cache_implementation}: {exc}") from None
+    quant = dict(quant_backend=s.quant_backend, quant_nbits=s.quant_nbits,
+                 quant_residual_length=s.quant_residual_length)
+    try:
+        specs = kv_layer_specs(config)
+    except NotImplementedError as exc:
+        raise UserError(f"cannot plan {name}: {exc}") from None
+    impl = s.cache_implementation
+    if impl == "quantized" and any(sp.kind not in ("full", "none") or sp.state is not None for sp in specs):
+        raise UserError(f"--cache-implementation quantized: transformers' QuantizedCache supports full-attention "
+                        f"models only, and {name} has sliding-window or linear-attention layers")
+    if impl == "paged":
+        if num_beams > 1:
+            raise UserError("--cache-implementation paged: continuous batching does not do beam search")
+        try:
+            plan_kv.paged.paged_pool_bytes(config, dtype=torch.float16, num_blocks=1)
+        except NotImplementedError as exc:
+            raise UserError(f"--cache-implementation paged: {name}: {exc}") from None
+    return kv, impl, quant
+
+
 def make_workload(model, dtype: str = "auto", kv_dtype: str | None = None, cache_implementation: str = "dynamic",
-                  num_beams: int = 1, target: Target | None = None) -> Workload:
+                  num_beams: int = 1, target: Target | None = None, quant_backend: str | None = None,
+                  quant_nbits: int | None = None, quant_residual_length: int | None = None) -> Workload:
     """Check the settings and read the model's config (a spec such as "phi-3-mini-4k", or a config object)."""
     from ..inputs.configs import DTYPES, resolve_spec
 
@@ -161,66 +215,28 @@ def make_workload(model, dtype: str = "auto", kv_dtype: str | None = None, cache
     kv = str(DTYPES[kv]).removeprefix("torch.") if kv in DTYPES else kv
     if kv not in KV_DTYPES:
         raise UserError(f"--kv-dtype: {kv_dtype!r} is not one of {', '.join(KV_DTYPES)}")
-    if cache_implementation not in CACHE_IMPLEMENTATIONS:
-        raise UserError(f"--cache-implementation: {cache_implementation!r} is not one of dynamic, static")
-    if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1:
-        raise UserError(f"--num-beams: {num_beams!r} is not a positive integer")
-    try:
-        kinds = {s.kind for s in kv_layer_specs(config)}
-    except NotImplementedError as exc:
-        raise UserError(f"cannot plan {name}: {exc}") from None
-    if kv in QUANTIZED_KV_BITS:
-        if cache_implementation != "dynamic":
-            raise UserError(f"--kv-dtype {kv}: transformers' quantized cache is dynamic; it has no static form")
-        if kinds - {"full", "none"}:
-            raise UserError(f"--kv-dtype {kv}: transformers' QuantizedCache supports full-attention models only, "
-                            f"and {name} has sliding-window layers")
-    return Workload(name, config, dt, kv, cache_implementation, num_beams)
+    quant = dict(quant_backend=quant_backend, quant_nbits=quant_nbits, quant_residual_length=quant_residual_length)
+    kv, impl, quant = _cache_settings(name, config, kv, cache_implementation, num_beams, quant)
+    if impl == "quantized":  # the cache keeps its residual and dequantizes in the model's dtype
+        if kv in FLOAT_KV and kv != str(dt).removeprefix("torch."):
+            raise UserError(f"--kv-dtype {kv}: the quantized cache keeps its residual in the model's dtype")
+        kv = str(dt).removeprefix("torch.")
+    return Workload(name, config, dt, kv, impl, num_beams, **quant)
 
 
 # ---------------------------------------------------------------------------------------------- KV cache
-def _kv(w: Workload, batch_size: int, seq_len: int, *, num_beams: int, dtype, last_step_tokens: int = 1,
-        max_cache_len: int | None = None, implementation: str | None = None) -> int:
-    return kv_cache_bytes_at(
-        w.config, batch_size=batch_size, seq_len=seq_len, dtype=dtype, num_beams=num_beams,
-        cache_implementation=implementation or w.cache_implementation, max_cache_len=max_cache_len,
-        last_step_tokens=last_step_tokens,
-    )
-
-
-def _quantized_kv(w: Workload, batch_size: int, num_beams: int, quantized_tokens: int, residual_tokens: int,
-                  last_step_tokens: int = 1) -> int:
-    """transformers' QuantizedCache: `nbits` per element plus a scale and a zero point (compute dtype) per group of
-    Q_GROUP_SIZE elements, and a residual of recent tokens in the compute dtype. The element count is the cache's
-    bytes at one byte per element (int8)."""
-    elements = _kv(w, batch_size, quantized_tokens, num_beams=num_beams, dtype=torch.int8,
-                   last_step_tokens=last_step_tokens, implementation="dynamic")
-    metadata = -(-elements // Q_GROUP_SIZE) * 2 * w.compute_bytes
-    residual = _kv(w, batch_size, residual_tokens, num_beams=num_beams, dtype=w.dtype, implementation="dynamic")
-    return elements * QUANTIZED_KV_BITS[w.kv_dtype] // 8 + metadata + residual
+def _kv(w: Workload, batch_size: int, seq_len: int, *, num_beams: int, dtype) -> int:
+    return kv_cache_bytes_at(w.config, batch_size=batch_size, seq_len=seq_len, dtype=dtype, num_beams=num_beams)
 
 
 def kv_prefill_bytes(w: Workload, batch_size: int, prompt_len: int, context_len: int) -> int:
-    """The cache right after the prefill: batch x beams sequences of the whole prompt (no beam reorder yet; a dynamic
-    sliding layer still holds the prompt's full tensor); a static cache preallocated to context - 1 tokens; a
-    quantized cache with the prompt quantized."""
-    sequences = batch_size * w.num_beams
-    if w.quantized:
-        return _quantized_kv(w, sequences, 1, prompt_len, 0, last_step_tokens=prompt_len)
-    if w.cache_implementation == "static":
-        return _kv(w, sequences, prompt_len, num_beams=1, dtype=w.kv_dtype, max_cache_len=context_len - 1)
-    return _kv(w, sequences, prompt_len, num_beams=1, dtype=w.kv_dtype, last_step_tokens=prompt_len)
+    """The cache's bytes in GPU memory right after the prefill (`plan_kv.prefill_kv`)."""
+    return plan_kv.prefill_kv(w, batch_size, prompt_len, context_len)["kv_cache_bytes"]
 
 
 def kv_decode_bytes(w: Workload, batch_size: int, context_len: int, new_tokens: int) -> int:
-    """The cache at the last decode step (context - 1 positions fed, one at a time). Quantized: the most it can hold
-    in the last RESIDUAL_LENGTH steps, with the residual at its largest (min(127, new_tokens - 1) tokens)."""
-    seq_len = context_len - 1
-    if w.quantized:
-        residual = min(RESIDUAL_LENGTH - 1, max(new_tokens - 1, 0))
-        return _quantized_kv(w, batch_size, w.num_beams, seq_len - residual, residual)
-    max_len = seq_len if w.cache_implementation == "static" else None
-    return _kv(w, batch_size, seq_len, num_beams=w.num_beams, dtype=w.kv_dtype, max_cache_len=max_len)
+    """The cache's bytes in GPU memory at the last decode steps (`plan_kv.decode_kv`)."""
+    return plan_kv.decode_kv(w, batch_size, context_len, new_tokens)["kv_cache_bytes"]
 
 
 # ---------------------------------------------------------------------------------------------- activations
@@ -228,7 +244,7 @@ def _masks(w: Workload, q_len: int, kv_len: int) -> int:
     """Attention masks transformers materializes (one per distinct window): always with eager attention, and with a
     static cache (its unfilled positions must be masked); with SDPA and a dynamic cache only where `is_causal` cannot
     stand in: a sliding window the keys reach, or a multi-token query shorter than the keys."""
-    if w.dims.eager or w.cache_implementation == "static":
+    if w.dims.eager or w.rules == "static":
         return len(w.dims.windows)
     return sum(1 for win in w.dims.windows
                if (win is not None and kv_len >= win) or not (q_len == 1 or kv_len == q_len))
@@ -247,7 +263,7 @@ def activation_prefill_bytes(w: Workload, sequences: int, prompt_len: int, conte
     * each materialized mask (see `_masks`) as a boolean and its additive copy: S x P x K x (1 + e),
     with K = keys attended: P (dynamic) or the static cache's length context - 1."""
     d, e, s, p = w.dims, w.compute_bytes, sequences, prompt_len
-    keys = context_len - 1 if w.cache_implementation == "static" else p
+    keys = context_len - 1 if w.rules == "static" else p
     logits = s * d.vocab * (e + 4)
     stream = 2 * s * p * d.hidden * e
     mlp = 4 * s * p * d.intermediate * e
@@ -263,20 +279,18 @@ def activation_prefill_bytes(w: Workload, sequences: int, prompt_len: int, conte
 def activation_decode_bytes(w: Workload, batch_size: int, context_len: int, new_tokens: int) -> int:
     """Analytic working set of the last decode step (S = batch x beams sequences, T = context - 1 cached tokens):
     the logits (S x vocab x (e + 4)); the grown keys and values of one layer that `torch.cat` allocates before the old
-    ones are freed (dynamic cache; the average layer, cache / cached layers); for a quantized cache, the dequantized
-    and concatenated full-precision keys and values of one layer (2 x that layer); keys expanded to every query head
-    (eager, or a mask with grouped-query attention: heads / kv_heads x that layer); eager scores S x heads x T x
-    (2e + 4); and the step's masks, S x T x (1 + e) each."""
+    ones are freed (dynamic cache, offloaded or not; the average layer, full-precision cache / cached layers; a
+    quantized cache's update is `plan_kv`'s transient instead, a static cache or paged pool grows nothing); keys
+    expanded to every query head (eager, or a mask with grouped-query attention: heads / kv_heads x that layer);
+    eager scores S x heads x T x (2e + 4); and the step's masks, S x T x (1 + e) each."""
     d, e, s = w.dims, w.compute_bytes, batch_size * w.num_beams
     seq_len = context_len - 1
-    if w.quantized:
-        full = _kv(w, batch_size, seq_len, num_beams=w.num_beams, dtype=w.dtype, implementation="dynamic")
-    else:
-        full = kv_decode_bytes(w, batch_size, context_len, new_tokens)
-    layer = full // d.cached_layers
+    layer = _kv(w, batch_size, seq_len, num_beams=w.num_beams, dtype=w.kv_dtype) // d.cached_layers
+    if w.rules == "static":
+        layer = kv_cache_bytes_at(w.config, batch_size=batch_size, seq_len=seq_len, dtype=w.kv_dtype,
+                                  num_beams=w.num_beams, cache_implementation="static") // d.cached_layers
     working = s * d.vocab * (e + 4)
-    working += 0 if w.cache_implementation == "static" else layer
-    working += 2 * layer if w.quantized else 0
+    working += layer if w.rules == "dynamic" else 0
     masks = _masks(w, 1, seq_len) * s * seq_len * (1 + e)
     if (d.eager or masks) and d.heads != d.kv_heads:
         working += d.heads // d.kv_heads * layer
@@ -293,16 +307,20 @@ def breakdown(w: Workload, target: Target, batch_size: int, context_len: int, ne
     prompt_len = context_len - new_tokens
     if prompt_len < 1:
         raise UserError(f"context {context_len} leaves no prompt before {new_tokens} new tokens")
-    kv_prefill = kv_prefill_bytes(w, batch_size, prompt_len, context_len)
-    kv_decode = kv_decode_bytes(w, batch_size, context_len, new_tokens)
+    prefill = plan_kv.prefill_kv(w, batch_size, prompt_len, context_len)
+    decode = plan_kv.decode_kv(w, batch_size, context_len, new_tokens)
+    kv_prefill, kv_decode = prefill["kv_cache_bytes"], decode["kv_cache_bytes"]
     act_prefill = cal.activations(activation_prefill_bytes(w, batch_size * w.num_beams, prompt_len, context_len))
     act_decode = cal.activations(activation_decode_bytes(w, batch_size, context_len, new_tokens))
-    decode_phase = new_tokens >= 2 and kv_decode + act_decode > kv_prefill + act_prefill
-    kv, act = (kv_decode, act_decode) if decode_phase else (kv_prefill, act_prefill)
+    decode_phase = new_tokens >= 2 and (kv_decode + decode["kv_transient_bytes"] + act_decode
+                                        > kv_prefill + prefill["kv_transient_bytes"] + act_prefill)
+    moment, act = (decode, act_decode) if decode_phase else (prefill, act_prefill)
+    kv, transient = moment["kv_cache_bytes"], moment["kv_transient_bytes"]
     overhead = int(cal.overhead_bytes)
-    total = w.weight_bytes + kv + act + overhead
+    total = w.weight_bytes + kv + transient + act + overhead
     # a decode step reads every weight (one embedding row per sequence: roofline's byte model) and the whole cache
-    per_step = decode_weight_bytes(w.config, w.dtype, batch_size * w.num_beams) + kv_decode
+    # (an offloaded cache's host layers too, once prefetched; the host-to-GPU copies are not modelled)
+    per_step = decode_weight_bytes(w.config, w.dtype, batch_size * w.num_beams) + kv_decode + decode["kv_host_bytes"]
     floor = roofline(per_step, target.bandwidth_gbps, None)["decode_roofline_s"]
     step_s = None
     if cal.bandwidth_fraction and target.bandwidth_gbps:
@@ -316,6 +334,7 @@ def breakdown(w: Workload, target: Target, batch_size: int, context_len: int, ne
         "activation_prefill_bytes": act_prefill, "activation_decode_bytes": act_decode,
         "decode_bytes_per_step": per_step, "decode_step_roofline_s": floor, "decode_step_s": step_s,
         "decode_tokens_per_s": batch_size / (step_s or floor) if (step_s or floor) else None,
+        "kv_transient_bytes": transient, "kv_host_bytes": moment["kv_host_bytes"],
     }
 
 

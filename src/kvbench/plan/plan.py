@@ -2,7 +2,8 @@
 
     kvbench.plan_capacity("phi-3-mini-4k", gpu="t4", batch_sizes=[1, 8], contexts=[2048, 4096])
 
-The memory model (prefill and decode moments, KV from `kvcache.kv_cache_bytes_at`, activations, overhead) lives in
+The memory model (prefill and decode moments, KV from the exact estimators of every cache implementation in
+`kvbench.estimate.plan_kv`, the quantized cache's transient working set, activations, overhead) lives in
 `kvbench.capacity`; this module resolves what the user names (a GPU, a memory size, the local GPU) and assembles the
 plan as a DataFrame.
 """
@@ -85,7 +86,8 @@ def plan_capacity(model, gpu: str | None = None, *, memory=None, bandwidth_gbps:
                   dtype: str = "auto", kv_dtype: str | None = None, cache_implementation: str = "dynamic",
                   num_beams: int = 1, batch_sizes=DEFAULT_BATCH_SIZES, contexts=None,
                   new_tokens=(DEFAULT_NEW_TOKENS,), calibration: Calibration | None = None,
-                  overhead=None) -> pd.DataFrame:
+                  overhead=None, quant_backend: str | None = None, quant_nbits: int | None = None,
+                  quant_residual_length: int | None = None) -> pd.DataFrame:
     """The capacity plan as one DataFrame, a row per answer, `question` saying which:
 
     * "breakdown": the memory at each batch size x context (x new tokens) asked for, and the decode step time;
@@ -94,9 +96,15 @@ def plan_capacity(model, gpu: str | None = None, *, memory=None, bandwidth_gbps:
     Every row carries the same columns (bytes, fits, peak phase, decode times) evaluated at its point.
 
     `overhead` (bytes or a size such as "300MiB"; 0 to plan for an allocator cap) replaces the calibration's
-    runtime overhead (default DEFAULT_OVERHEAD_BYTES: CUDA context, cuBLAS workspace, allocator slack)."""
+    runtime overhead (default DEFAULT_OVERHEAD_BYTES: CUDA context, cuBLAS workspace, allocator slack).
+
+    `cache_implementation`: any of `kvbench.inputs.scenario.CACHE_IMPLEMENTATIONS` (checked as `kvbench run` checks
+    it), with `quant_backend`, `quant_nbits`, `quant_residual_length` for "quantized". `kv_cache_bytes` is what the
+    cache keeps in GPU memory at the peak, `kv_transient_bytes` what a quantized cache's update holds on top of it
+    for a moment, `kv_host_bytes` what an offloaded cache keeps in pinned host memory."""
     target = gpu if isinstance(gpu, Target) else resolve_target(gpu, memory, bandwidth_gbps)
-    w = make_workload(model, dtype, kv_dtype, cache_implementation, num_beams, target)
+    w = make_workload(model, dtype, kv_dtype, cache_implementation, num_beams, target, quant_backend=quant_backend,
+                      quant_nbits=quant_nbits, quant_residual_length=quant_residual_length)
     cal = calibration or Calibration()
     if overhead is not None:
         cal = replace(cal, overhead_bytes=parse_bytes(overhead, "--overhead", minimum=0))  # ints too: -1 refused
@@ -124,7 +132,8 @@ def plan_capacity(model, gpu: str | None = None, *, memory=None, bandwidth_gbps:
         "model": w.name, "gpu": target.name, "gpu_source": target.source, "bandwidth_gbps": target.bandwidth_gbps,
         "dtype": str(w.dtype).removeprefix("torch."), "kv_dtype": w.kv_dtype,
         "cache_implementation": w.cache_implementation, "num_beams": w.num_beams, "context_window": window,
-        "calibration": cal.source,
+        "calibration": cal.source, "quant_backend": w.quant_backend, "quant_nbits": w.quant_nbits,
+        "quant_residual_length": w.quant_residual_length,
     }
     for i, (key, value) in enumerate(identity.items()):
         df.insert(1 + i, key, value)
