@@ -172,3 +172,4 @@ def test_skipped_records_are_read_by_report_and_compare(tiny_loaded, monkeypatch
     capsys.readouterr()
     main(["compare", str(run), str(run)])
     assert f"{LARGER_ID} did not run (skipped)" in capsys.readouterr().out
+
