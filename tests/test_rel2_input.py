@@ -148,6 +148,7 @@ def test_lengths_beyond_the_context_name_the_options_before_loading(no_model_loa
     (["--decoding", "sample", "--top-k", "-1"], "--top-k: '-1' is not an integer >= 0"),
     (["--decoding", "beam", "--num-beams", "1"], "--num-beams 1: beam search (--decoding beam) needs 2 beams or more"),
     (["--decoding", "beam", "--num-beams", "0"], "--num-beams: '0' is not a positive integer"),
+    (["--engine", "reference", "--decoding", "beam"], "no scenario to run (the reference engine decodes greedy and"),
 ])
 def test_huge_and_bad_values_are_one_line_before_any_work(args, named, no_model_load, tmp_path, capsys):
     assert main(["run", "--use-cache", "on", *args, "--out", str(tmp_path / "never")]) == 2
@@ -166,3 +167,8 @@ def test_the_grid_size_is_checked_before_the_grid_is_built():
     with pytest.raises(UserError, match="the grid has 1,000,000,000 scenarios"):
         grid([1], [1], [1], use_cache=[True], decodings=["sample"], temperatures=[0.1 * i for i in range(1, 1001)],
              top_ks=list(range(1000)), top_ps=[i / 1000 for i in range(1, 1001)])
+
+
+def test_an_empty_model_name_is_refused_not_read_as_this_folder(no_model_load, tmp_path, capsys):
+    assert main(["run", "--model", "", "--out", str(tmp_path / "never")]) == 2
+    one_error_line(capsys, "model '': give a preset")

@@ -106,6 +106,9 @@ def run(
         quantization=dict(quant_backend=quant_backend, quant_nbits=quant_nbits,
                           quant_residual_length=quant_residual_length),
     )
+    if not scenarios:  # every combination left out: the reference engine's with beam search or the static cache
+        raise UserError(f"--engine {engine} --decoding {decoding} --cache-implementation {cache_implementation}: no "
+                        "scenario to run (the reference engine decodes greedy and sample, with a dynamic cache or none)")
     if executor not in ("local", "ray"):
         raise UserError(f"--executor: {executor!r} is not one of local, ray")
     settings, index, count = {}, 0, 1

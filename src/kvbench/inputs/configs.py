@@ -130,6 +130,9 @@ def resolve_spec(spec, trust_remote_code: bool = False) -> tuple[str, object, st
 
     if isinstance(spec, PretrainedConfig):
         return spec.model_type, spec, "config object (random weights)", None
+    if not isinstance(spec, (str, Path)) or not str(spec).strip():
+        raise UserError(f"model {str(spec)!r}: give a preset ({', '.join(list_presets())}), a config.json, a model "
+                        "folder or a Hub id (owner/name)")
     preset = preset_name(spec)
     if preset is not None:
         return preset, preset_config(preset), "preset (random weights)", None
