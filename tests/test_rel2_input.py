@@ -146,7 +146,7 @@ def test_lengths_beyond_the_context_name_the_options_before_loading(no_model_loa
     (["--decoding", "sample", "--temperature", "inf"], "--temperature: 'inf' is not a finite number"),
     (["--decoding", "sample", "--top-p", "nan"], "--top-p: 'nan' is not a finite number"),
     (["--decoding", "sample", "--top-k", "-1"], "--top-k: '-1' is not an integer >= 0"),
-    (["--decoding", "beam", "--num-beams", "1"], "--num-beams 1: beam search (--decoding beam) needs 2 beams or more"),
+    (["--decoding", "beam", "--num-beams", "1"], "--num-beams 1: beam search (--decoding beam) needs num_beams >= 2"),
     (["--decoding", "beam", "--num-beams", "0"], "--num-beams: '0' is not a positive integer"),
     (["--engine", "reference", "--decoding", "beam"], "no scenario to run (the reference engine decodes greedy and"),
 ])
@@ -172,3 +172,9 @@ def test_the_grid_size_is_checked_before_the_grid_is_built():
 def test_an_empty_model_name_is_refused_not_read_as_this_folder(no_model_load, tmp_path, capsys):
     assert main(["run", "--model", "", "--out", str(tmp_path / "never")]) == 2
     one_error_line(capsys, "model '': give a preset")
+
+
+def test_steps_refuses_an_infinite_temperature_in_one_line(capsys):
+    assert main(["steps", "--model", "tiny", "--prompt-len", "8", "--new-tokens", "2", "--decoding", "sample",
+                 "--temperature", "inf"]) == 2
+    one_error_line(capsys, "temperature must be a finite number > 0, got inf")

@@ -97,7 +97,7 @@ def run(
         raise UserError("--compile on: decode compiles only with the static cache (add --cache-implementation static)")
     decodings, beams = choice_list("--decoding", decoding, DECODINGS), int_list("--num-beams", num_beams)
     if "beam" in decodings and min(beams) < 2:
-        raise UserError(f"--num-beams {min(beams)}: beam search (--decoding beam) needs 2 beams or more")
+        raise UserError(f"--num-beams {min(beams)}: beam search (--decoding beam) needs num_beams >= 2")
     scenarios = grid(
         int_list("--prompt-len", prompt_len), int_list("--new-tokens", new_tokens),
         int_list("--batch-size", batch_size), caches[use_cache], implementations, decodings, num_beams=beams,
