@@ -74,6 +74,7 @@ class KVSettings:
     rounds: int
     warmup_rounds: int
     profile_steps: bool = False
+    on_oom: str = "continue"
 
 
 def pytest_addoption(parser):
@@ -104,6 +105,8 @@ def pytest_addoption(parser):
     add("--kv-engine", default="generate", help="generate, reference (kvbench's plain-torch loop), comma-separated")
     add("--kv-rounds", default="5", help="timed rounds per scenario (default: 5)")
     add("--kv-warmup-rounds", default="1", help="untimed rounds before them (default: 1)")
+    add("--kv-on-oom", default="continue", help="after an out-of-memory: continue, or skip-larger (skip the tests "
+        "of larger scenarios with the same settings)")
 
 
 def pytest_configure(config):
@@ -143,12 +146,16 @@ def kv_settings_from(config) -> KVSettings:
         if opt("kv_dtype") != "auto":
             resolve_dtype(opt("kv_dtype"), device)
         check_compile(scenarios, device)
+        from .measuring.resume import ON_OOM
+
+        if opt("kv_on_oom") not in ON_OOM:
+            raise UserError(f"--kv-on-oom: {opt('kv_on_oom')!r} is not one of {', '.join(ON_OOM)}")
     except ValueError as exc:  # UserError, and "--kv-rounds 4,5" unpacking into one value
         raise pytest.UsageError(f"kvbench: {exc}") from None
     settings = KVSettings(
         model=opt("kv_model"), device=opt("kv_device"), dtype=opt("kv_dtype"), grid=opt("kv_grid"),
         scenarios=tuple(scenarios), rounds=rounds, warmup_rounds=int(warmup),
-        profile_steps=bool(opt("kv_profile_steps")),
+        profile_steps=bool(opt("kv_profile_steps")), on_oom=opt("kv_on_oom"),
     )
     config.stash[_SETTINGS] = settings
     return settings
@@ -203,12 +210,32 @@ def kv_scenario(request) -> Scenario:
     return param if isinstance(param, Scenario) else Scenario(**param)
 
 
+@pytest.fixture(scope="session")
+def kv_oom_skips(kv_settings):
+    """The session's out-of-memory scenarios (kvbench.measuring.resume.OOMSkips) under --kv-on-oom skip-larger."""
+    from .measuring.resume import OOMSkips
+
+    return OOMSkips(kv_settings.on_oom)
+
+
 @pytest.fixture
-def kv_benchmark(benchmark, kv_model, kv_settings):
+def kv_benchmark(benchmark, kv_model, kv_settings, kv_oom_skips):
     """`kv_benchmark(scenario, rounds=None, warmup_rounds=None, check=True) -> dict`: time generate under
-    pytest-benchmark, fill `benchmark.extra_info` with kvbench's record, check the generation, return the record."""
+    pytest-benchmark, fill `benchmark.extra_info` with kvbench's record, check the generation, return the record.
+    Under --kv-on-oom skip-larger a scenario larger than one that ran out of memory is skipped, naming it."""
 
     def run(scenario: Scenario, *, rounds: int | None = None, warmup_rounds: int | None = None, check: bool = True):
+        reason = kv_oom_skips.reason(scenario)
+        if reason is not None:
+            pytest.skip(reason)
+        try:
+            return measured(scenario, rounds, warmup_rounds, check)
+        except pytest.skip.Exception as exc:
+            if str(exc.msg).startswith("out of memory"):
+                kv_oom_skips.saw(scenario, {"status": "oom"})
+            raise
+
+    def measured(scenario, rounds, warmup_rounds, check):
         return benchmark_generate(
             benchmark, kv_model, scenario,
             rounds=kv_settings.rounds if rounds is None else rounds,

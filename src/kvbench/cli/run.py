@@ -65,6 +65,8 @@ def run(
                                               "default 4)"),
     quant_residual_length: Optional[int] = typer.Option(None, help="tokens kept at full precision before "
                                                         "requantizing (quanto, hqq; default 128)"),
+    on_oom: str = typer.Option("continue", help="after an out-of-memory: continue (measure every scenario) or "
+                               "skip-larger (record larger scenarios of the same settings as skipped, unmeasured)"),
 ):
     """Sweep a grid of scenarios on one model and write records.jsonl (defaults: a quick grid on `tiny`)."""
     options = {name: value for name, value in locals().items() if name != "ctx"}  # as given; run.json keeps them
@@ -73,6 +75,7 @@ def run(
         return run(ctx, **resumed_options(ctx, options))
     from ..inputs.decoding import ENGINES, float_list, top_k_list
     from ..inputs.scenario import CACHE_IMPLEMENTATIONS, COMPILE_MODES, DECODINGS, grid
+    from ..measuring.resume import MAX_REPEATS, ON_OOM
     from ..measuring.runner import default_run_dir
     from ..results.store import RunWriter
 
@@ -83,19 +86,29 @@ def run(
         raise UserError(f"--repeats: {repeats} is not a positive integer")
     if warmup < 0:
         raise UserError(f"--warmup: {warmup} must be 0 or more")
+    for flag, value in (("--repeats", repeats), ("--warmup", warmup)):
+        if value > MAX_REPEATS:
+            raise UserError(f"{flag}: {value:,} is more than the {MAX_REPEATS:,} a scenario takes")
+    if on_oom not in ON_OOM:
+        raise UserError(f"--on-oom: {on_oom!r} is not one of {', '.join(ON_OOM)}")
     implementations = choice_list("--cache-implementation", cache_implementation, CACHE_IMPLEMENTATIONS)
     compiles = choice_list("--compile", compile, COMPILE_MODES)
     if "on" in compiles and ("static" not in implementations or use_cache == "off"):
         raise UserError("--compile on: decode compiles only with the static cache (add --cache-implementation static)")
+    decodings, beams = choice_list("--decoding", decoding, DECODINGS), int_list("--num-beams", num_beams)
+    if "beam" in decodings and min(beams) < 2:
+        raise UserError(f"--num-beams {min(beams)}: beam search (--decoding beam) needs num_beams >= 2")
     scenarios = grid(
         int_list("--prompt-len", prompt_len), int_list("--new-tokens", new_tokens),
-        int_list("--batch-size", batch_size), caches[use_cache], implementations,
-        choice_list("--decoding", decoding, DECODINGS), num_beams=int_list("--num-beams", num_beams),
+        int_list("--batch-size", batch_size), caches[use_cache], implementations, decodings, num_beams=beams,
         compiles=compiles, temperatures=float_list("--temperature", temperature), top_ks=top_k_list("--top-k", top_k),
         top_ps=float_list("--top-p", top_p), engines=choice_list("--engine", engine, ENGINES),
         quantization=dict(quant_backend=quant_backend, quant_nbits=quant_nbits,
                           quant_residual_length=quant_residual_length),
     )
+    if not scenarios:  # every combination left out: the reference engine's with beam search or the static cache
+        raise UserError(f"--engine {engine} --decoding {decoding} --cache-implementation {cache_implementation}: no "
+                        "scenario to run (the reference engine decodes greedy and sample, with a dynamic cache or none)")
     if executor not in ("local", "ray"):
         raise UserError(f"--executor: {executor!r} is not one of local, ray")
     settings, index, count = {}, 0, 1
@@ -116,15 +129,20 @@ def run(
     if executor == "ray":
         if resume is not None:
             raise UserError("--resume: runs of --executor ray are resumed with --executor local, or run again")
+        if on_oom != "continue":
+            raise UserError("--on-oom skip-larger: Ray workers measure scenarios side by side; use --executor local")
         load = dict(device=device, dtype=dtype, trust_remote_code=trust_remote_code, device_map=device_map,
                     max_memory=max_memory)
         return run_with_ray(model, load, scenarios, out_dir, repeats, warmup, settings, address, gpus_per_task,
                             ray_workers, wide)
+    from ..measuring.models import check_before_load
+
     # The run folder is created, locked and given its run.json before the model loads: a folder that cannot be
-    # written fails now, not after the wait.
+    # written fails now, not after the wait; so do the device, the model spec and lengths beyond its context.
     writer = RunWriter(out_dir, {"options": options}, resume=resume is not None)
     try:
-        records = sweep(options, scenarios, writer, settings)
+        resolved = check_before_load(model, device, dtype, scenarios, trust_remote_code)
+        records = sweep(options, scenarios, writer, settings, resolved)
     except Exception:
         writer.discard_if_empty()  # refused before the first record: no folder left behind
         raise
@@ -139,7 +157,7 @@ def run(
     finish(records, out_dir, wide)
 
 
-def sweep(options: dict, scenarios: list, writer, settings: dict) -> list[dict]:
+def sweep(options: dict, scenarios: list, writer, settings: dict, resolved=None) -> list[dict]:
     """Load the model, then measure the scenarios not yet recorded in `writer`'s run under a progress bar."""
     from ..measuring.decode import check_compile
     from ..measuring.eta import SweepEstimate
@@ -148,11 +166,12 @@ def sweep(options: dict, scenarios: list, writer, settings: dict) -> list[dict]:
     from ..measuring.runner import run_sweep
 
     model, repeats, warmup = options["model"], options["repeats"], options["warmup"]
-    todo = split_done(writer.records(), scenarios)[1] if writer.resumed else scenarios
+    on_oom = options.get("on_oom", "continue")
+    todo = split_done(writer.records(), scenarios, on_oom == "continue")[1] if writer.resumed else scenarios
     with console.status(f"loading {escape(model)}"):
         loaded = load_model(model, device=options["device"], dtype=options["dtype"],
                             trust_remote_code=options["trust_remote_code"], device_map=options["device_map"],
-                            max_memory=options["max_memory"])
+                            max_memory=options["max_memory"], resolved=resolved)
     check_compile(scenarios, loaded.device)
     console.print(
         f"[bold]{escape(loaded.name)}[/] ({loaded.source}) on {loaded.device} in "
@@ -162,12 +181,12 @@ def sweep(options: dict, scenarios: list, writer, settings: dict) -> list[dict]:
     )
     if not todo:
         return run_sweep(loaded, scenarios, writer, repeats=repeats, warmup=warmup, settings=settings,
-                         profile_steps=options["profile_steps"])
+                         profile_steps=options["profile_steps"], on_oom=on_oom)
     with console.status("timing a probe forward for the time estimates"):
         estimate = SweepEstimate.probe(loaded, todo, repeats, warmup)
     if line := slow_line(loaded, estimate):
         console.print(line, highlight=False)
-    return sweep_with_progress(loaded, scenarios, todo, writer, estimate, settings, options["profile_steps"])
+    return sweep_with_progress(loaded, scenarios, todo, writer, estimate, settings, options["profile_steps"], on_oom)
 
 
 def run_with_ray(model, load: dict, scenarios, out_dir, repeats, warmup, settings, address, gpus_per_task, workers,
@@ -202,6 +221,9 @@ def finish(records: list[dict], out_dir, wide: bool = False) -> None:
 
     print_summary(records, console, wide=wide)
     console.print(f"records: {escape(str(Path(out_dir) / 'records.jsonl'))}", highlight=False)
+    for r in records:
+        if r["status"] == "skipped":
+            console.print(f"[yellow]skipped[/] {r['scenario_id']}: {escape(str(r['error']))}", highlight=False)
     failed = [r for r in records if r["status"] == "error"]
     for r in failed:
         console.print(f"[red]error[/] {r['scenario_id']}: {escape(str(r['error']))}")
@@ -230,6 +252,8 @@ def resumed_options(ctx, options: dict) -> dict:
                 raise UserError(f"{flag} {value} and --resume {run_dir} name different run folders; give only --resume")
             continue
         if name == "resume" or name not in stored:  # an option newer than the run keeps its value
+            continue
+        if name == "on_oom" and given:  # asked for: --on-oom continue measures the skipped scenarios
             continue
         same = {"".join(str(v).split()) for v in (stored[name], info.get(name)) if v is not None}
         if given and "".join(str(value).split()) not in same:
@@ -282,7 +306,8 @@ def eta_text(left_s: float | None, since_s: float) -> str:
     return f"ETA {fmt_clock(left_s - since_s)}"
 
 
-def sweep_with_progress(loaded, scenarios, todo, writer, estimate, settings=None, profile_steps=False) -> list[dict]:
+def sweep_with_progress(loaded, scenarios, todo, writer, estimate, settings=None, profile_steps=False,
+                        on_oom="continue") -> list[dict]:
     """`run_sweep` of `todo` (the scenarios not yet recorded) under a progress bar: the bar fills by expected work, the current scenario shows its expected
     time, and an ETA counts down the time left as the finished scenarios rescale the estimates."""
     import time
@@ -317,11 +342,12 @@ def sweep_with_progress(loaded, scenarios, todo, writer, estimate, settings=None
 
         def advance(record):
             nonlocal last
-            now = time.monotonic()
-            estimate.finished(now - last)
+            now = time.monotonic()  # a skipped scenario counts as expected: it leaves the estimates' scale as is
+            done = len(estimate.measured_s)
+            estimate.finished(now - last if record["status"] != "skipped" else estimate.expected_s(todo[done]))
             last, i = now, len(estimate.measured_s)
             bar.update(task, advance=costs[i - 1], description=label(i), done=i, left_s=estimate.remaining_s(),
                        at=now)
 
         return run_sweep(loaded, scenarios, writer, repeats=estimate.repeats, warmup=estimate.warmup,
-                         settings=settings, profile_steps=profile_steps, progress=advance)
+                         settings=settings, profile_steps=profile_steps, progress=advance, on_oom=on_oom)

@@ -126,10 +126,13 @@ def resolve_spec(spec, trust_remote_code: bool = False) -> tuple[str, object, st
 
     `weights` is what `from_pretrained` loads (a folder or Hub id), or None for random weights.
     """
-    from transformers import AutoConfig, PretrainedConfig
+    from transformers import PretrainedConfig
 
     if isinstance(spec, PretrainedConfig):
         return spec.model_type, spec, "config object (random weights)", None
+    if not isinstance(spec, (str, Path)) or not str(spec).strip():
+        raise UserError(f"model {str(spec)!r}: give a preset ({', '.join(list_presets())}), a config.json, a model "
+                        "folder or a Hub id (owner/name)")
     preset = preset_name(spec)
     if preset is not None:
         return preset, preset_config(preset), "preset (random weights)", None
@@ -148,14 +151,11 @@ def resolve_spec(spec, trust_remote_code: bool = False) -> tuple[str, object, st
                             "loads (unpickling runs code); give it .safetensors weights (save_pretrained writes them)")
         return spec, config, "config.json (random weights)", None
     if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
-        try:
-            config = AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code)
-        except Exception as exc:  # offline, gated, unknown id: one line for the user
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            bundled = [name for name in list_presets() if preset_info(name).get("hub_id") == spec]
-            hint = f" (its config is bundled: --model {bundled[0]} builds it with random weights)" if bundled else ""
-            raise UserError(f"cannot load {spec!r} from the Hugging Face Hub: {first}{hint}") from None
-        return spec, config, "hub", spec
+        from .hub import hub_config
+
+        bundled = [name for name in list_presets() if preset_info(name).get("hub_id") == spec]
+        hint = f" (its config is bundled: --model {bundled[0]} builds it with random weights)" if bundled else ""
+        return spec, hub_config(spec, trust_remote_code, hint), "hub", spec
     raise UserError(
         f"unknown model {spec!r}: not a preset ({', '.join(list_presets())}), "
         "not an existing path, not a Hub id (owner/name)"

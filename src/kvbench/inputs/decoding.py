@@ -11,8 +11,10 @@ is not generate (``...-greedy-reference``). Greedy and beam scenarios store None
 from __future__ import annotations
 
 import itertools
+import math
 
 from ..errors import UserError
+from .lists import MAX_DIGITS, list_parts, shown
 
 SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}
 ENGINES = ("generate", "reference")
@@ -37,8 +39,8 @@ def check_decoding(scenario) -> None:
             object.__setattr__(scenario, name, default)
     if scenario.decoding == "sample":
         t, k, p = scenario.temperature, scenario.top_k, scenario.top_p
-        if not _number(t) or not t > 0:
-            raise UserError(f"temperature must be a number > 0, got {t!r}")
+        if not _number(t) or not t > 0 or not math.isfinite(t):
+            raise UserError(f"temperature must be a finite number > 0, got {t!r}")
         if not isinstance(k, int) or isinstance(k, bool) or k < 0:
             raise UserError(f"top_k must be an integer >= 0 (0: off), got {k!r}")
         if not _number(p) or not 0 < p <= 1:
@@ -104,20 +106,23 @@ def decoding_variants(decodings, num_beams=(4,), temperatures=(1.0,), top_ks=(50
 def float_list(option: str, text: str) -> list[float]:
     """Parse "0.5,1.5" into numbers, naming the option and the bad value otherwise (ranges: Scenario checks)."""
     values = []
-    for part in str(text).split(","):
+    for part in list_parts(option, text):
         try:
-            values.append(float(part.strip()))
+            value = float(part)
         except ValueError:
-            raise UserError(f"{option}: {part.strip()!r} is not a number (in {text!r})") from None
+            raise UserError(f"{option}: {shown(part)} is not a number (in {shown(text)})") from None
+        if not math.isfinite(value):
+            raise UserError(f"{option}: {shown(part)} is not a finite number (in {shown(text)})")
+        values.append(value)
     return values
 
 
 def top_k_list(option: str, text: str) -> list[int]:
     """Parse "0,5,50" into integers >= 0 (0: top-k off), naming the option and the bad value otherwise."""
     values = []
-    for part in str(text).split(","):
-        part = part.strip()
-        if not part.isdigit():
-            raise UserError(f"{option}: {part!r} is not an integer >= 0 (in {text!r})")
+    for part in list_parts(option, text):
+        if not (part.isascii() and part.isdigit()) or len(part.lstrip("0")) > MAX_DIGITS:
+            raise UserError(f"{option}: {shown(part)} is not an integer >= 0 of at most {MAX_DIGITS} digits "
+                            f"(in {shown(text)})")
         values.append(int(part))
     return values

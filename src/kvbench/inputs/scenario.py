@@ -15,6 +15,7 @@ from .decoding import (
     engine_suffix,
     sampling_kwargs,
 )
+from .lists import MAX_DIGITS, list_parts, shown
 
 DECODINGS = ("greedy", "sample", "beam")
 # Every `cache_implementation` transformers 5.x's generate accepts (ALL_CACHE_IMPLEMENTATIONS of
@@ -194,6 +195,8 @@ def grid(
     without the static cache the compile setting; beam counts expand beam search only, sampling parameters sampling
     only; the reference engine skips beam search and the static cache: `kvbench.inputs.decoding`).
     `quantization`: the `quant_*` fields of the quantized rows (the other rows ignore them)."""
+    check_grid_size(prompt_lens, new_tokens, batch_sizes, use_cache, cache_implementations, compiles, decodings,
+                    num_beams, temperatures, top_ks, top_ps, engines)
     seen: dict[Scenario, None] = {}
     for p, n, b, uc, impl, comp in itertools.product(prompt_lens, new_tokens, batch_sizes, use_cache,
                                                      cache_implementations, compiles):
@@ -205,24 +208,47 @@ def grid(
     return list(seen)
 
 
+def check_grid_size(prompt_lens, new_tokens, batch_sizes, use_cache, cache_implementations, compiles, decodings,
+                    num_beams, temperatures, top_ks, top_ps, engines) -> None:
+    """Refuse, before building it, a grid of more than MAX_GRID scenarios (counted from the list lengths: the
+    scenarios a grid has at most, duplicates and the reference engine's omissions aside)."""
+    n = {name: len(set(values)) for name, values in dict(
+        P=prompt_lens, N=new_tokens, B=batch_sizes, temperatures=temperatures, top_ks=top_ks, top_ps=top_ps,
+        engines=engines, compiles=compiles).items()}
+    beams = 1 if isinstance(num_beams, int) else len(set(num_beams))
+    impls = set(cache_implementations)
+    caches = (len(impls - {"static"}) + ("static" in impls) * n["compiles"]) * (True in set(use_cache)) + (
+        False in set(use_cache))
+    decoding = set(decodings)
+    variants = (("greedy" in decoding) + ("beam" in decoding) * beams
+                + ("sample" in decoding) * n["temperatures"] * n["top_ks"] * n["top_ps"]) * n["engines"]
+    total = n["P"] * n["N"] * n["B"] * caches * variants
+    if total > MAX_GRID:
+        raise UserError(f"the grid has {total:,} scenarios ({n['P']} prompt lengths x {n['N']} new-token counts x "
+                        f"{n['B']} batch sizes x {caches} cache settings x {variants} decodings), more than the "
+                        f"{MAX_GRID:,} a sweep takes: give shorter lists")
+
+
 # The quick default grid of `kvbench run` and the pytest plugin's "quick" grid.
 QUICK = dict(prompt_len="16,64,256", new_tokens="32", batch_size="1,4")
+MAX_GRID = 100_000  # scenarios one grid may hold
 
 
 def int_list(option: str, text: str) -> list[int]:
     """Parse "16,64,256" into positive integers, naming the option and the bad value otherwise."""
     values = []
-    for part in str(text).split(","):
-        part = part.strip()
-        if not part.lstrip("-").isdigit() or int(part) < 1:
-            raise UserError(f"{option}: {part!r} is not a positive integer (in {text!r})")
+    for part in list_parts(option, text):
+        if not (part.isascii() and part.isdigit()) or int(part) < 1:
+            raise UserError(f"{option}: {shown(part)} is not a positive integer (in {shown(text)})")
+        if len(part.lstrip("0")) > MAX_DIGITS:
+            raise UserError(f"{option}: {shown(part)} is too large (more than {MAX_DIGITS} digits)")
         values.append(int(part))
     return values
 
 
 def choice_list(option: str, text: str, allowed) -> list[str]:
-    values = [part.strip() for part in str(text).split(",")]
+    values = list_parts(option, text)
     for value in values:
         if value not in allowed:
-            raise UserError(f"{option}: {value!r} is not one of {', '.join(allowed)}")
+            raise UserError(f"{option}: {shown(value)} is not one of {', '.join(allowed)}")
     return values

@@ -42,16 +42,24 @@ class LoadedModel:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """The device a spec names ("auto": a GPU where there is one), refused (UserError naming it) where kvbench
+    cannot measure on it: not a device, not cpu or cuda, no CUDA GPU, or a GPU index beyond those torch sees."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
+    except (RuntimeError, TypeError, ValueError):
+        raise UserError(f"unknown device {str(device)!r}; use cpu, cuda, cuda:N or auto") from None
     if dev.type not in ("cpu", "cuda"):
-        raise UserError(f"device {device!r} is not supported; use cpu, cuda, cuda:N or auto")
+        raise UserError(f"device {str(device)!r} is not supported; use cpu, cuda, cuda:N or auto")
+    if dev.type == "cpu" and dev.index not in (None, 0):
+        raise UserError(f"device {str(device)!r}: the CPU has no index; use cpu")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} asked for, but torch sees no CUDA GPU")
+        raise UserError(f"device {str(device)!r} asked for, but torch sees no CUDA GPU")
+    count = torch.cuda.device_count() if dev.type == "cuda" else 0
+    if dev.type == "cuda" and dev.index is not None and dev.index >= count:
+        raise UserError(f"device {str(device)!r}: torch sees {count} CUDA GPU{'s' if count != 1 else ''} "
+                        f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''}; CUDA_VISIBLE_DEVICES sets which)")
     return dev
 
 
@@ -93,16 +101,34 @@ def random_model(config, device: torch.device, dtype: torch.dtype):
     return model
 
 
+def check_before_load(spec, device: str = "auto", dtype: str = "auto", scenarios=(), trust_remote_code: bool = False,
+                      flags=("--prompt-len", "--new-tokens")) -> tuple:
+    """What `load_model` would refuse, refused before any work: the device, the model spec, the dtype, and
+    scenarios longer than the model's context (named by the options `flags` the lengths came from). Returns
+    `resolve_spec`'s answer, for `load_model(..., resolved=...)` (the spec is not resolved twice)."""
+    dev = resolve_device(device)
+    resolved = resolve_spec(spec, trust_remote_code)
+    name, config = resolved[0], resolved[1]
+    resolve_dtype(dtype, dev, config)
+    context = getattr(config, "max_position_embeddings", None)
+    longest = max(scenarios, key=lambda s: s.total_len, default=None)
+    if context and longest is not None and longest.total_len > context:
+        raise UserError(f"{flags[0]} {longest.prompt_len} + {flags[1]} {longest.new_tokens} = {longest.total_len} "
+                        f"tokens, beyond {name}'s context of {context} tokens (max_position_embeddings)")
+    return resolved
+
+
 def load_model(spec, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
-               device_map=None, max_memory=None) -> LoadedModel:
+               device_map=None, max_memory=None, resolved: tuple | None = None) -> LoadedModel:
     """Load a preset name, a config.json path, a local model folder, a Hub model id, or a config object.
 
     `device_map` (a strategy such as "auto", or {module: device}) and `max_memory` ({device: bytes}, or their
-    --device-map / --max-memory text) place the model across devices with accelerate (`measuring.placement`)."""
+    --device-map / --max-memory text) place the model across devices with accelerate (`measuring.placement`).
+    `resolved`: what `check_before_load` returned for this spec."""
     from transformers import AutoModelForCausalLM
 
     dev = resolve_device(device)
-    name, config, source, weights = resolve_spec(spec, trust_remote_code)
+    name, config, source, weights = resolved or resolve_spec(spec, trust_remote_code)
     dt = resolve_dtype(dtype, dev, config)
     placement = None
     if device_map is None:

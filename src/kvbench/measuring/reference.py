@@ -56,8 +56,8 @@ class Step:
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
     """The ranges transformers' warpers accept, as one line naming the bad value."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise UserError(f"temperature must be a number > 0, got {temperature!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf"):
+        raise UserError(f"temperature must be a finite number > 0, got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
         raise UserError(f"top_k must be a positive integer (0 or None: off), got {top_k!r}")
     if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):

@@ -5,6 +5,12 @@ scenario dicts, and the CLI's options); a resumed sweep measures only the scenar
 settings that differ from the run's, naming the field. Records with status "ok", "oom" or "skipped" count as done;
 a scenario whose record says "error" is measured again (errors are often passing: a busy device, a bug since fixed)
 and its error record is taken out of records.jsonl first, so the run ends with exactly one record per scenario.
+"skipped" records (`on_oom="skip-larger"`) stay skipped, unless the resumed sweep is asked for `on_oom="continue"`:
+then they are measured again like errors (the memory that ran out may be there now).
+
+Out of memory (`on_oom`): "continue" measures every scenario; "skip-larger" records a scenario as "skipped",
+unmeasured, once a scenario it is larger than (`larger_than`) has run out of memory, in this sweep or, resumed, in
+the run before.
 
 Interrupt: inside `stop_after_scenario` a first Ctrl-C asks the sweep to stop once the scenario in flight is
 recorded (it then raises SweepInterrupted, a KeyboardInterrupt); a second one stops at once.
@@ -22,6 +28,9 @@ from ..errors import UserError
 from ..inputs.scenario import Scenario
 
 DONE = ("ok", "oom", "skipped")  # statuses a resumed run does not measure again
+ON_OOM = ("continue", "skip-larger")
+MAX_REPEATS = 10_000  # timed repeats (and warm-ups) per scenario: more is a typo, not a measurement
+SIZES = ("prompt_len", "new_tokens", "batch_size")  # what makes one scenario larger than another
 COMPARED = ("model", "device", "dtype", "repeats", "warmup")  # run.json fields a resumed sweep must match
 
 
@@ -33,7 +42,7 @@ class SweepInterrupted(KeyboardInterrupt):
         self.done, self.total = done, total
 
 
-def check_sweep_args(scenarios, repeats, warmup, resume: bool) -> list[Scenario] | None:
+def check_sweep_args(scenarios, repeats, warmup, resume: bool, on_oom=None) -> list[Scenario] | None:
     """run_sweep's arguments, each refused with a UserError (a ValueError) naming it; the scenarios as a list."""
     if scenarios is None and not resume:
         raise UserError("scenarios: None is only allowed with resume=True (the run's own grid)")
@@ -49,6 +58,10 @@ def check_sweep_args(scenarios, repeats, warmup, resume: bool) -> list[Scenario]
     for name, value, least in (("repeats", repeats, 1), ("warmup", warmup, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise UserError(f"{name} must be an integer >= {least}, got {value!r}")
+        if value > MAX_REPEATS:
+            raise UserError(f"{name} must be at most {MAX_REPEATS:,} (per scenario), got {value:,}")
+    if on_oom is not None and on_oom not in ON_OOM:
+        raise UserError(f"on_oom must be one of {', '.join(ON_OOM)}, got {on_oom!r}")
     return scenarios
 
 
@@ -77,12 +90,46 @@ def check_same_run(info: dict, given: dict, scenarios: list[Scenario], where) ->
                                                       f"left out: {', '.join(missing)}" if missing else "") if part))
 
 
-def split_done(records: list[dict], scenarios: list[Scenario]) -> tuple[list[dict], list[Scenario]]:
+def split_done(records: list[dict], scenarios: list[Scenario], redo_skipped: bool = False
+               ) -> tuple[list[dict], list[Scenario]]:
     """(records that stay, scenarios still to measure): records of status ok/oom/skipped stay and their scenarios
-    are done; error records are dropped and their scenarios measured again."""
-    kept = [r for r in records if r.get("status", "ok") in DONE]
+    are done; error records (and skipped ones, with `redo_skipped`) are dropped and their scenarios measured again."""
+    done_statuses = [s for s in DONE if not (redo_skipped and s == "skipped")]
+    kept = [r for r in records if r.get("status", "ok") in done_statuses]
     done = {r.get("scenario_id") for r in kept}
     return kept, [s for s in scenarios if s.id not in done]
+
+
+def larger_than(scenario: Scenario, other: Scenario) -> bool:
+    """Whether `scenario` is `other` grown along the size axes: the same in every other field, at least as long a
+    prompt, as many new tokens and as large a batch, and larger in one of them."""
+    mine, theirs = scenario.as_dict(), other.as_dict()
+    if any(mine[k] != theirs[k] for k in mine if k not in SIZES):
+        return False
+    return mine != theirs and all(mine[k] >= theirs[k] for k in SIZES)
+
+
+class OOMSkips:
+    """on_oom="skip-larger": the scenarios that ran out of memory, and the reason a larger one is not run."""
+
+    def __init__(self, on_oom: str, records=(), scenarios=()):
+        self.active = on_oom == "skip-larger"
+        by_id = {s.id: s for s in scenarios}
+        self.ooms = [by_id[r["scenario_id"]] for r in records
+                     if r.get("status") == "oom" and r.get("scenario_id") in by_id]
+
+    def reason(self, scenario: Scenario) -> str | None:
+        """Why `scenario` is skipped (naming the scenario that ran out of memory), or None: measure it."""
+        if not self.active:
+            return None
+        for oom in self.ooms:
+            if larger_than(scenario, oom):
+                return f"not run: larger than {oom.id}, which ran out of memory (on_oom skip-larger)"
+        return None
+
+    def saw(self, scenario: Scenario, record: dict) -> None:
+        if record.get("status") == "oom":
+            self.ooms.append(scenario)
 
 
 @contextmanager

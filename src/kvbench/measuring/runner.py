@@ -15,6 +15,7 @@ from .environment import environment
 from .measure import base_record, check_fits, free_memory, measure
 from .models import LoadedModel
 from .resume import (
+    OOMSkips,
     SweepInterrupted,
     check_same_run,
     check_sweep_args,
@@ -40,6 +41,7 @@ def run_sweep(
     progress=None,
     resume: bool = False,
     profile_steps: bool = False,
+    on_oom: str | None = None,
 ) -> list[dict]:
     """Measure every scenario; a failing one becomes a record with status "error" and the sweep goes on.
 
@@ -48,42 +50,54 @@ def run_sweep(
     resume`); `scenarios=None` then means the run's own grid. Returns the records of all `scenarios`, in order.
     `progress(record)` is called after each scenario (the CLI advances its bar there). A first Ctrl-C stops the
     sweep once the scenario in flight is recorded (SweepInterrupted); a second one stops at once.
+    `on_oom`: "continue" (the default) measures every scenario; "skip-larger" records the scenarios larger than one
+    that ran out of memory (the same settings, every size at least as large) as "skipped", unmeasured. None: the
+    run's own choice when resumed (a resumed run asked for "continue" measures its skipped scenarios).
     """
-    scenarios = check_sweep_args(scenarios, repeats, warmup, resume)
+    scenarios = check_sweep_args(scenarios, repeats, warmup, resume, on_oom)
     for scenario in scenarios or []:  # refuse the whole sweep before anything runs
         check_fits(loaded, scenario)
     info = run_info(loaded, repeats, warmup, settings, profile_steps)
     owned = not isinstance(out_dir, RunWriter)
     writer = RunWriter(out_dir, resume=resume) if owned else out_dir
     try:
-        return sweep(loaded, scenarios, writer, info, repeats, warmup, progress, profile_steps)
+        return sweep(loaded, scenarios, writer, info, repeats, warmup, progress, profile_steps, on_oom)
     finally:
         if owned:
             writer.close()
 
 
 def sweep(loaded, scenarios, writer: RunWriter, info: dict, repeats: int, warmup: int, progress,
-          profile_steps: bool = False) -> list[dict]:
+          profile_steps: bool = False, on_oom: str | None = None) -> list[dict]:
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     done: dict[str, dict] = {}
     todo = scenarios
+    on_oom = on_oom or (writer.info.get("on_oom") if writer.resumed else None) or "continue"
+    info["on_oom"] = on_oom
+    kept = []
     if writer.resumed:
         scenarios = scenarios or run_grid(writer.info, writer.dir)
         check_same_run(writer.info, info, scenarios, writer.dir)
         for scenario in scenarios:
             check_fits(loaded, scenario)
         records = writer.records()
-        kept, todo = split_done(records, scenarios)
-        if len(kept) < len(records):  # error records of scenarios measured again
+        kept, todo = split_done(records, scenarios, redo_skipped=on_oom == "continue")
+        if len(kept) < len(records):  # error (or skipped) records of scenarios measured again
             writer.rewrite(kept)
         done = {r.get("scenario_id"): r for r in kept}
         info["resumed_utc"] = [*writer.info.get("resumed_utc", []), started]
+    skips = OOMSkips(on_oom, kept, scenarios)
     info.update(scenarios=[s.id for s in scenarios], grid=[s.as_dict() for s in scenarios])
     info["started_utc"] = writer.info.get("started_utc", started)
     writer.update_info(info)
     with stop_after_scenario() as ctrl_c, frozen_heap():
         for scenario in todo:
-            record = measure_or_error(loaded, scenario, repeats, warmup, profile_steps)
+            reason = skips.reason(scenario)
+            if reason is None:
+                record = measure_or_error(loaded, scenario, repeats, warmup, profile_steps)
+            else:
+                record = error_record(loaded, scenario, reason) | {"status": "skipped"}
+            skips.saw(scenario, record)
             writer.write(record)
             done[scenario.id] = record
             if progress:
@@ -111,7 +125,8 @@ def run_info(loaded: LoadedModel, repeats: int, warmup: int, settings: dict | No
 
 
 def error_record(loaded: LoadedModel, scenario: Scenario, error: str, tb: str | None = None) -> dict:
-    """The record of a scenario that failed: what was known before generate, status "error" and what broke."""
+    """The record of a scenario that failed: what was known before generate, status "error" and what broke (a
+    skipped scenario's record is this one with status "skipped", the reason in `error`)."""
     record = base_record(loaded, scenario) | environment(loaded.device)
     record.update(status="error", error=error.splitlines()[0] if error else error)
     if tb:

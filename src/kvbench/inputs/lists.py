@@ -1,0 +1,22 @@
+"""Comma-separated lists as users type them ("16,64,256"): bounded in length, and quoted short in error lines."""
+
+from __future__ import annotations
+
+from ..errors import UserError
+
+MAX_LIST = 1000  # values one comma-separated list may hold
+MAX_DIGITS = 18  # an integer option beyond this is no length or count torch can hold (int64)
+
+
+def list_parts(option: str, text: str) -> list[str]:
+    """The stripped parts of a comma-separated list, refused (naming the option and the count) beyond MAX_LIST."""
+    parts = [part.strip() for part in str(text).split(",")]
+    if len(parts) > MAX_LIST:
+        raise UserError(f"{option}: {len(parts):,} values, more than the {MAX_LIST:,} a list may hold")
+    return parts
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """`text` quoted, cut short (with ...) past `limit` characters: error lines stay one line."""
+    text = str(text)
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
