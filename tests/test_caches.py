@@ -145,7 +145,7 @@ def test_measure_records_the_cache_class_and_its_bytes_by_kind():
 
 def test_cli_refuses_an_offloaded_cache_without_cuda_in_one_line(tiny_config_file, tmp_path, capsys):
     code = main(["run", "--model", str(tiny_config_file), "--device", "cpu", "--cache-implementation",
-                 "dynamic,offloaded", "--out", str(tmp_path / "never")])
+                 "dynamic,offloaded", "--prompt-len", "16", "--new-tokens", "4", "--out", str(tmp_path / "never")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "offloaded cache needs CUDA" in err
     assert not (tmp_path / "never").exists()
