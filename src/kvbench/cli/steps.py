@@ -42,6 +42,7 @@ def steps_command(
 
     from ..inputs.configs import resolve_spec
     from ..measuring.models import load_model, synthetic_inputs
+    from ..measuring.reference import check_sampling
     from ..measuring.steps import load_tokenizer, step_table
 
     if format not in FORMATS:
@@ -56,6 +57,10 @@ def steps_command(
         raise UserError(f"--new-tokens: {new_tokens} is not a positive integer")
     if warmup < 0:
         raise UserError(f"--warmup: {warmup} must be 0 or more")
+    if seed < 0:
+        raise UserError(f"--seed: {seed} must be 0 or more")
+    if decoding == "sample":  # before the model loads
+        check_sampling(temperature, sample_top_k, top_p)
     _, _, source, weights = resolve_spec(model, trust_remote_code)
     folder = Path(model).expanduser()
     where = tokenizer or weights or (folder if folder.is_dir() else None)

@@ -10,8 +10,6 @@ one line says so.
 
 from __future__ import annotations
 
-import inspect
-
 from ..errors import UserError
 
 
@@ -23,21 +21,26 @@ def first_line(exc: BaseException) -> str:
 def probe_config(spec: str) -> BaseException | None:
     """Ask the Hub once for `spec`'s config.json: None when it is there; the error when the Hub cannot be reached
     (or answers with a server error); a UserError raised when it answers that the id, or its config, is not
-    there (unknown, private, gated)."""
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.errors import HfHubHTTPError
+    there (unknown, private, gated).
 
-    kwargs = {"timeout": constants.HF_HUB_ETAG_TIMEOUT}
-    if "retry_on_errors" in inspect.signature(get_hf_file_metadata).parameters:  # huggingface_hub >= 1.x retries
-        kwargs["retry_on_errors"] = False
+    One plain HEAD request through the Hub client's own session (its headers, token and proxies): the client's
+    `get_hf_file_metadata` retries network errors itself in huggingface_hub 0.x, and from 1.x unless told not to."""
+    from huggingface_hub import constants, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+    if constants.HF_HUB_OFFLINE:
+        return ConnectionError("offline mode is enabled (HF_HUB_OFFLINE)")
     try:
-        get_hf_file_metadata(hf_hub_url(spec, "config.json"), **kwargs)
+        response = get_session().head(hf_hub_url(spec, "config.json"), headers=build_hf_headers(),
+                                      timeout=constants.HF_HUB_ETAG_TIMEOUT)
+        hf_raise_for_status(response)
     except HfHubHTTPError as exc:  # the Hub answered
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status is not None and status >= 500:
             return exc
         raise UserError(f"cannot load {spec!r} from the Hugging Face Hub: {first_line(exc)}") from None
-    except Exception as exc:  # offline mode, DNS, refused, timed out: try the local cache
+    except Exception as exc:  # DNS, refused, timed out: try the local cache
         return exc
     return None
 
