@@ -91,7 +91,7 @@ def pytest_addoption(parser):
     add("--kv-new-tokens", default=None, help="new-token counts, comma-separated")
     add("--kv-batch-size", default=None, help="batch sizes, comma-separated")
     add("--kv-use-cache", default=None, help="on, off or both")
-    add("--kv-cache-implementation", default=None, help="dynamic, static (comma-separated for both)")
+    add("--kv-cache-implementation", default=None, help="as kvbench run --cache-implementation (comma-separated)")
     add("--kv-decoding", default="greedy", help="greedy, sample, beam (comma-separated)")
     add("--kv-compile", default="auto",
         help="decode compiled with the static cache: off, on, auto (comma-separated; default: auto, transformers' "
