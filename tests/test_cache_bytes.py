@@ -26,7 +26,7 @@ from kvbench.measuring.cache_bytes import (
 
 FULL_ATTENTION = ("llama", "deepseek_v3")  # the quantized cache takes full-attention models only
 DECODINGS = {"greedy-B2": (2, {}), "sample-B1": (1, {"do_sample": True}), "beam2-B1": (1, {"num_beams": 2})}
-# backend options: defaults, 2-bit with requantizations (R=3), every hqq width, 3-bit hqq with R=2
+# backend options: defaults, 2-bit with requantizations (R=3), every hqq width, 3-bit hqq with R=2, R=1
 QUANTIZED = {
     "fp8": {"backend": "fp8"},
     "quanto4": {"backend": "quanto"},
@@ -36,6 +36,7 @@ QUANTIZED = {
     "hqq1": {"backend": "hqq", "nbits": 1},
     "hqq2": {"backend": "hqq", "nbits": 2},
     "hqq8-R4": {"backend": "hqq", "nbits": 8, "residual_length": 4},
+    "hqq2-R1": {"backend": "hqq", "nbits": 2, "residual_length": 1},  # every step (5.20+), every other (before)
 }
 PROMPT, NEW = 12, 8
 
@@ -92,8 +93,8 @@ def test_quantized_by_kind(arch, quant, decoding):
                    **kwargs)
     measured = _check(config, out, batch=batch, prompt=PROMPT, new=NEW, dtype=torch.float32, impl="quantized",
                       beams=kwargs.get("num_beams", 1), quant=QUANTIZED[quant])
-    residual = QUANTIZED[quant].get("residual_length", 128)
-    has_residual = QUANTIZED[quant]["backend"] != "fp8" and (NEW - 1) % residual > 0
+    period = compat.quantized_requantize_period(QUANTIZED[quant].get("residual_length", 128))
+    has_residual = QUANTIZED[quant]["backend"] != "fp8" and (NEW - 1) % period > 0
     assert ("quantized_residual" in measured) == has_residual
     assert ("beam_index" in measured) == ("num_beams" in kwargs and QUANTIZED[quant]["backend"] != "fp8")
 
