@@ -48,7 +48,10 @@ def layer_types(config) -> list[str]:
         return list(get_layer_types_and_kwargs(text)[0])
     except (ImportError, AttributeError, TypeError):  # transformers 4.x: kvbench's reading of the config
         kinds = {"full": "full_attention", "sliding": "sliding_attention", "none": "dummy"}
-        return [kinds[s.kind] for s in kv_layer_specs(config)]
+        try:
+            return [kinds[s.kind] for s in kv_layer_specs(config)]
+        except NotImplementedError:  # SSM / linear-attention state (not estimated in 4.x): the config's own types
+            return list(getattr(text, "layer_types", None) or ["linear_attention"])
 
 
 def missing_package(backend: str | None) -> str | None:
