@@ -9,7 +9,7 @@ import pytest
 import torch
 from cache_models import build, generate
 
-from kvbench import Scenario, UserError, grid
+from kvbench import Scenario, UserError, compat, grid
 from kvbench.cli.app import main
 from kvbench.inputs.scenario import CACHE_IMPLEMENTATIONS
 from kvbench.measuring import caches
@@ -81,6 +81,8 @@ def test_offloaded_caches_need_cuda(impl):
 @pytest.mark.parametrize("arch, named", [("mistral", "sliding_attention"), ("mamba2", "linear_attention"),
                                          ("falcon_h1", "hybrid"), ("lfm2", "conv")])
 def test_quantized_cache_needs_full_attention_only(arch, named):
+    if compat.hybrid_state_on_every_layer() and arch == "falcon_h1":  # 4.x: its config names no layer types
+        named = "linear_attention"
     with pytest.raises(UserError, match=f"full-attention layers only.*{named}"):
         caches.check_cache(_loaded(arch), Scenario(8, 4, cache_implementation="quantized", quant_backend="fp8"))
 
@@ -109,9 +111,17 @@ def test_groups_that_do_not_divide_are_refused_before_generate_fails():
     with pytest.raises(ValueError, match="must be a divisor"):  # what generate would have said, mid-sweep
         generate(model, 1, 7, 3, cache_implementation="quantized", cache_config=odd.quant_cache_config())
     caches.check_cache(loaded, Scenario(8, 3, cache_implementation="quantized"))  # 8 tokens: 256 values, fine
-    # the requantization at P + R tokens must fit too
-    with pytest.raises(UserError, match="9-token"):
-        caches.check_cache(loaded, Scenario(8, 3, cache_implementation="quantized", quant_residual_length=1))
+    # the requantization at P + R tokens must fit too: 11 tokens, 352 values
+    with pytest.raises(UserError, match="11-token"):
+        caches.check_cache(loaded, Scenario(8, 4, cache_implementation="quantized", quant_residual_length=3))
+    # R = 1 requantizes at 9 tokens from 5.20, at 10 (320 values: fine) before (compat.quantized_requantize_period)
+    one = Scenario(8, 3, cache_implementation="quantized", quant_residual_length=1)
+    if compat.quantized_requantize_period(1) == 1:
+        with pytest.raises(UserError, match="9-token"):
+            caches.check_cache(loaded, one)
+    else:
+        caches.check_cache(loaded, one)
+        generate(model, 1, 8, 3, cache_implementation="quantized", cache_config=one.quant_cache_config())
 
 
 @pytest.mark.parametrize("impl, built", [
@@ -120,23 +130,38 @@ def test_groups_that_do_not_divide_are_refused_before_generate_fails():
 ])
 def test_records_name_the_class_generate_built(impl, built):
     _, model = build("mistral" if impl != "quantized" else "llama")
-    scenario = Scenario(12, 3, cache_implementation=impl, quant_backend="fp8" if impl == "quantized" else None)
+    if impl == "hybrid" and compat.hybrid_builds_static():  # 4.x builds what "hybrid" asks for
+        built = "StaticCache"
+    scenario = Scenario(12, 3, cache_implementation=impl, quant_backend=_quant_backend() if impl == "quantized"
+                        else None)
     out = generate(model, 1, 12, 3, **{k: v for k, v in scenario.generate_kwargs().items()
                                        if k in ("cache_implementation", "cache_config")})
     assert cache_class(cache_from_output(out)) == built
 
 
+def _quant_backend() -> str:
+    """fp8 where this transformers has it (5.21), else hqq (fp8's refusal: test_version_refusals_name_the_release)."""
+    if "fp8" in compat.quantized_backends():
+        return "fp8"
+    pytest.importorskip("hqq")
+    return "hqq"
+
+
 def test_measure_records_the_cache_class_and_its_bytes_by_kind():
     from kvbench.measuring.measure import measure
 
-    loaded = _loaded("llama")
-    record = measure(loaded, Scenario(8, 3, cache_implementation="quantized", quant_backend="fp8"), repeats=1,
-                     warmup=0)
+    loaded, backend = _loaded("llama"), _quant_backend()
+    # two calls reuse one cache_config: generate before 5.19 consumed it (compat.generate_call_kwargs)
+    record = measure(loaded, Scenario(8, 3, cache_implementation="quantized", quant_backend=backend), repeats=1,
+                     warmup=1)
     assert record["status"] == "ok" and record["cache_class"] == "QuantizedCache"
     kinds = by_kind(record)
-    assert kinds == by_kind(record, estimate=True) and set(kinds) == {"quantized_data", "quantized_scales"}
+    expected = {"quantized_data", "quantized_scales"} | ({"quantized_zero_points", "quantized_residual"}
+                                                        if backend == "hqq" else set())
+    assert kinds == by_kind(record, estimate=True) and set(kinds) == expected
     assert record["kv_cache_bytes"] == record["kv_cache_bytes_estimate"] == sum(kinds.values())
-    assert record["kv_cache_kind_quantized_scales_bytes"] == 2 * 4 * 2  # 2 layers x keys and values x float32
+    if backend == "fp8":
+        assert record["kv_cache_kind_quantized_scales_bytes"] == 2 * 4 * 2  # 2 layers x keys and values x float32
     assert by_device(record) == {"cpu": record["kv_cache_bytes"]} == {"cpu": record["kv_cache_device_cpu_bytes"]}
     assert by_device(record, estimate=True) == by_device(record)
     json.dumps(record, allow_nan=False)
@@ -151,11 +176,16 @@ def test_cli_refuses_an_offloaded_cache_without_cuda_in_one_line(tiny_config_fil
     assert not (tmp_path / "never").exists()
 
 
-def test_cli_runs_dynamic_static_and_fp8_quantized(tiny_config_file, tmp_path):
+def test_cli_runs_dynamic_static_and_fp8_quantized(tiny_config_file, tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["run", "--model", str(tiny_config_file), "--device", "cpu", "--cache-implementation",
                  "dynamic,static,quantized", "--quant-backend", "fp8", "--prompt-len", "8", "--new-tokens", "3",
                  "--batch-size", "1", "--use-cache", "on", "--repeats", "1", "--warmup", "0", "--out", str(out)])
+    if "fp8" not in compat.quantized_backends():  # before 5.21: refused before the sweep, in one line
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "fp8 quantized cache needs transformers >= 5.21" in err
+        assert not out.exists()
+        return
     assert code == 0
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert [(r["cache_implementation"], r["cache_class"]) for r in records] == \
@@ -211,3 +241,40 @@ def test_offloaded_caches_on_cuda_by_device(arch, impl):
     assert by_kind(record) == by_kind(record, estimate=True)
     assert record["pinned_host_memory_source"] == "torch.cuda.host_memory_stats"
     assert record["pinned_host_peak_bytes"] >= 0
+
+
+def test_version_refusals_name_the_release(monkeypatch):
+    """What a transformers release cannot do is refused before the sweep in one line naming the release it needs
+    and the installed one (compat's answers faked here, so each refusal is checked on every release)."""
+    import re
+
+    installed = re.escape(f"(installed {compat.installed_version()})")
+    llama = _loaded("llama")
+    monkeypatch.setattr(compat, "quantized_backends", lambda: ("quanto", "hqq"))
+    with pytest.raises(UserError, match=rf"fp8-greedy: the fp8 quantized cache needs transformers >= 5.21 {installed}$"):
+        caches.check_cache(llama, Scenario(8, 4, cache_implementation="quantized", quant_backend="fp8"))
+    monkeypatch.setattr(compat, "quantized_beam_search", lambda: False)
+    with pytest.raises(UserError, match=rf"beam search with a quantized cache needs transformers >= 5.19 {installed}"):
+        caches.check_cache(llama, Scenario(8, 4, cache_implementation="quantized", quant_backend="hqq",
+                                           decoding="beam", num_beams=2))
+    monkeypatch.setattr(compat, "paged_layout", lambda: None)
+    with pytest.raises(UserError, match=rf"--cache-implementation paged .* needs transformers >= 5.17 {installed}"):
+        caches.check_cache(llama, Scenario(8, 4, cache_implementation="paged"))
+    monkeypatch.setattr(compat, "static_values_sized_by_keys", lambda: True)
+    monkeypatch.setattr(compat, "mla_caches_latent", lambda: False)  # 4.x: per-head keys 80 wide, values 32
+    for impl in ("static", "sliding_window"):
+        with pytest.raises(UserError, match=rf"static cache of a model whose keys and values differ in width "
+                                            rf"needs transformers >= 5.0 {installed}"):
+            caches.check_cache(_loaded("deepseek_v3"), Scenario(8, 4, cache_implementation=impl))
+    caches.check_cache(llama, Scenario(8, 4, cache_implementation="static"))  # keys and values alike: runs
+    caches.check_cache(_loaded("deepseek_v3"), Scenario(8, 4))  # a dynamic cache: runs
+
+
+def test_compat_answers_match_the_releases_read():
+    """The releases compat's docstrings name, against the installed transformers (CI runs 4.57.6, 5.17.0, 5.24)."""
+    v = compat.transformers_version()
+    assert ("fp8" in compat.quantized_backends()) == (v >= (5, 21))
+    assert compat.quantized_beam_search() == (v >= (5, 19))
+    assert compat.hybrid_builds_static() == compat.static_values_sized_by_keys() == (v < (5, 0))
+    if v < (5, 0) or v >= (5, 17):
+        assert compat.paged_layout() == (None if v < (5, 0) else "per_layer" if v < (5, 18) else "sectors")

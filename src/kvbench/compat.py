@@ -84,3 +84,112 @@ def require(module: str, pip: str, needed_for: str) -> Any:
         return importlib.import_module(module)
     except ImportError:
         raise UserError(f"{needed_for} needs {module}, which is not installed: pip install {pip}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cache implementations (read in the sources of 4.57.6, 5.0.0, 5.17.0, 5.18.0 to 5.22.2 and 5.24.0)
+# ---------------------------------------------------------------------------------------------------------------
+
+FP8_QUANTIZED_SINCE = "5.21"  # the first release with Fp8QuantizedLayer
+QUANTIZED_BEAMS_SINCE = "5.19"  # the first whose quantized layers defer beam reordering
+PAGED_SINCE = "5.17"  # the oldest release whose continuous batching (ContinuousBatchingConfig) kvbench runs
+
+
+def installed_version() -> str:
+    """The installed transformers' version string (for refusals: 'needs transformers >= X (installed Y)')."""
+    import transformers
+
+    return transformers.__version__
+
+
+def quantized_backends() -> tuple[str, ...]:
+    """The backends of transformers' QuantizedCache: quanto and hqq in every supported release; fp8 (per tensor,
+    `Fp8QuantizedLayer`) from 5.21 (4.57 to 5.20 raise "Unknown quantization backend `fp8`")."""
+    from transformers import cache_utils
+
+    return ("quanto", "hqq") + (("fp8",) if hasattr(cache_utils, "Fp8QuantizedLayer") else ())
+
+
+def quantized_beam_search() -> bool:
+    """Whether a quantized cache survives beam search. From 5.19 its layers defer the reordering of the quantized
+    states to the next update (`_pending_beam_idx`); in 4.57 to 5.18 they inherit the dynamic layer's reorder, which
+    index_selects the emptied (1-D) residual and generate fails with "index out of range"."""
+    from transformers.cache_utils import QuantizedLayer
+
+    return hasattr(QuantizedLayer, "_apply_pending_reorder")
+
+
+def quantized_requantize_period(residual_length: int) -> int:
+    """Decode steps between two requantizations of a group-wise quantized cache (quanto, hqq). From 5.20 the step
+    whose token brings the residual to R tokens requantizes (residual + new >= R): every R steps. In 4.57 to 5.19
+    the check reads the residual's length only when it is 4-D, and the step right after a requantization (the
+    residual emptied to a 1-D tensor) never requantizes: R = 1 requantizes every other step."""
+    return residual_length if transformers_version() >= (5, 20) else max(residual_length, 2)
+
+
+def generate_call_kwargs(kwargs: dict) -> dict:
+    """generate's keyword arguments for one call. generate before 5.19 pops "backend" from the caller's
+    `cache_config` (and adds "config"), so a dict reused by the next call runs it with quanto whatever was asked;
+    from 5.19 it copies. Each call gets its own copy of `cache_config` (harmless where it is copied anyway)."""
+    if isinstance(kwargs.get("cache_config"), dict):
+        return {**kwargs, "cache_config": dict(kwargs["cache_config"])}
+    return kwargs
+
+
+def hybrid_builds_static() -> bool:
+    """True in 4.x: an explicit ``cache_implementation="hybrid"`` builds a StaticCache (generate unsets "hybrid"
+    only when it came from the model's own defaults); from 5.0 generate always unsets it: a DynamicCache."""
+    return transformers_version() < (5, 0)
+
+
+def static_values_sized_by_keys() -> bool:
+    """True in 4.x: a static layer allocates its values with the keys' head_dim, so a static cache of a model whose
+    values are narrower than its keys (multi-head latent attention before 5.15 caches per-head keys of
+    qk_nope + qk_rope and values of v_head_dim) fails at its first update (index_copy_ shape mismatch); from 5.0
+    each is sized from its own states."""
+    return transformers_version() < (5, 0)
+
+
+def paged_layout() -> str | None:
+    """How continuous batching's PagedAttentionCache holds its pool. None: no `ContinuousBatchingConfig` (4.x, whose
+    generate_batch takes other options). "per_layer" (5.17): a key and a value tensor for each layer of a layer
+    group, of (num_blocks + 2) x block_size tokens x KV heads x head_dim, the page option named `block_size`.
+    "sectors" (from 5.18): one flat uint8 tensor of sectors (lcm of the block bytes and 128) plus two trash sectors,
+    the option named `page_size`."""
+    try:
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+    except ImportError:
+        return None
+    fields = getattr(ContinuousBatchingConfig, "__dataclass_fields__", {})
+    return "sectors" if "page_size" in fields else "per_layer"
+
+
+def paged_page_size_option() -> str:
+    """The `ContinuousBatchingConfig` field of the tokens a page (block) holds: `page_size` from 5.18, `block_size`
+    in 5.17 (see `paged_layout`)."""
+    return "page_size" if paged_layout() == "sectors" else "block_size"
+
+
+def paged_block_tables(cache: Any) -> list[tuple[dict, int]]:
+    """(block table: request id -> block ids, bytes one block holds) of each allocator of a PagedAttentionCache.
+    From 5.18 the allocators are `cache_allocators` with their `bytes_per_block`; in 5.17 `group_cache_managers`,
+    a block of a group taking one block slot of every pool tensor (its bytes: the pool over num_blocks + 2)."""
+    if hasattr(cache, "cache_allocators"):
+        return [(a.block_table, a.bytes_per_block) for a in cache.cache_allocators.values()]
+    per_block = sum(t.nbytes for t in [*cache.key_cache, *cache.value_cache]) // (cache.num_blocks + 2)
+    return [(m.block_table, per_block) for m in cache.group_cache_managers]
+
+
+def paged_grad_mode() -> Any:
+    """The grad mode to call `generate_batch` in: `torch.inference_mode` where continuous batching's generation
+    thread takes the caller's inference mode on (`_run_generation_loop(use_inference_mode)`, 5.24; not in 5.17 to
+    5.22), else `torch.no_grad`: in those a pool made under inference mode is an inference tensor, which the
+    generation thread, outside inference mode, cannot update in place ("Inplace update to inference tensor")."""
+    import inspect
+
+    import torch
+    from transformers.generation.continuous_batching.continuous_api import ContinuousBatchingManager
+
+    loop = getattr(ContinuousBatchingManager, "_run_generation_loop", None)
+    takes = loop is not None and "use_inference_mode" in inspect.signature(loop).parameters
+    return torch.inference_mode() if takes else torch.no_grad()

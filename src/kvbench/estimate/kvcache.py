@@ -153,6 +153,11 @@ def kv_layer_specs(config: Any) -> list[LayerSpec]:
             raise NotImplementedError(f"KV cache of '{name}' is not estimated: it {UNSUPPORTED[name]}")
     if getattr(cfg, "layer_types", None) is None or compat.hybrid_state_on_every_layer():
         for field in STATE_FIELDS:
+            if getattr(cfg, field, None) is not None and compat.hybrid_state_on_every_layer():
+                raise NotImplementedError(f"KV cache of '{model_type}' is not estimated on transformers "
+                                          f"{compat.installed_version()}: its SSM / linear-attention state (config "
+                                          f"'{field}') is estimated with transformers >= 5.0, whose caches keep it "
+                                          "layer by layer")
             if getattr(cfg, field, None) is not None:
                 raise NotImplementedError(f"KV cache of '{model_type}' is not estimated: its config has '{field}', "
                                           "the mark of SSM / linear-attention state this estimator does not model")
@@ -236,13 +241,17 @@ def _layer_tokens(spec: LayerSpec, seq_len: int, last_step_tokens: int, reordere
     return min(seq_len - last_step_tokens, keep) + last_step_tokens  # ... else as a view of the last cat
 
 
-DYNAMIC_RULES = ("dynamic", "offloaded", "hybrid")  # hybrid: generate unsets it, which leaves a DynamicCache
+# hybrid: 5.x generate unsets it, which leaves a DynamicCache (4.x builds a StaticCache: compat.hybrid_builds_static);
+# dynamic_full (4.x and 5.0 only): a DynamicCache built without the config, every layer a full one
+DYNAMIC_RULES = ("dynamic", "offloaded", "hybrid", "dynamic_full")
 STATIC_RULES = ("static", "offloaded_static", "sliding_window", "hybrid_chunked", "offloaded_hybrid",
                 "offloaded_hybrid_chunked")
 
 
 def cache_rules(cache_implementation: str | None) -> str:
     """The rules an implementation's bytes follow: "dynamic", "static" or "quantized" (module docstring)."""
+    if cache_implementation == "hybrid" and compat.hybrid_builds_static():
+        return "static"
     if cache_implementation is None or cache_implementation in DYNAMIC_RULES:
         return "dynamic"
     if cache_implementation in STATIC_RULES:
@@ -281,6 +290,8 @@ def kv_cache_bytes_by_layer_kind(config: Any, *, batch_size: int, seq_len: int, 
     sequences, nbytes = batch_size * num_beams, dtype_nbytes(dtype)
     layers = []
     for spec in kv_layer_specs(config):
+        if cache_implementation == "dynamic_full" and spec.kind == "sliding":  # no config: no sliding layers
+            spec = spec._replace(kind="full", window=None)
         tokens = _layer_tokens(spec, seq_len, last_step_tokens, num_beams > 1, max_cache_len)
         layer = {"key_value": sequences * spec.kv_heads * (spec.k_head_dim + spec.v_head_dim) * tokens * nbytes}
         if spec.state is not None and seq_len > 0:  # allocated by the first forward

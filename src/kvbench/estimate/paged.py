@@ -13,6 +13,10 @@ them on real pools), for a model of full-attention layers only (one allocator):
 * ``num_blocks`` asks for ``ceil(num_blocks x block / sector)`` sectors (at least 1), and the pool is one uint8
   tensor of that many sectors plus two never-allocated trash sectors;
 * a request holds ``ceil(positions / page_size)`` blocks, released when it finishes.
+
+transformers 5.17 (``compat.paged_layout() == "per_layer"``, the page option named ``block_size``) keeps a key and a
+value tensor per layer instead, of ``num_blocks + 2`` blocks each (two trash blocks): the pool is
+``(num_blocks + 2) x block``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .. import compat
 from .kvcache import dtype_nbytes, kv_layer_specs
 
 PAGE_SIZE = 256  # ContinuousBatchingConfig's default
@@ -54,6 +59,8 @@ def _block_bytes(config: Any, dtype: torch.dtype | str, page_size: int) -> int:
 def paged_pool_bytes(config: Any, *, dtype: torch.dtype | str, num_blocks: int, page_size: int = PAGE_SIZE) -> int:
     """Bytes of the pool ``PagedAttentionCache`` reserves (its ``cache_tensor``)."""
     block = _block_bytes(config, dtype, page_size)
+    if compat.paged_layout() == "per_layer":  # 5.17: per-layer tensors of num_blocks + 2 blocks
+        return (num_blocks + TRASH_SECTORS) * block
     sector = math.lcm(block, SECTOR_ALIGNMENT)
     sectors = max(1, math.ceil(num_blocks * block / sector))
     return (sectors + TRASH_SECTORS) * sector

@@ -15,6 +15,9 @@ Rules found by experiment (transformers 5.24, optimum-quanto 0.2.7, hqq 0.2.8; t
 * hqq (1, 2, 3, 4 or 8 bits): the tensor is reshaped to [64, n / 64] (64 must divide S*H*T*D) and packed along the
   64: 64 * bits / 8 rows of uint8, or for 3 bits ceil(64 / 10) rows of int32 (ten 3-bit values in 32 bits);
   scale and zero one value per column, in the model dtype.
+* Before 5.20 the step right after a requantization never requantizes (``compat.quantized_requantize_period``):
+  R = 1 then requantizes every other step. fp8 needs 5.21, beam search 5.19 (``kvbench.measuring.caches`` refuses
+  them on older releases).
 * fp8 (per tensor, float8_e4m3fn): every position stored at one byte, no residual, no requantization, and one
   float32 scale per tensor (keys and values: 8 bytes a layer), frozen at the prefill.
 * Beam search (quanto, hqq) defers its reordering of the quantized states to the next update, keeping the composed
@@ -25,6 +28,8 @@ Rules found by experiment (transformers 5.24, optimum-quanto 0.2.7, hqq 0.2.8; t
 from __future__ import annotations
 
 import math
+
+from .. import compat
 
 GROUP_SIZE = 64  # transformers' default `q_group_size`, the one kvbench runs
 FP8_SCALE_BYTES = 4  # a 0-dim float32 tensor
@@ -37,13 +42,13 @@ def split_tokens(prompt_len: int, new_tokens: int, residual_length: int | None) 
     steps = new_tokens - 1
     if residual_length is None:  # fp8: everything is stored quantized
         return prompt_len + steps, 0
-    residual = steps % residual_length
+    residual = steps % compat.quantized_requantize_period(residual_length)
     return prompt_len + steps - residual, residual
 
 
 def quantization_lengths(prompt_len: int, new_tokens: int, residual_length: int) -> list[int]:
     """The sequence lengths at which a group-wise backend quantizes (the prefill, then every R decode steps)."""
-    return list(range(prompt_len, prompt_len + new_tokens, residual_length))
+    return list(range(prompt_len, prompt_len + new_tokens, compat.quantized_requantize_period(residual_length)))
 
 
 def group_problem(backend: str, *, sequences: int, kv_heads: int, head_dims: tuple[int, int], prompt_len: int,

@@ -22,8 +22,10 @@ DECODINGS = ("greedy", "sample", "beam")
 # generation/configuration_utils.py, plus "paged", which routes to continuous batching); tests/test_caches.py checks
 # the list against the installed transformers. The deprecated names build what their layer types say (5.24:
 # `sliding_window` and `hybrid_chunked` a StaticCache, `hybrid` a DynamicCache): records name the class built.
+# `dynamic_full` is 4.x's (and 5.0's): a DynamicCache without sliding layers; releases without it refuse it.
 CACHE_IMPLEMENTATIONS = ("dynamic", "static", "offloaded", "offloaded_static", "quantized", "paged",
-                         "sliding_window", "hybrid", "hybrid_chunked", "offloaded_hybrid", "offloaded_hybrid_chunked")
+                         "sliding_window", "hybrid", "hybrid_chunked", "offloaded_hybrid", "offloaded_hybrid_chunked",
+                         "dynamic_full")
 # The backends of the quantized cache, the bit widths each accepts, and transformers' defaults for the group-wise
 # ones (fp8 quantizes per tensor and takes no option: no bits to choose, no residual).
 QUANT_BACKENDS = {"quanto": (2, 4), "hqq": (1, 2, 3, 4, 8), "fp8": ()}

@@ -8,15 +8,19 @@
   cache whose tensors its group size divides at every quantization (``kvbench.estimate.quantized``);
 * paged attention runs through continuous batching (``generate_batch``): greedy or sampling, no beams, full
   and sliding attention layers only (`kvbench.measuring.paged`).
+* what the installed transformers cannot do (`kvbench.compat`), named with the release it needs: fp8 (5.21), beam
+  search with a quantized cache (5.19), paged attention (5.17), and in 4.x a static cache of a model whose values
+  are narrower than its keys.
 """
 
 from __future__ import annotations
 
 import importlib.util
 
+from .. import compat
 from ..errors import UserError
 from ..estimate import quantized as quant
-from ..estimate.kvcache import kv_layer_specs
+from ..estimate.kvcache import cache_rules, kv_layer_specs
 from ..inputs.scenario import CACHE_IMPLEMENTATIONS, Scenario
 
 OFFLOADED = tuple(name for name in CACHE_IMPLEMENTATIONS if name.startswith("offloaded"))
@@ -44,7 +48,10 @@ def layer_types(config) -> list[str]:
         return list(get_layer_types_and_kwargs(text)[0])
     except (ImportError, AttributeError, TypeError):  # transformers 4.x: kvbench's reading of the config
         kinds = {"full": "full_attention", "sliding": "sliding_attention", "none": "dummy"}
-        return [kinds[s.kind] for s in kv_layer_specs(config)]
+        try:
+            return [kinds[s.kind] for s in kv_layer_specs(config)]
+        except NotImplementedError:  # SSM / linear-attention state (not estimated in 4.x): the config's own types
+            return list(getattr(text, "layer_types", None) or ["linear_attention"])
 
 
 def missing_package(backend: str | None) -> str | None:
@@ -66,6 +73,10 @@ def quantized_problem(model, config, scenario: Scenario) -> str | None:
     supports = getattr(model, "_supports_default_dynamic_cache", None)
     if supports is not None and not supports():
         return "this model keeps a cache of its own, which transformers cannot quantize"
+    if scenario.quant_backend not in compat.quantized_backends():
+        return needs(f"the {scenario.quant_backend} quantized cache", compat.FP8_QUANTIZED_SINCE)
+    if scenario.num_beams > 1 and not compat.quantized_beam_search():
+        return needs("beam search with a quantized cache", compat.QUANTIZED_BEAMS_SINCE)
     install = missing_package(scenario.quant_backend)
     if install:
         return f"the {scenario.quant_backend} backend of the quantized cache is not installed: {install}"
@@ -83,12 +94,28 @@ def quantized_problem(model, config, scenario: Scenario) -> str | None:
     return None
 
 
+def needs(what: str, release: str) -> str:
+    """The one line refusing what the installed transformers cannot do."""
+    return f"{what} needs transformers >= {release} (installed {compat.installed_version()})"
+
+
+def static_problem(config) -> str | None:
+    """4.x's static layers size their values by the keys (compat.static_values_sized_by_keys)."""
+    if not compat.static_values_sized_by_keys():
+        return None
+    try:
+        specs = kv_layer_specs(config)
+    except NotImplementedError:
+        return None
+    if any(s.k_head_dim != s.v_head_dim for s in specs if s.kind != "none"):
+        return needs("a static cache of a model whose keys and values differ in width", "5.0")
+    return None
+
+
 def paged_problem(model, config, scenario: Scenario) -> str | None:
     """Why continuous batching cannot run this scenario (None: it can)."""
-    if not hasattr(model, "generate_batch"):
-        import transformers
-
-        return f"transformers {transformers.__version__} has no continuous batching (generate_batch)"
+    if not hasattr(model, "generate_batch") or compat.paged_layout() is None:
+        return needs("--cache-implementation paged (continuous batching)", compat.PAGED_SINCE)
     if scenario.decoding == "beam":
         return "continuous batching does not do beam search"
     other = sorted(set(layer_types(config)) - {"full_attention", "sliding_attention"})
@@ -112,6 +139,8 @@ def cache_problem(model, config, device, scenario: Scenario) -> str | None:
         return quantized_problem(model, config, scenario)
     if impl == "paged":
         return paged_problem(model, config, scenario)
+    if cache_rules(impl) == "static":
+        return static_problem(config)
     return None
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..compat import cache_from_output
+from ..compat import cache_from_output, generate_call_kwargs
 from ..errors import UserError
 from ..estimate.roofline import decode_bytes_per_step, roofline
 from ..inputs.scenario import Scenario
@@ -59,7 +59,7 @@ def run_generation(model, inputs: dict, scenario: Scenario, kwargs: dict | None 
     reference loop (same output fields)."""
     if scenario.engine == "reference":
         return reference_run(model, inputs, scenario)
-    return model.generate(**inputs, **(scenario.generate_kwargs() if kwargs is None else kwargs))
+    return model.generate(**inputs, **generate_call_kwargs(scenario.generate_kwargs() if kwargs is None else kwargs))
 
 
 def generate_once(loaded: LoadedModel, scenario: Scenario, inputs: dict, clock: Clock, nvml=None, kwargs=None,

@@ -9,7 +9,8 @@
   from the first request's creation to the last one's end, ``ttft_s`` the median of first token minus creation,
   decode steps the median over requests of the gaps between their tokens; ``paged_call_s`` is the whole
   ``generate_batch`` call (manager start and stop included).
-* Bytes: ``kv_cache_bytes`` is the pool the cache reserves (``cache_tensor``, kind ``paged_pool``);
+* Bytes: ``kv_cache_bytes`` is the pool the cache reserves (``cache_tensor``, or 5.17's per-layer ``key_cache`` /
+  ``value_cache``: kind ``paged_pool``);
   ``kv_cache_paged_used_bytes`` the blocks the requests held when they finished (read as each is freed).
 """
 
@@ -24,10 +25,11 @@ import dataclasses
 
 import torch
 
+from .. import compat
 from ..estimate.paged import paged_sizing, paged_used_bytes
 from ..estimate.roofline import roofline
 from ..inputs.scenario import Scenario
-from .cache_bytes import cache_fields
+from .cache_bytes import cache_fields, cache_nbytes
 from .environment import environment
 from .memory import memory_probe
 from .models import LoadedModel, synthetic_inputs
@@ -46,9 +48,9 @@ def paged_configs(model, scenario: Scenario):
     generation = GenerationConfig(max_new_tokens=scenario.new_tokens, eos_token_id=-1,  # -1: no EOS, N tokens
                                   pad_token_id=0 if pad is None else pad, **sampling)
     sizing = paged_sizing(scenario.batch_size, scenario.prompt_len, scenario.new_tokens)
-    batching = ContinuousBatchingConfig(page_size=sizing.page_size, num_blocks=sizing.num_blocks,
-                                        max_batch_tokens=sizing.max_batch_tokens, safety_margin=0.0,
-                                        seed=scenario.seed)
+    batching = ContinuousBatchingConfig(**{compat.paged_page_size_option(): sizing.page_size},
+                                        num_blocks=sizing.num_blocks, max_batch_tokens=sizing.max_batch_tokens,
+                                        safety_margin=0.0, seed=scenario.seed)
     return generation, batching
 
 
@@ -82,8 +84,8 @@ def watch_blocks(cache, held: list[int]) -> None:
     free = cache.free_blocks
 
     def free_blocks(request_id, *args, **kwargs):
-        cache._kvbench_held.append(sum(len(a.block_table.get(request_id, [])) * a.bytes_per_block
-                                       for a in cache.cache_allocators.values()))
+        cache._kvbench_held.append(sum(len(table.get(request_id, [])) * per_block
+                                       for table, per_block in compat.paged_block_tables(cache)))
         return free(request_id, *args, **kwargs)
 
     cache.free_blocks = free_blocks
@@ -116,7 +118,7 @@ def generate_paged_once(loaded, scenario: Scenario, prompts: list[list[int]], co
     if cache is not None:
         for key, value in memory.items():  # the reused pool counts as this call's (module docstring)
             if key.endswith("_delta_bytes") and value is not None:
-                memory[key] = value + cache.cache_tensor.nbytes
+                memory[key] = value + cache_nbytes(cache)
     cache = manager_cache(loaded.model)
     gaps = [[b - a for a, b in zip(r.timestamps, r.timestamps[1:])] for r in results]
     return {
@@ -167,7 +169,7 @@ def measure_paged(loaded: LoadedModel, scenario: Scenario, repeats: int, warmup:
     free_memory(loaded.device)
     oom, reference = None, None
     try:
-        with torch.inference_mode():
+        with compat.paged_grad_mode():
             for _ in range(warmup):
                 generate_paged_once(loaded, scenario, prompts, configs, nvml)
             runs = [generate_paged_once(loaded, scenario, prompts, configs, nvml) for _ in range(repeats)]
