@@ -37,7 +37,9 @@ def variant(df: pd.DataFrame, fields=VARIANT_FIELDS) -> pd.Series | None:
     Series is named after the fields it joins (the legend's title).
     """
     text = df[[f for f in fields if f in df.columns]].astype(object)
-    text = text.where(text.notna(), "-").astype(str)  # a field some rows lack (sampling parameters) reads "-"
+    # a field some rows lack (sampling parameters) reads "-"; a whole number stored as float (top_k beside NaN) as one
+    text = text.map(lambda v: "-" if v is None or v != v else str(int(v)) if isinstance(v, float) and v.is_integer()
+                    else str(v))
     varying = [f for f in text.columns if text[f].nunique() > 1]
     if "run" in varying:
         runs = text.groupby(text["run"])
