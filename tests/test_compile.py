@@ -103,7 +103,8 @@ def test_cli_refuses_bad_compile_in_one_line(tiny_config_file, tmp_path, capsys,
 
 def test_cli_refuses_compile_on_without_a_compiler(monkeypatch, tiny_config_file, tmp_path, capsys):
     monkeypatch.setattr(decode, "compiler_problem", lambda device: "no C++ compiler found (c++, g++, clang++)")
-    code = main(["run", "--model", str(tiny_config_file), "--out", str(tmp_path / "never"), "--compile", "on",
+    code = main(["run", "--model", str(tiny_config_file), "--prompt-len", "16", "--new-tokens", "4",
+                 "--out", str(tmp_path / "never"), "--compile", "on",
                  "--cache-implementation", "static"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "no C++ compiler" in err

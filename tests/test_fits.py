@@ -30,7 +30,8 @@ def test_weights_over_free_memory_exit_2_in_one_line(small_device, tiny_config_f
 
     weights = param_count(llama_config()) * 4
     assert weights > small_device["free"]
-    code = main(["run", "--model", str(tiny_config_file), "--out", str(tmp_path / "never")])
+    code = main(["run", "--model", str(tiny_config_file), "--prompt-len", "16", "--new-tokens", "4",
+                 "--out", str(tmp_path / "never")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert f"needs {weights / 1024:.1f} KiB for its weights in float32" in err

@@ -23,7 +23,8 @@ from kvbench.results.cache_fields import by_device
     (["--max-memory", "cpu=1GiB"], "--max-memory needs --device-map"),
 ])
 def test_bad_placement_is_refused_in_one_line(tiny_config_file, tmp_path, capsys, args, named):
-    code = main(["run", "--model", str(tiny_config_file), "--out", str(tmp_path / "never"), *args])
+    code = main(["run", "--model", str(tiny_config_file), "--prompt-len", "16", "--new-tokens", "4",
+                 "--out", str(tmp_path / "never"), *args])
     err = capsys.readouterr().err
     assert code == 2 and named in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "never" / "records.jsonl").exists()

@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
     try:
         with warnings.catch_warnings():
+            # Libraries' deprecation notices are not kvbench's output: ignored, as Python's default filters do outside
+            # __main__ (a host that turns them on, pytest, would print torch's at hqq's import amid a one-line error).
+            warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("always", PartialLineWarning)  # every skipped line, however often seen before
             warnings.showwarning = show_warning
             # Outside standalone mode click returns a command's typer.Exit code instead of raising it.
