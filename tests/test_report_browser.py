@@ -50,7 +50,10 @@ def load(driver, path) -> dict:
     """Open a page; return its console messages, the URLs it requested, and what its images did."""
     driver.get_log("browser"), driver.get_log("performance")  # drop what earlier pages left
     driver.get(path.resolve().as_uri())
-    assert driver.execute_script("return document.readyState") == "complete"
+    # get() returns once the document is parsed; its inline images may still be decoding on a busy machine
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 60).until(lambda d: d.execute_script("return document.readyState") == "complete")
     images = driver.execute_script(
         "return Array.from(document.images).map(i => ({figure: i.dataset.figure, complete: i.complete,"
         " width: i.naturalWidth, height: i.naturalHeight, shown: i.getBoundingClientRect().width}))")
