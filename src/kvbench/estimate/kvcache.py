@@ -331,20 +331,27 @@ def kv_cache_bytes_at(config: Any, *, batch_size: int, seq_len: int, dtype: torc
     ).values())
 
 
+def _after_generate(prompt_len: int, new_tokens: int) -> dict:
+    """The cache `generate` returns, as `kv_cache_bytes_at`'s arguments: prompt_len + new_tokens - 1 positions
+    seen (the last token is never fed), the last of them alone (the whole prompt when new_tokens == 1), a static
+    cache of that length."""
+    if prompt_len < 1 or new_tokens < 1:
+        raise ValueError("prompt_len and new_tokens must be >= 1")
+    seq_len = prompt_len + new_tokens - 1
+    return dict(seq_len=seq_len, max_cache_len=seq_len, last_step_tokens=prompt_len if new_tokens == 1 else 1)
+
+
 def estimate_kv_cache_bytes_by_kind(config: Any, *, batch_size: int, prompt_len: int, new_tokens: int,
                                     dtype: torch.dtype | str, num_beams: int = 1,
                                     cache_implementation: str | None = "dynamic", quant_backend: str | None = None,
                                     quant_nbits: int | None = None,
                                     residual_length: int | None = None) -> dict[str, int]:
     """`estimate_kv_cache_bytes`, by kind (the kinds with bytes only)."""
-    if prompt_len < 1 or new_tokens < 1:
-        raise ValueError("prompt_len and new_tokens must be >= 1")
-    seq_len = prompt_len + new_tokens - 1
     if cache_rules(cache_implementation) != "quantized":
-        return kv_cache_bytes_by_kind_at(
-            config, batch_size=batch_size, seq_len=seq_len, dtype=dtype, num_beams=num_beams,
-            cache_implementation=cache_implementation, max_cache_len=seq_len,
-            last_step_tokens=prompt_len if new_tokens == 1 else 1)
+        return kv_cache_bytes_by_kind_at(config, batch_size=batch_size, dtype=dtype, num_beams=num_beams,
+                                         cache_implementation=cache_implementation,
+                                         **_after_generate(prompt_len, new_tokens))
+    _after_generate(prompt_len, new_tokens)  # the same checks
     return _nonzero(quant.quantized_cache_bytes(
         kv_layer_specs(config), quant_backend, quant_nbits, residual_length, sequences=batch_size * num_beams,
         prompt_len=prompt_len, new_tokens=new_tokens, dtype_bytes=dtype_nbytes(dtype), num_beams=num_beams))
@@ -364,12 +371,9 @@ def estimate_kv_cache_bytes(config: Any, *, batch_size: int, prompt_len: int, ne
     if by_layer:
         if cache_rules(cache_implementation) == "quantized":
             raise ValueError("by_layer: the quantized cache is estimated as a whole")
-        if prompt_len < 1 or new_tokens < 1:
-            raise ValueError("prompt_len and new_tokens must be >= 1")
-        seq_len = prompt_len + new_tokens - 1
-        return kv_cache_bytes_by_layer(config, batch_size=batch_size, seq_len=seq_len, dtype=dtype,
-                                       num_beams=num_beams, cache_implementation=cache_implementation,
-                                       max_cache_len=seq_len, last_step_tokens=prompt_len if new_tokens == 1 else 1)
+        return kv_cache_bytes_by_layer(config, batch_size=batch_size, dtype=dtype, num_beams=num_beams,
+                                       cache_implementation=cache_implementation,
+                                       **_after_generate(prompt_len, new_tokens))
     return sum(estimate_kv_cache_bytes_by_kind(
         config, batch_size=batch_size, prompt_len=prompt_len, new_tokens=new_tokens, dtype=dtype,
         num_beams=num_beams, cache_implementation=cache_implementation, quant_backend=quant_backend,
