@@ -74,3 +74,33 @@ def test_require_names_the_pip_install():
                                         r"pip install 'kvbench\[quanto\]'$"):
         missing = "no_such_module" + "_xyz"  # not a literal: tests/test_dependencies.py reads require("literal")
         compat.require(missing, "'kvbench[quanto]'", "a quantized cache")
+
+
+def test_no_kvbench_path_triggers_the_cache_name_deprecation(tiny_loaded):
+    """transformers 5.25 logs "`past_key_values`/`cache_params` are deprecated" (once per process) when the old name
+    is passed or read; kvbench reads the name the output declares and passes the one generate takes."""
+    import logging
+
+    import kvbench
+    from kvbench.inputs.scenario import Scenario
+
+    seen = []
+
+    class Catch(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    logging.Logger.warning_once.cache_clear() if hasattr(logging.Logger, "warning_once") else None
+    handler = Catch()
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        assert compat.cache_from_output(generate(tiny_loaded.model, use_cache=False)) is None
+        for use_cache in (True, False):
+            kvbench.measure(tiny_loaded, Scenario(prompt_len=6, new_tokens=3, use_cache=use_cache), repeats=1,
+                            warmup=0)
+            kvbench.measure(tiny_loaded, Scenario(prompt_len=6, new_tokens=3, use_cache=use_cache,
+                                                  engine="reference"), repeats=1, warmup=0)
+    finally:
+        logger.removeHandler(handler)
+    assert not [m for m in seen if "deprecated" in m and "cache" in m], seen

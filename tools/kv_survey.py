@@ -31,8 +31,8 @@ from kvbench.estimate.kvcache import (
     estimate_kv_cache_bytes,
     estimate_kv_cache_bytes_by_kind,
 )
+from kvbench.compat import cache_from_output
 from kvbench.measuring.cache_bytes import (
-    cache_from_output,
     cache_nbytes,
     cache_nbytes_by_kind,
     cache_visible_nbytes,

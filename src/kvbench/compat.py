@@ -30,11 +30,13 @@ def transformers_version() -> tuple[int, int]:
 
 def cache_from_output(out: Any) -> Any:
     """The cache of a ``generate(..., return_dict_in_generate=True)`` output: ``.cache`` in recent 5.x (5.24),
-    ``.past_key_values`` in 4.x and earlier 5.x (5.17); None when the model ran without one."""
+    ``.past_key_values`` in 4.x and earlier 5.x (5.17); None when the model ran without one. The output's own
+    fields decide which name is read: from 5.25 ``past_key_values`` is a deprecated alias of ``cache`` that logs a
+    warning when read, so it is never touched where ``cache`` is a field."""
+    fields = getattr(out, "__dataclass_fields__", None) or {}
     for name in ("cache", "past_key_values"):
-        cache = getattr(out, name, None)
-        if cache is not None:
-            return cache
+        if name in fields or (not fields and hasattr(out, name)):
+            return getattr(out, name)
     return None
 
 
@@ -56,6 +58,13 @@ def hybrid_state_on_every_layer() -> bool:
     """True in 4.x, whose hybrid cache classes (LFM2, ...) allocate SSM / convolution state for every layer even
     where the config's `layer_types` says attention; 5.x allocates it for the state layers only."""
     return transformers_version() < (5, 0)
+
+
+def falcon_new_arch_caches_kv_heads() -> bool:
+    """Falcon's new decoder architecture (Falcon-40B/180B: `new_decoder_architecture`) caches its `num_kv_heads`
+    key-value groups as they are from transformers 5.25; up to 5.24 it broadcast them to every attention head
+    before caching, so its cache held `num_attention_heads` heads."""
+    return transformers_version() >= (5, 25)
 
 
 def mla_caches_latent() -> bool:
