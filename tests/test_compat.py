@@ -104,3 +104,24 @@ def test_no_kvbench_path_triggers_the_cache_name_deprecation(tiny_loaded):
     finally:
         logger.removeHandler(handler)
     assert not [m for m in seen if "deprecated" in m and "cache" in m], seen
+
+
+def test_ci_tests_the_releases_compat_declares():
+    """.ci/run builds one environment per release in compat.TESTED_RELEASES: the older ones named in its list, the
+    newest pinned by .ci/constraints-newest.txt (so a release published later cannot change what CI tests)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = (root / ".ci" / "run").read_text()
+    older = re.search(r"^EXTRA_TRANSFORMERS=\((.*)\)$", script, re.M).group(1).split()
+    pinned = re.findall(r"^transformers==(\S+)$", (root / ".ci" / "constraints-newest.txt").read_text(), re.M)
+    assert (*older, *pinned) == compat.TESTED_RELEASES
+
+
+def test_a_release_beyond_the_newest_tested_is_named(monkeypatch):
+    newest = tuple(int(x) for x in compat.TESTED_RELEASES[-1].split(".")[:2])
+    monkeypatch.setattr(compat, "transformers_version", lambda: (newest[0], newest[1] + 1))
+    assert "newer than the newest release kvbench was tested on" in compat.beyond_tested()
+    monkeypatch.setattr(compat, "transformers_version", lambda: newest)
+    assert compat.beyond_tested() is None

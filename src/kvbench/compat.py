@@ -14,6 +14,10 @@ from typing import Any
 
 from .errors import UserError
 
+# The transformers releases CI tests kvbench on (.ci/run: one fresh virtual environment each; the last is the newest,
+# pinned in .ci/constraints-newest.txt; tests/test_compat.py keeps both files in step with this line).
+TESTED_RELEASES = ("4.57.6", "5.17.0", "5.25.0")
+
 # The attributes `generate` leaves on a model to reuse a static cache: 5.x keeps the longest length seen so far
 # (`_previous_max_cache_length`), 4.x the cache object itself (`_cache`).
 STATIC_CACHE_ATTRIBUTES = ("_previous_max_cache_length", "_cache")
@@ -26,6 +30,17 @@ def transformers_version() -> tuple[int, int]:
 
     major, minor = transformers.__version__.split(".")[:2]
     return int(major), int(minor)
+
+
+def beyond_tested() -> str | None:
+    """A one-line note where the installed transformers is newer than the newest release tested (TESTED_RELEASES),
+    else None. Such a release may have changed a cache kvbench reads: every record still measures the cache's bytes
+    beside their estimate, so a difference shows there; the planner relies on the estimate alone."""
+    newest = tuple(int(x) for x in TESTED_RELEASES[-1].split(".")[:2])
+    if transformers_version() <= newest:
+        return None
+    return (f"transformers {installed_version()} is newer than the newest release kvbench was tested on "
+            f"({TESTED_RELEASES[-1]}): compare kv_cache_bytes with kv_cache_bytes_estimate before trusting a plan")
 
 
 def cache_from_output(out: Any) -> Any:

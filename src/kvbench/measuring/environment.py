@@ -13,12 +13,14 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
 import psutil
 import torch
 
+from .. import compat
 from ..estimate.gpus import match_device_name
 from ..version import __version__
 from .nvml import nvml_gpu_info, nvml_status
@@ -140,7 +142,10 @@ def _environment(device_str: str) -> tuple:
         "env_c_compiler": c_compiler,
         "env_c_compiler_version": c_compiler_version,
         "env_extras": _extras(),
+        "env_transformers_newest_tested": compat.TESTED_RELEASES[-1],
     })
+    if compat.beyond_tested():
+        warnings.warn(compat.beyond_tested(), stacklevel=2)
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         nvml = nvml_gpu_info(device)
