@@ -51,7 +51,7 @@ ARCHS = {
              "short convolution + attention"),
 }
 
-# more Mamba-2 hybrids, checked in dynamic and static caches only (the matrix above covers the decodings)
+# more SSM hybrids, checked in dynamic and static caches only (the matrix above covers the decodings)
 MORE_SSM = {
     "bamba": ("BambaConfig", dict(**SSM, num_hidden_layers=2, attn_layer_indices=[1], **MAMBA2), "Mamba-2 + attention"),
     "granitemoehybrid": ("GraniteMoeHybridConfig", dict(**SSM, num_hidden_layers=2, layer_types=["mamba", "attention"],
@@ -66,6 +66,10 @@ MORE_SSM = {
                                     mamba_expand=2, mamba_ngroups=2, mamba_headdim=16, n_mamba_heads=8,
                                     chunk_size=16, use_mem_rope=False, num_mem_blocks=1),
                "Mamba-2 with a shared attention block"),
+    # zamba ties its shared attention block across hybrid layers: at least two of them (layers 2, 5, 8)
+    "zamba": ("ZambaConfig", dict(**SSM, num_hidden_layers=9, attn_layer_period=3, attn_layer_offset=2,
+                                  mamba_d_state=8, mamba_d_conv=4, mamba_expand=2, n_mamba_heads=2, mamba_dt_rank=8,
+                                  use_mamba_kernels=False), "multi-head Mamba with a shared attention block"),
 }
 
 

@@ -232,3 +232,19 @@ def test_more_mamba2_hybrids_by_kind(arch, impl):
     out = generate(model, 2, PROMPT, 3, cache_implementation=impl)
     measured = _check(config, out, batch=2, prompt=PROMPT, new=3, dtype=torch.float32, impl=impl)
     assert measured["recurrent_state"] > 0 and measured["conv_state"] > 0
+
+
+def test_zamba_by_hand():
+    """Zamba (tests/cache_models.py: hidden 64, 9 layers with the shared attention block on layers 2, 5 and 8, Mamba
+    inner width 2 x 64 = 128 in 2 heads, conv kernel 4, state 8; attention 4 heads over 2 x hidden = 128, so a head
+    dim of 32, and 2 KV heads), batch 2, prompt 7, 3 new tokens (9 positions cached), float32:
+    conv 9 layers x 2 x 128 x 4 x 4 B = 36,864; recurrent (float32) 9 x 2 x 128 x 8 x 4 B = 73,728;
+    keys and values 3 layers x 2 x 2 sequences x 2 heads x 9 x 32 x 4 B = 27,648."""
+    from kvbench.estimate.kvcache import estimate_kv_cache_bytes_by_kind
+
+    config, model = build("zamba")
+    skip_if_refused(config, model)
+    expected = {"conv_state": 36_864, "recurrent_state": 73_728, "key_value": 27_648}
+    estimate = estimate_kv_cache_bytes_by_kind(config, batch_size=2, prompt_len=7, new_tokens=3, dtype=torch.float32)
+    assert {k: v for k, v in estimate.items() if v} == expected
+    assert {k: v for k, v in cache_nbytes_by_kind(cache_from_output(generate(model, 2, 7, 3))).items() if v} == expected

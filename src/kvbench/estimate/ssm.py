@@ -9,6 +9,8 @@ the convolution state is [batch, channels, kernel] in the model dtype; the recur
 the model dtype (the scan accumulates in float32 and the cache keeps it so). Channels and state shapes by family:
 
 * Mamba (mamba, falcon_mamba, jamba): conv [I, K], recurrent [I, S] (I the inner width, S the state size).
+* Zamba's multi-head Mamba (zamba): conv [I, K], recurrent [H, I / H, S]: the same bytes as Mamba's (transformers
+  5.25; its hybrid layers keep the state beside the shared attention block's keys and values).
 * Mamba-2 (mamba2, bamba, granitemoehybrid, nemotron_h, falcon_h1, zamba2): conv [I + 2 G S, K] (G groups),
   recurrent [H, D, S] (H heads of D).
 * gated delta net (qwen3_next, qwen3_5, olmo_hybrid): conv [2 Hk Dk + Hv Dv, K], recurrent [Hv, Dk, Dv].
@@ -58,6 +60,8 @@ STATES = {
     "mamba": lambda c: _mamba1(c.intermediate_size, c.conv_kernel, c.state_size),
     "falcon_mamba": lambda c: _mamba1(c.intermediate_size, c.conv_kernel, c.state_size),
     "jamba": lambda c: _mamba1(c.mamba_expand * c.hidden_size, c.mamba_d_conv, c.mamba_d_state),
+    "zamba": lambda c: StateSpec((c.mamba_expand * c.hidden_size, c.mamba_d_conv),
+                                 (c.n_mamba_heads, c.mamba_expand * c.hidden_size // c.n_mamba_heads, c.mamba_d_state)),
     "mamba2": lambda c: _mamba2(int(c.expand * c.hidden_size), c.n_groups, c.state_size, c.conv_kernel,
                                 c.num_heads, c.head_dim),
     "bamba": _bamba,
