@@ -104,7 +104,8 @@ def plan_header(plan) -> list[str]:
     bandwidth = f"{r['bandwidth_gbps']:g} GB/s" if _known(r["bandwidth_gbps"]) else "bandwidth unknown"
     spare = r["usable_bytes"] - r["weights_bytes"] - r["overhead_bytes"]
     lines = [
-        f"{r['model']} in {r['dtype']}: weights {_bytes(r['weights_bytes'])}; KV cache in {r['kv_dtype']}, "
+        f"{r['model']} in {r['dtype']}: weights {_bytes(r['weights_bytes'])}{_weight_quant(r)}; KV cache in "
+        f"{r['kv_dtype']}, "
         f"{_cache_label(r)}{beams}; context window {r['context_window']}",
         f"{r['gpu']} ({r['gpu_source']}): usable {_bytes(r['usable_bytes'])}, {bandwidth}; overhead "
         f"{_bytes(r['overhead_bytes'])}; left for KV cache and activations {_bytes(max(spare, 0))}; "
@@ -118,9 +119,26 @@ def plan_header(plan) -> list[str]:
         lines.append("paged: the KV cache column is the pool reserved for the batch (pages of 256 tokens, "
                      "batch x ceil((context - 1) / 256) blocks)")
     if spare <= 0:
-        lines.append("the weights and overhead alone exceed the usable memory: nothing fits "
-                     "(try a smaller --dtype or a larger GPU)")
+        lines.append(f"the weights and overhead alone exceed the usable memory: nothing fits ({_advice(r)})")
     return lines
+
+
+def _weight_quant(r) -> str:
+    return "" if r.get("weight_quant", "none") == "none" else f" (linear layers {r['weight_quant']}, optimum-quanto)"
+
+
+def _advice(r) -> str:
+    """What would make the weights fit: a half-precision --dtype from float32, then the first --weight-quant whose
+    weights leave room (the plan row carries the weights' bytes in each quantization), else a larger GPU."""
+    room = r["usable_bytes"] - r["overhead_bytes"]
+    if r["dtype"] == "float32" and r["weight_quant"] == "none" and r["weights_bytes"] / 2 < room:
+        return "try --dtype float16 or bfloat16: half the weights' bytes"
+    quants = ["int8", "int4"] if r["weight_quant"] == "none" else ["int4"] if r["weight_quant"] == "int8" else []
+    for q in quants:
+        if r[f"weights_{q}_bytes"] < room:
+            return (f"try --weight-quant {q}: weights {_bytes(r[f'weights_{q}_bytes'])}, leaving "
+                    f"{_bytes(room - r[f'weights_{q}_bytes'])} for the KV cache and activations")
+    return "even int4 weights leave no room: a GPU with more memory"
 
 
 def _drop_empty_columns(columns: list[str], rows: list[list[str]]):
@@ -219,6 +237,8 @@ def plan_command(
     quant_residual_length: Optional[int] = typer.Option(None, help="tokens kept at full precision before "
                                                                    "requantizing (quanto, hqq; default 128)"),
     num_beams: int = typer.Option(1, help="beams per sequence (beam search when > 1)"),
+    weight_quant: str = typer.Option("none", help="weights: none (in --dtype), int8 or int4 (the linear layers "
+                                     "quantized as optimum-quanto stores them; embeddings, LM head, norms stay)"),
     batch_sizes: str = typer.Option("1,2,4,8,16,32,64", help="batch sizes, comma-separated"),
     contexts: Optional[str] = typer.Option(None, help="context lengths (prompt + new tokens), comma-separated "
                                                       "(default 1k, 4k, 16k, ... up to the context window)"),
@@ -256,7 +276,7 @@ def plan_command(
                    contexts=int_list("--contexts", contexts) if contexts else None,
                    new_tokens=int_list("--new-tokens", new_tokens), calibration=calibration,
                    overhead=overhead, quant_backend=quant_backend, quant_nbits=quant_nbits,
-                   quant_residual_length=quant_residual_length)
+                   quant_residual_length=quant_residual_length, weight_quant=weight_quant)
     plans = [plan_capacity(m, g, **options) for m in models for g in gpus]
     comparison = None
     if compare_frontier is not None:

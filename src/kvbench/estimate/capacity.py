@@ -15,7 +15,8 @@ taken at the two moments where it can peak, and the larger wins:
 Every KV figure comes from the exact estimators, implementation by implementation (`kvbench.estimate.plan_kv`:
 dynamic, static, quantized with its update's transient working set, offloaded counting the GPU part, paged its
 pool); weights
-are `estimate.param_count` x bytes per parameter. Activations and overhead are analytic defaults (see
+are `estimate.param_count` x bytes per parameter, or the linear layers quantized (`weight_quant`: int8, int4;
+`estimate.weights.weight_bytes_estimate`). Activations and overhead are analytic defaults (see
 `activation_prefill_bytes`, `activation_decode_bytes`, `DEFAULT_OVERHEAD_BYTES`) that `kvbench.calibration`
 replaces with figures fitted to measurements.
 """
@@ -33,7 +34,7 @@ from ..units import MIB
 from . import plan_kv
 from .kvcache import cache_rules, dtype_nbytes, kv_cache_bytes_at, kv_layer_specs
 from .roofline import roofline
-from .weights import decode_weight_bytes, param_count
+from .weights import WEIGHT_QUANT_BITS, decode_weight_bytes, weight_bytes_estimate
 
 DEFAULT_OVERHEAD_BYTES = 500 * MIB  # CUDA context, cuBLAS workspace, allocator slack (before calibration)
 FLOAT_KV = ("float16", "bfloat16", "float32")
@@ -100,6 +101,7 @@ class Workload:
     quant_backend: str | None = None
     quant_nbits: int | None = None
     quant_residual_length: int | None = None
+    weight_quant: str | None = None  # None (the weights in `dtype`), "int8" or "int4" (estimate.weights)
 
     @property
     def rules(self) -> str:
@@ -120,7 +122,7 @@ class Workload:
 
     @cached_property
     def weight_bytes(self) -> int:
-        return param_count(self.config) * self.compute_bytes
+        return weight_bytes_estimate(self.config, self.dtype, self.weight_quant)
 
     @cached_property
     def context_window(self) -> int | None:
@@ -200,7 +202,8 @@ def _cache_settings(name, config, kv, cache_implementation, num_beams, quant) ->
 
 def make_workload(model, dtype: str = "auto", kv_dtype: str | None = None, cache_implementation: str = "dynamic",
                   num_beams: int = 1, target: Target | None = None, quant_backend: str | None = None,
-                  quant_nbits: int | None = None, quant_residual_length: int | None = None) -> Workload:
+                  quant_nbits: int | None = None, quant_residual_length: int | None = None,
+                  weight_quant: str | None = None) -> Workload:
     """Check the settings and read the model's config (a spec such as "phi-3-mini-4k", or a config object)."""
     from ..inputs.configs import DTYPES, resolve_spec
 
@@ -221,7 +224,11 @@ def make_workload(model, dtype: str = "auto", kv_dtype: str | None = None, cache
         if kv in FLOAT_KV and kv != str(dt).removeprefix("torch."):
             raise UserError(f"--kv-dtype {kv}: the quantized cache keeps its residual in the model's dtype")
         kv = str(dt).removeprefix("torch.")
-    return Workload(name, config, dt, kv, impl, num_beams, **quant)
+    if weight_quant in ("none", ""):
+        weight_quant = None
+    if weight_quant is not None and weight_quant not in WEIGHT_QUANT_BITS:
+        raise UserError(f"--weight-quant: {weight_quant!r} is not one of none, {', '.join(WEIGHT_QUANT_BITS)}")
+    return Workload(name, config, dt, kv, impl, num_beams, **quant, weight_quant=weight_quant)
 
 
 # ---------------------------------------------------------------------------------------------- KV cache
@@ -320,7 +327,8 @@ def breakdown(w: Workload, target: Target, batch_size: int, context_len: int, ne
     total = w.weight_bytes + kv + transient + act + overhead
     # a decode step reads every weight (one embedding row per sequence: roofline's byte model) and the whole cache
     # (an offloaded cache's host layers too, once prefetched; the host-to-GPU copies are not modelled)
-    per_step = decode_weight_bytes(w.config, w.dtype, batch_size * w.num_beams) + kv_decode + decode["kv_host_bytes"]
+    per_step = (decode_weight_bytes(w.config, w.dtype, batch_size * w.num_beams, w.weight_quant) + kv_decode
+                + decode["kv_host_bytes"])
     floor = roofline(per_step, target.bandwidth_gbps, None)["decode_roofline_s"]
     step_s = None
     if cal.bandwidth_fraction and target.bandwidth_gbps:

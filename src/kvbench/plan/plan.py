@@ -24,6 +24,7 @@ from ..estimate.capacity import (
     make_workload,
     most_sequences,
 )
+from ..estimate.weights import WEIGHT_QUANT_BITS, weight_bytes_estimate
 from ..units import fmt_bytes, parse_bytes
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
@@ -87,7 +88,7 @@ def plan_capacity(model, gpu: str | None = None, *, memory=None, bandwidth_gbps:
                   num_beams: int = 1, batch_sizes=DEFAULT_BATCH_SIZES, contexts=None,
                   new_tokens=(DEFAULT_NEW_TOKENS,), calibration: Calibration | None = None,
                   overhead=None, quant_backend: str | None = None, quant_nbits: int | None = None,
-                  quant_residual_length: int | None = None) -> pd.DataFrame:
+                  quant_residual_length: int | None = None, weight_quant: str | None = None) -> pd.DataFrame:
     """The capacity plan as one DataFrame, a row per answer, `question` saying which:
 
     * "breakdown": the memory at each batch size x context (x new tokens) asked for, and the decode step time;
@@ -101,10 +102,12 @@ def plan_capacity(model, gpu: str | None = None, *, memory=None, bandwidth_gbps:
     `cache_implementation`: any of `kvbench.inputs.scenario.CACHE_IMPLEMENTATIONS` (checked as `kvbench run` checks
     it), with `quant_backend`, `quant_nbits`, `quant_residual_length` for "quantized". `kv_cache_bytes` is what the
     cache keeps in GPU memory at the peak, `kv_transient_bytes` what a quantized cache's update holds on top of it
-    for a moment, `kv_host_bytes` what an offloaded cache keeps in pinned host memory."""
+    for a moment, `kv_host_bytes` what an offloaded cache keeps in pinned host memory. `weight_quant` ("int8",
+    "int4") plans the linear layers' weights quantized as optimum-quanto stores them; every plan also carries the
+    weights' bytes in each quantization (`weights_<q>_bytes`), which the advice names when nothing fits."""
     target = gpu if isinstance(gpu, Target) else resolve_target(gpu, memory, bandwidth_gbps)
     w = make_workload(model, dtype, kv_dtype, cache_implementation, num_beams, target, quant_backend=quant_backend,
-                      quant_nbits=quant_nbits, quant_residual_length=quant_residual_length)
+                      quant_nbits=quant_nbits, quant_residual_length=quant_residual_length, weight_quant=weight_quant)
     cal = calibration or Calibration()
     if overhead is not None:
         cal = replace(cal, overhead_bytes=parse_bytes(overhead, "--overhead", minimum=0))  # ints too: -1 refused
@@ -133,7 +136,8 @@ def plan_capacity(model, gpu: str | None = None, *, memory=None, bandwidth_gbps:
         "dtype": str(w.dtype).removeprefix("torch."), "kv_dtype": w.kv_dtype,
         "cache_implementation": w.cache_implementation, "num_beams": w.num_beams, "context_window": window,
         "calibration": cal.source, "quant_backend": w.quant_backend, "quant_nbits": w.quant_nbits,
-        "quant_residual_length": w.quant_residual_length,
+        "quant_residual_length": w.quant_residual_length, "weight_quant": w.weight_quant or "none",
+        **{f"weights_{q}_bytes": weight_bytes_estimate(w.config, w.dtype, q) for q in WEIGHT_QUANT_BITS},
     }
     for i, (key, value) in enumerate(identity.items()):
         df.insert(1 + i, key, value)
