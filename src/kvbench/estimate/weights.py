@@ -9,7 +9,8 @@ their experts as 3-D parameters, not ``nn.Linear``) stay in the model's dtype.
 * int8 (qint8): one byte per weight, one scale per output feature in the model's dtype.
 * int4 (qint4): half a byte per weight, a scale and a shift in the model's dtype per group of input features: 128,
   or the largest of 96, 64 that divides the layer's input features (``in > 128``); per output feature otherwise.
-* every converted layer adds its input and output scales (one float32 each)."""
+* each converted layer also registers float32 scalars for activation quantization (its input and output scales;
+  how many differs between transformers releases): 4 to 8 bytes a layer, buffers rather than weights, not counted."""
 
 from __future__ import annotations
 
@@ -61,12 +62,12 @@ def _quanto_group(in_features: int) -> int | None:
 
 
 def quantized_linear_bytes(out_features: int, in_features: int, bits: int, dtype_bytes: int) -> int:
-    """Bytes one linear layer's weight holds once quantized (data, scales, shifts, the two float32 I/O scales)."""
+    """Bytes one linear layer's weight holds once quantized (data, scales, shifts)."""
     if bits == 8:
-        return out_features * in_features + out_features * dtype_bytes + 8
+        return out_features * in_features + out_features * dtype_bytes
     group = _quanto_group(in_features)
     groups = out_features * (in_features // group if group else 1)
-    return -(-out_features // 2) * in_features + 2 * groups * dtype_bytes + 8
+    return -(-out_features // 2) * in_features + 2 * groups * dtype_bytes
 
 def param_count(config) -> int:
     """Exact parameter count from the config alone: the model is built on the meta device (no memory)."""
