@@ -134,9 +134,9 @@ def _kv_heads(cfg: Any, model_type: str) -> int:
     heads = cfg.num_attention_heads
     if model_type == "falcon":  # old architecture: multi-query (1) or multi-head; the new one (Falcon-40B/180B)
         # caches its num_kv_heads groups, or all heads on releases that broadcast them before caching (compat)
-        if cfg.new_decoder_architecture:
-            return cfg.num_kv_heads if compat.falcon_new_arch_caches_kv_heads() else heads
-        return 1 if cfg.multi_query else heads
+        new = cfg.new_decoder_architecture
+        return (cfg.num_kv_heads if compat.falcon_new_arch_caches_kv_heads() else heads) if new else \
+            1 if cfg.multi_query else heads
     if getattr(cfg, "multi_query", False):  # GPT-BigCode
         return 1
     return getattr(cfg, "num_key_value_heads", None) or heads
