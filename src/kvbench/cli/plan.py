@@ -99,12 +99,14 @@ def plan_sections(plan) -> list[tuple[str, list[str], list[list[str]]]]:
 
 
 def plan_header(plan) -> list[str]:
+    from ..plan.plan import advice, weight_quant_label
+
     r = plan.iloc[0]
     beams = f", {r['num_beams']} beams" if r["num_beams"] > 1 else ""
     bandwidth = f"{r['bandwidth_gbps']:g} GB/s" if _known(r["bandwidth_gbps"]) else "bandwidth unknown"
     spare = r["usable_bytes"] - r["weights_bytes"] - r["overhead_bytes"]
     lines = [
-        f"{r['model']} in {r['dtype']}: weights {_bytes(r['weights_bytes'])}{_weight_quant(r)}; KV cache in "
+        f"{r['model']} in {r['dtype']}: weights {_bytes(r['weights_bytes'])}{weight_quant_label(r)}; KV cache in "
         f"{r['kv_dtype']}, "
         f"{_cache_label(r)}{beams}; context window {r['context_window']}",
         f"{r['gpu']} ({r['gpu_source']}): usable {_bytes(r['usable_bytes'])}, {bandwidth}; overhead "
@@ -119,26 +121,8 @@ def plan_header(plan) -> list[str]:
         lines.append("paged: the KV cache column is the pool reserved for the batch (pages of 256 tokens, "
                      "batch x ceil((context - 1) / 256) blocks)")
     if spare <= 0:
-        lines.append(f"the weights and overhead alone exceed the usable memory: nothing fits ({_advice(r)})")
+        lines.append(f"the weights and overhead alone exceed the usable memory: nothing fits ({advice(r)})")
     return lines
-
-
-def _weight_quant(r) -> str:
-    return "" if r.get("weight_quant", "none") == "none" else f" (linear layers {r['weight_quant']}, optimum-quanto)"
-
-
-def _advice(r) -> str:
-    """What would make the weights fit: a half-precision --dtype from float32, then the first --weight-quant whose
-    weights leave room (the plan row carries the weights' bytes in each quantization), else a larger GPU."""
-    room = r["usable_bytes"] - r["overhead_bytes"]
-    if r["dtype"] == "float32" and r["weight_quant"] == "none" and r["weights_bytes"] / 2 < room:
-        return "try --dtype float16 or bfloat16: half the weights' bytes"
-    quants = ["int8", "int4"] if r["weight_quant"] == "none" else ["int4"] if r["weight_quant"] == "int8" else []
-    for q in quants:
-        if r[f"weights_{q}_bytes"] < room:
-            return (f"try --weight-quant {q}: weights {_bytes(r[f'weights_{q}_bytes'])}, leaving "
-                    f"{_bytes(room - r[f'weights_{q}_bytes'])} for the KV cache and activations")
-    return "even int4 weights leave no room: a GPU with more memory"
 
 
 def _drop_empty_columns(columns: list[str], rows: list[list[str]]):

@@ -2,14 +2,12 @@
 
 Two sides that must agree to the byte (tests/test_kvcache.py checks them on real caches):
 
-* measured -- ``cache_nbytes(cache)`` (in ``kvbench.measuring.cache_bytes``): the memory the cache object really holds. Every tensor reachable from it
-  (keys, values, quantized states, SSM/conv states, indexer keys, ...) is counted by its *storage*, each storage
-  once. This differs from the visible ``numel * element_size`` in one place: a sliding-window layer of a dynamic
-  cache keeps its last ``window - 1`` tokens as a *view* of the tensor that ``torch.cat`` produced at the last step,
-  so the allocator still holds ``window`` tokens (or the whole prompt right after a long prefill).
-  ``cache_visible_nbytes(cache)`` gives the visible figure.
+* measured -- ``cache_nbytes(cache)`` (``kvbench.measuring.cache_bytes``): the memory the cache object really holds.
+  Every tensor reachable from it (keys, values, quantized states, SSM/conv states, ...) is counted by its *storage*,
+  each storage once. Unlike the visible ``numel * element_size`` (``cache_visible_nbytes``), a dynamic sliding layer
+  counts the whole tensor its last ``window - 1`` tokens are a view of (``window`` tokens, or a long prefill's all).
 * estimated -- ``kv_cache_bytes_at`` / ``estimate_kv_cache_bytes``: a pure function of the config and the scenario
-  that reproduces what transformers allocates (rules below, found by experiment with transformers 4.57, 5.17, 5.24).
+  that reproduces what transformers allocates (rules below, found by experiment with transformers 4.57 to 5.25).
 
 Rules of transformers' caches (T = positions fed through the cache; generate feeds P + N - 1 of them, since the
 last sampled token is never fed back; the forward calls feed [P, 1, 1, ...] tokens):
@@ -134,9 +132,9 @@ def _kv_heads(cfg: Any, model_type: str) -> int:
     heads = cfg.num_attention_heads
     if model_type == "falcon":  # old architecture: multi-query (1) or multi-head; the new one (Falcon-40B/180B)
         # caches its num_kv_heads groups, or all heads on releases that broadcast them before caching (compat)
-        new = cfg.new_decoder_architecture
-        return (cfg.num_kv_heads if compat.falcon_new_arch_caches_kv_heads() else heads) if new else \
-            1 if cfg.multi_query else heads
+        if cfg.new_decoder_architecture:
+            return cfg.num_kv_heads if compat.falcon_new_arch_caches_kv_heads() else heads
+        return 1 if cfg.multi_query else heads
     if getattr(cfg, "multi_query", False):  # GPT-BigCode
         return 1
     return getattr(cfg, "num_key_value_heads", None) or heads

@@ -142,3 +142,22 @@ def plan_capacity(model, gpu: str | None = None, *, memory=None, bandwidth_gbps:
     for i, (key, value) in enumerate(identity.items()):
         df.insert(1 + i, key, value)
     return df
+
+
+def weight_quant_label(r) -> str:
+    """" (linear layers int8, optimum-quanto)" for a plan row of quantized weights, else ""."""
+    return "" if r.get("weight_quant", "none") == "none" else f" (linear layers {r['weight_quant']}, optimum-quanto)"
+
+
+def advice(r) -> str:
+    """What would make the weights fit: a half-precision --dtype from float32, then the first --weight-quant whose
+    weights leave room (the plan row carries the weights' bytes in each quantization), else a larger GPU."""
+    room = r["usable_bytes"] - r["overhead_bytes"]
+    if r["dtype"] == "float32" and r["weight_quant"] == "none" and r["weights_bytes"] / 2 < room:
+        return "try --dtype float16 or bfloat16: half the weights' bytes"
+    quants = ["int8", "int4"] if r["weight_quant"] == "none" else ["int4"] if r["weight_quant"] == "int8" else []
+    for q in quants:
+        if r[f"weights_{q}_bytes"] < room:
+            return (f"try --weight-quant {q}: weights {fmt_bytes(r[f'weights_{q}_bytes'])}, leaving "
+                    f"{fmt_bytes(room - r[f'weights_{q}_bytes'])} for the KV cache and activations")
+    return "even int4 weights leave no room: a GPU with more memory"
