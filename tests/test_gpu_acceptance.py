@@ -80,6 +80,18 @@ def test_the_energy_step_waits_for_the_meter(tmp_path):
     assert not steps["energy"]["unless"] and str(tmp_path / "sweep" / "energy") in steps["records"]["args"]
 
 
+def test_a_rerun_of_a_few_steps(tmp_path):
+    all_steps = acceptance.steps(acceptance.GRIDS["gpu"], tmp_path, flags="")
+    assert acceptance.select(all_steps, None, tmp_path) == all_steps
+    chosen = acceptance.select(all_steps, ["records", "compile"], tmp_path)
+    assert [s["name"] for s in chosen] == ["compile", "records"]  # in the run's order
+    records = chosen[1]["args"]
+    assert str(tmp_path / "compile" / "run") in records and str(tmp_path / "study") not in records
+    selfcheck.build_parser().parse_args(records)
+    with pytest.raises(SystemExit, match="no step bench"):
+        acceptance.select(all_steps, ["bench"], tmp_path)
+
+
 def test_the_commit_without_git(monkeypatch):
     def no_git(*args, **kwargs):
         raise FileNotFoundError(2, "No such file or directory", "git")

@@ -109,12 +109,33 @@ def steps(grid: dict, work: Path, flags: str | None = None) -> list[dict]:
              args=["run", *kv, *energy, "--use-cache", "on", "--energy", "--out", str(work / "sweep" / "energy")],
              unless="" if has_energy else "the energy issue has not landed (kvbench run has no --energy)"),
         # the self-check over every record written, and the frontier measured against predicted
-        dict(name="records", limit=limit["records"], kind="selfcheck", stdout="selfcheck.txt",
-             args=["--records", str(work / "study"), str(work / "compile" / "run"), str(work / "sweep" / "dynamic"),
-                   *([str(work / "sweep" / "energy")] if has_energy else []),
-                   "--frontier", str(work / "frontier" / "run"),
-                   "--frontier-table", str(work / "frontier" / "predicted-vs-measured.txt")]),
+        records_step(limit["records"], work, ["study", "compile", "sweep"] + (["energy"] if has_energy else [])),
     ]
+
+
+RECORDS = {"study": "study", "compile": "compile/run", "sweep": "sweep/dynamic", "energy": "sweep/energy"}
+
+
+def records_step(limit: int, work: Path, names: list[str]) -> dict:
+    """The self-check over the records of the steps `names`, and the frontier against the planner."""
+    return dict(name="records", limit=limit, kind="selfcheck", stdout="selfcheck.txt",
+                args=["--records", *(str(work / RECORDS[name]) for name in names if name in RECORDS),
+                      "--frontier", str(work / "frontier" / "run"),
+                      "--frontier-table", str(work / "frontier" / "predicted-vs-measured.txt")])
+
+
+def select(all_steps: list[dict], names: list[str] | None, work: Path) -> list[dict]:
+    """The steps named (--steps, for a rerun of a few), in the run's order; the records step, where named, judges
+    only the records of the steps named with it."""
+    if not names:
+        return all_steps
+    unknown = sorted(set(names) - {s["name"] for s in all_steps})
+    if unknown:
+        raise SystemExit(f"gpu_acceptance: no step {', '.join(unknown)} (the steps: "
+                         f"{', '.join(s['name'] for s in all_steps)})")
+    chosen = [s for s in all_steps if s["name"] in names]
+    ran = [s["name"] for s in chosen if not s.get("unless")]
+    return [records_step(s["limit"], work, ran) if s["name"] == "records" else s for s in chosen]
 
 
 COMMANDS = {"kvbench": ["-m", "kvbench"], "selfcheck": ["tools/gpu_selfcheck.py"]}
@@ -289,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="the folder for the 8 files")
     parser.add_argument("--cpu", action="store_true", help="the dry run: tiny preset on the CPU")
     parser.add_argument("--separate", action="store_true", help="one process per step (always so on a GPU)")
+    parser.add_argument("--steps", help="run only these steps, comma-separated (a rerun), e.g. compile,records")
     args = parser.parse_args(argv)
     grid = GRIDS["cpu" if args.cpu else "gpu"]
     budget_s = int(os.environ.get("BUDGET_S") or grid["budget_s"])
@@ -315,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         missing = [flag for flag in ("--compile", "--profile-steps") if f'"{flag}"' not in flags]
         if missing:
             run.note(f"MISSING kvbench run flags on this checkout: {' '.join(missing)} (their steps will fail)")
-        for step in steps(grid, work, flags):
+        for step in select(steps(grid, work, flags), args.steps.split(",") if args.steps else None, work):
             if step.get("unless"):
                 run.logline(f"=== {step['name']}: not run: {step['unless']}")
                 run.verdict(step["name"], None, 0, step["unless"])

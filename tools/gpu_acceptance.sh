@@ -22,16 +22,17 @@
 #   summary.txt      one line per step (PASS / FAIL / TIMEOUT / SKIP, seconds, exit code), then the self-check
 # Steps run most decisive first, each time-boxed; a failing step does not stop the others. The step limits add up
 # to the budget (BUDGET_S, default 360 s on a GPU, 240 s with --cpu). Exit status: 0 when no step failed. PYTHON
-# picks the interpreter (default python3). The steps, commands and grids are in tools/gpu_acceptance.py.
+# picks the interpreter (default python3). --steps=compile,records reruns only those steps (into a fresh $OUT).
+# The steps, commands and grids are in tools/gpu_acceptance.py.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 ARGS=()
 for arg in "$@"; do
     case "$arg" in
-        --cpu|--separate) ARGS+=("$arg") ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
-        *) echo "gpu_acceptance.sh: unknown argument $arg (use --cpu, --cpu --separate or nothing)" >&2; exit 2 ;;
+        --cpu|--separate|--steps=*) ARGS+=("$arg") ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        *) echo "gpu_acceptance.sh: unknown argument $arg (use --cpu, --separate, --steps=A,B or nothing)" >&2; exit 2 ;;
     esac
 done
 : "${OUT:?set OUT to the folder for the results}"
