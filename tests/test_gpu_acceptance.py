@@ -88,6 +88,9 @@ def test_a_rerun_of_a_few_steps(tmp_path):
     records = chosen[1]["args"]
     assert str(tmp_path / "compile" / "run") in records and str(tmp_path / "study") not in records
     selfcheck.build_parser().parse_args(records)
+    stretched = {s["name"]: s["limit"] for s in acceptance.select(all_steps, ["compile", "records"], tmp_path, 360)}
+    assert stretched["compile"] > 2 * {s["name"]: s["limit"] for s in all_steps}["compile"]  # room for a rerun
+    assert sum(stretched.values()) <= 360 and max(stretched.values()) <= 570
     with pytest.raises(SystemExit, match="no step bench"):
         acceptance.select(all_steps, ["bench"], tmp_path)
 

@@ -125,9 +125,10 @@ def records_step(limit: int, work: Path, names: list[str]) -> dict:
                       "--frontier-table", str(work / "frontier" / "predicted-vs-measured.txt")])
 
 
-def select(all_steps: list[dict], names: list[str] | None, work: Path) -> list[dict]:
-    """The steps named (--steps, for a rerun of a few), in the run's order; the records step, where named, judges
-    only the records of the steps named with it."""
+def select(all_steps: list[dict], names: list[str] | None, work: Path, budget_s: int | None = None) -> list[dict]:
+    """The steps named (--steps, for a rerun of a few), in the run's order, their limits stretched to fill the budget
+    (at most 570 s each: a lent machine's command ends at 600); the records step, where named, judges only the
+    records of the steps named with it."""
     if not names:
         return all_steps
     unknown = sorted(set(names) - {s["name"] for s in all_steps})
@@ -136,7 +137,10 @@ def select(all_steps: list[dict], names: list[str] | None, work: Path) -> list[d
                          f"{', '.join(s['name'] for s in all_steps)})")
     chosen = [s for s in all_steps if s["name"] in names]
     ran = [s["name"] for s in chosen if not s.get("unless")]
-    return [records_step(s["limit"], work, ran) if s["name"] == "records" else s for s in chosen]
+    chosen = [records_step(s["limit"], work, ran) if s["name"] == "records" else s for s in chosen]
+    total = sum(s["limit"] for s in chosen if not s.get("unless"))
+    stretch = max(1.0, (budget_s or total) / total) if total else 1.0
+    return [{**s, "limit": min(570, int(s["limit"] * stretch))} for s in chosen]
 
 
 COMMANDS = {"kvbench": ["-m", "kvbench"], "selfcheck": ["tools/gpu_selfcheck.py"]}
@@ -338,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         missing = [flag for flag in ("--compile", "--profile-steps") if f'"{flag}"' not in flags]
         if missing:
             run.note(f"MISSING kvbench run flags on this checkout: {' '.join(missing)} (their steps will fail)")
-        for step in select(steps(grid, work, flags), args.steps.split(",") if args.steps else None, work):
+        chosen = select(steps(grid, work, flags), args.steps.split(",") if args.steps else None, work, budget_s)
+        for step in chosen:
             if step.get("unless"):
                 run.logline(f"=== {step['name']}: not run: {step['unless']}")
                 run.verdict(step["name"], None, 0, step["unless"])
