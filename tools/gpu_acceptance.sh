@@ -22,8 +22,8 @@
 #   summary.txt      one line per step (PASS / FAIL / TIMEOUT / SKIP, seconds, exit code), then the self-check
 # Steps run most decisive first, each time-boxed; a failing step does not stop the others. The step limits add up
 # to the budget (BUDGET_S, default 360 s on a GPU, 600 s with --cpu). Exit status: 0 when no step failed. PYTHON
-# picks the interpreter (default python3). --steps=compile,records reruns only those steps, their limits stretched to fill the budget.
-# The steps, commands and grids are in tools/gpu_acceptance.py.
+# picks the interpreter (default python3). --steps=compile,records reruns only those steps, their limits
+# stretched to fill the budget. The steps, commands and grids are in tools/gpu_acceptance.py.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
