@@ -191,3 +191,31 @@ def test_sweep_freezes_what_is_alive_before_it_and_unfreezes_after(tiny_loaded, 
     finally:
         if frozen_before:
             gc.freeze()
+
+
+def test_cuda_probe_counts_the_cuda_graph_pool(gpu, monkeypatch):
+    """Compiled decode replays CUDA graphs: their intermediates live in a private pool's memory, reserved but not
+    allocated, which max_memory_allocated never sees. The pool's unallocated bytes join peak_memory_delta_bytes."""
+    segments = [  # the allocator's snapshot: one default-pool segment, two of a graph pool, one on another device
+        dict(device=1, segment_pool_id=(0, 0), total_size=1024 * MiB, allocated_size=1000 * MiB),
+        dict(device=1, segment_pool_id=(1, 7), total_size=200 * MiB, allocated_size=20 * MiB),
+        dict(device=1, segment_pool_id=(1, 7), total_size=100 * MiB, allocated_size=0),
+        dict(device=0, segment_pool_id=(1, 3), total_size=999 * MiB, allocated_size=0),
+    ]
+    monkeypatch.setattr(torch.cuda.memory, "memory_snapshot", lambda include_traces=True: segments)
+    with memory_probe(torch.device("cuda", 1), None) as out:
+        gpu.alloc(50 * MiB)
+        gpu.free(50 * MiB)
+    assert out["peak_allocated_delta_bytes"] == 50 * MiB
+    assert out["cuda_graph_pool_reserved_bytes"] == 300 * MiB and out["cuda_graph_pool_allocated_bytes"] == 20 * MiB
+    assert out["peak_memory_delta_bytes"] == 50 * MiB + 280 * MiB
+    assert out["peak_memory_source"].startswith("torch.cuda.max_memory_allocated + CUDA graph pool")
+
+
+def test_cuda_probe_without_a_graph_pool_is_the_allocators_peak(gpu, monkeypatch):
+    monkeypatch.setattr(torch.cuda.memory, "memory_snapshot", lambda include_traces=True: [
+        dict(device=1, segment_pool_id=(0, 0), total_size=1024 * MiB, allocated_size=1000 * MiB)])
+    with memory_probe(torch.device("cuda", 1), None) as out:
+        gpu.alloc(50 * MiB)
+    assert out["peak_memory_delta_bytes"] == 50 * MiB and "cuda_graph_pool_reserved_bytes" not in out
+    assert out["peak_memory_source"] == "torch.cuda.max_memory_allocated"

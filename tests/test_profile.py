@@ -64,3 +64,32 @@ def test_roofline_reports_both_bandwidths():
     assert out["achieved_bandwidth_gbps"] == pytest.approx(500) and out["bandwidth_fraction"] == pytest.approx(0.5)
     assert out["achieved_bandwidth_device_gbps"] == pytest.approx(1000)
     assert roofline(2e9, None, 0.004)["achieved_bandwidth_device_gbps"] is None
+
+
+def test_cupti_is_initialised_once_before_cuda_graphs(monkeypatch):
+    """torch's workaround for profiling CUDA graphs (pytorch/pytorch#75504): an empty profiler session before any
+    capture, once per process; nothing on the CPU."""
+    from torch.profiler import _utils
+
+    from kvbench.measuring import profile
+
+    calls = []
+    monkeypatch.setattr(_utils, "_init_for_cuda_graphs", lambda: calls.append(1))
+    monkeypatch.setattr(profile, "_CUPTI_READY", set())
+    assert profile.prepare_for_cuda_graphs("cpu") is False and calls == []
+    assert profile.prepare_for_cuda_graphs("cuda:0") is True and profile.prepare_for_cuda_graphs("cuda:1") is True
+    assert calls == [1]
+
+
+def test_a_profiled_scenario_prepares_before_its_first_generate(tiny_loaded, monkeypatch):
+    from kvbench.measuring import measure as measure_module
+
+    order = []
+    real = measure_module.generate_once
+    monkeypatch.setattr(measure_module, "prepare_for_cuda_graphs", lambda device: order.append("prepare"))
+    monkeypatch.setattr(measure_module, "generate_once", lambda *a, **k: order.append("generate") or real(*a, **k))
+    kvbench.measure(tiny_loaded, kvbench.Scenario(6, 3), repeats=1, warmup=1, profile_steps=True)
+    assert order == ["prepare", "generate", "generate"]
+    order.clear()
+    kvbench.measure(tiny_loaded, kvbench.Scenario(6, 3), repeats=1, warmup=0)
+    assert order == ["generate"]  # unprofiled: nothing to prepare

@@ -25,7 +25,7 @@ from .memory import memory_probe
 from .models import LoadedModel, synthetic_inputs
 from .nvml import nvml_handle
 from .paged import measure_paged
-from .profile import NOT_PROFILED
+from .profile import NOT_PROFILED, prepare_for_cuda_graphs
 from .profile import profile_steps as profile_decode_steps
 from .record import (  # noqa: F401 - is_oom, error_line, kv_estimate: part of this module's API
     as_loaded,
@@ -131,6 +131,8 @@ def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, profil
     graphs = [compiled_graphs()]
     profiled = dict(NOT_PROFILED)
     free_memory(loaded.device)  # the one garbage collection of the scenario, before the warm-up, untimed
+    if profile_steps:
+        prepare_for_cuda_graphs(loaded.device)  # CUPTI before any CUDA graph is captured (measuring.profile)
     oom = None
     try:
         with torch.inference_mode(), eager_probes(loaded.model):  # probes on for every generate of the scenario

@@ -48,6 +48,24 @@ def collector_paused():
             gc.enable()
 
 
+def cuda_graph_pool_bytes(device: torch.device) -> tuple[int | None, int | None]:
+    """(reserved, allocated) bytes of the allocator's private pools on `device`: the CUDA graphs' pools (compiled
+    decode, mode reduce-overhead). A replayed graph allocates nothing: its intermediates live in its pool's memory,
+    reserved but not allocated, which `max_memory_allocated` never sees. (None, None) where unreadable; (0, 0) with
+    no graph captured."""
+    try:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        try:
+            segments = torch.cuda.memory.memory_snapshot(include_traces=False)
+        except TypeError:  # a torch without include_traces
+            segments = torch.cuda.memory.memory_snapshot()
+        private = [s for s in segments
+                   if s.get("device") == index and tuple(s.get("segment_pool_id") or (0, 0)) != (0, 0)]
+        return sum(int(s["total_size"]) for s in private), sum(int(s["allocated_size"]) for s in private)
+    except Exception:  # a CPU build, a fake allocator, a snapshot without these keys
+        return None, None
+
+
 def _nvml_used(handle) -> tuple[int | None, int | None]:
     info, version = nvml_memory(handle)
     return (None if info is None else int(info.used)), version
@@ -87,6 +105,12 @@ def memory_probe(device: torch.device, nvml=None):
                 peak_memory_source="torch.cuda.max_memory_allocated",
             )
             out["peak_memory_delta_bytes"] = out["peak_allocated_delta_bytes"]
+            pool_reserved, pool_allocated = cuda_graph_pool_bytes(device)
+            if pool_reserved:  # compiled decode: its graphs' pool counted (an upper bound: free pool blocks included)
+                out.update(cuda_graph_pool_reserved_bytes=pool_reserved, cuda_graph_pool_allocated_bytes=pool_allocated,
+                           peak_memory_source="torch.cuda.max_memory_allocated + CUDA graph pool (reserved, not "
+                                              "allocated)")
+                out["peak_memory_delta_bytes"] += pool_reserved - pool_allocated
         else:
             ok = _reset_peak_rss()
             rss0 = _proc_status_kib("VmRSS")

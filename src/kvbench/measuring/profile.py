@@ -14,6 +14,12 @@ Steps are the N-1 ranges after the first (whose range holds the prefill and the 
 bounds the step; well below 1, the host (Python, kernel launches) does, and compiling should help. It can exceed 1
 a little, the profiled run being slower than the timed ones, or by more on CUDA where the host runs ahead of the
 device.
+
+CUDA graphs (compiled decode, mode reduce-overhead) captured before CUPTI is first initialised are replayed unseen
+or crash the profiler (pytorch/pytorch#75504): `prepare_for_cuda_graphs` initialises it once per process, and
+`measure` calls it before a profiled scenario's first generate, ahead of any capture. A graph captured earlier in
+the process (a scenario measured without --profile-steps before one with it) is still a hazard: `kvbench run
+--profile-steps` profiles every scenario, so the first capture comes after the call.
 """
 
 from __future__ import annotations
@@ -24,6 +30,23 @@ import statistics
 import torch
 
 STEP_RANGE = "kvbench::forward"
+_CUPTI_READY: set = set()
+
+
+def prepare_for_cuda_graphs(device) -> bool:
+    """On CUDA, initialise CUPTI (an empty profiler session: torch's own workaround, `_init_for_cuda_graphs`) once
+    per process, before CUDA graphs are captured. True where done (now or before); False off CUDA or where the torch
+    at hand lacks the workaround."""
+    if torch.device(device).type != "cuda":
+        return False
+    if not _CUPTI_READY:
+        try:
+            from torch.profiler._utils import _init_for_cuda_graphs
+        except ImportError:
+            return False
+        _init_for_cuda_graphs()
+        _CUPTI_READY.add(True)
+    return True
 
 
 @contextlib.contextmanager
