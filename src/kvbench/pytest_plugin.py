@@ -146,6 +146,7 @@ def kv_settings_from(config) -> KVSettings:
         if opt("kv_dtype") != "auto":
             resolve_dtype(opt("kv_dtype"), device)
         check_compile(scenarios, device)
+        check_model(opt, scenarios)
         from .measuring.resume import ON_OOM
 
         if opt("kv_on_oom") not in ON_OOM:
@@ -159,6 +160,20 @@ def kv_settings_from(config) -> KVSettings:
     )
     config.stash[_SETTINGS] = settings
     return settings
+
+
+def check_model(opt, scenarios) -> None:
+    """Refuse --kv-model before pytest-benchmark creates its .benchmarks/ folder (it configures after this plugin): a
+    name that names nothing always; a model other than the default preset -- its config read, its context against
+    the grid's lengths -- only where one is asked for (every pytest session loads this plugin)."""
+    from .inputs.names import check_model_name
+
+    check_model_name(opt("kv_model"))
+    if opt("kv_model") != "tiny" or any(opt(f"kv_{axis}") for axis in ("prompt_len", "new_tokens")):
+        from .measuring.models import check_before_load
+
+        check_before_load(opt("kv_model"), opt("kv_device"), opt("kv_dtype"), scenarios,
+                          flags=("--kv-prompt-len", "--kv-new-tokens"))
 
 
 def sampling_axes(opt) -> dict:
