@@ -140,13 +140,17 @@ def kv_settings_from(config) -> KVSettings:
             **sampling_axes(opt),
         )
         from .measuring.decode import check_compile
-        from .measuring.models import resolve_device, resolve_dtype
+        from .inputs.names import check_model_name
+        from .measuring.models import check_before_load, resolve_device, resolve_dtype
 
         device = resolve_device(opt("kv_device"))
         if opt("kv_dtype") != "auto":
             resolve_dtype(opt("kv_dtype"), device)
         check_compile(scenarios, device)
-        check_model(opt, scenarios)
+        check_model_name(opt("kv_model"))  # before pytest-benchmark (configured after this plugin) makes .benchmarks/
+        if opt("kv_model") != "tiny" or opt("kv_prompt_len") or opt("kv_new_tokens"):  # its config read, if asked for
+            check_before_load(opt("kv_model"), opt("kv_device"), opt("kv_dtype"), scenarios,
+                              flags=("--kv-prompt-len", "--kv-new-tokens"))
         from .measuring.resume import ON_OOM
 
         if opt("kv_on_oom") not in ON_OOM:
@@ -160,20 +164,6 @@ def kv_settings_from(config) -> KVSettings:
     )
     config.stash[_SETTINGS] = settings
     return settings
-
-
-def check_model(opt, scenarios) -> None:
-    """Refuse --kv-model before pytest-benchmark creates its .benchmarks/ folder (it configures after this plugin): a
-    name that names nothing always; a model other than the default preset -- its config read, its context against
-    the grid's lengths -- only where one is asked for (every pytest session loads this plugin)."""
-    from .inputs.names import check_model_name
-
-    check_model_name(opt("kv_model"))
-    if opt("kv_model") != "tiny" or any(opt(f"kv_{axis}") for axis in ("prompt_len", "new_tokens")):
-        from .measuring.models import check_before_load
-
-        check_before_load(opt("kv_model"), opt("kv_device"), opt("kv_dtype"), scenarios,
-                          flags=("--kv-prompt-len", "--kv-new-tokens"))
 
 
 def sampling_axes(opt) -> dict:

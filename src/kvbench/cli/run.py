@@ -145,9 +145,9 @@ def run(
     # Check first, then create: the device, the model spec, lengths beyond its context and a run folder that cannot
     # be written are refused before anything is written; then the run folder is created, locked and given its
     # run.json before the model loads.
-    resolved = check_before_load(model, device, dtype, scenarios, trust_remote_code)
     if resume is None:
         check_writable_folder("--out", out_dir)
+    resolved = check_before_load(model, device, dtype, scenarios, trust_remote_code)
     writer = RunWriter(out_dir, {"options": options}, resume=resume is not None)
     try:
         records = sweep(options, scenarios, writer, settings, resolved)

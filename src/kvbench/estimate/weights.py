@@ -7,6 +7,7 @@ from functools import lru_cache
 
 import torch
 
+from ..inputs.args import check_config
 from .kvcache import dtype_nbytes
 
 
@@ -33,7 +34,7 @@ def _layout(config_json: str) -> tuple[int, int, int]:
 
 def param_count(config) -> int:
     """Exact parameter count from the config alone: the model is built on the meta device (no memory)."""
-    return _layout(config.to_json_string(use_diff=False))[0]
+    return _layout(check_config("config", config).to_json_string(use_diff=False))[0]
 
 
 def weight_bytes_estimate(config, dtype) -> int:

@@ -98,6 +98,12 @@ def gpu_half_dtype(config, bf16_supported: bool) -> torch.dtype:
     return wanted if wanted != torch.float32 else torch.float16
 
 
+def model_config(spec, trust_remote_code: bool = False):
+    """The transformers config a model spec names (preset, config.json, model folder, Hub id): no weights built.
+    What the estimates (`estimate_kv_cache_bytes`, `param_count`, ...) take as `config`."""
+    return resolve_spec(spec, trust_remote_code)[1]
+
+
 def resolve_spec(spec, trust_remote_code: bool = False) -> tuple[str, object, str, object]:
     """(name, config, source, weights) for a config object, preset, config.json, model folder or Hub id.
 
