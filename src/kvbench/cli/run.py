@@ -193,7 +193,7 @@ def sweep(options: dict, scenarios: list, writer, settings: dict, resolved=None)
     with console.status("timing a probe forward for the time estimates"):
         estimate = SweepEstimate.probe(loaded, todo, repeats, warmup)
     if line := slow_line(loaded, estimate):
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, soft_wrap=True)  # one line, however narrow: a pipe never breaks it
     return sweep_with_progress(loaded, scenarios, todo, writer, estimate, settings, options["profile_steps"], on_oom)
 
 
