@@ -220,7 +220,8 @@ def plan_command(
                                                                    "requantizing (quanto, hqq; default 128)"),
     num_beams: int = typer.Option(1, help="beams per sequence (beam search when > 1)"),
     batch_sizes: str = typer.Option("1,2,4,8,16,32,64", help="batch sizes, comma-separated"),
-    contexts: Optional[str] = typer.Option(None, help="context lengths (prompt + new tokens), comma-separated "
+    contexts: Optional[str] = typer.Option(None, help="context lengths (prompt + new tokens), comma-separated; "
+                                                      "k is 1,024 tokens (32k = 32,768; a 128k context is 131,072) "
                                                       "(default 1k, 4k, 16k, ... up to the context window)"),
     new_tokens: str = typer.Option("128", help="tokens generated per sequence, comma-separated"),
     calibrate: Optional[List[Path]] = typer.Option(
@@ -233,6 +234,7 @@ def plan_command(
     """Plan capacity: memory breakdown, longest context per batch size, most sequences per context, decode time."""
     import pandas as pd
 
+    from ..inputs.lists import token_list
     from ..inputs.scenario import int_list
     from ..plan.calibration import calibrate as fit
     from ..plan.plan import plan_capacity
@@ -253,7 +255,7 @@ def plan_command(
     options = dict(memory=memory, bandwidth_gbps=bandwidth_gbps, dtype=dtype, kv_dtype=kv_dtype,
                    cache_implementation=cache_implementation, num_beams=num_beams,
                    batch_sizes=int_list("--batch-sizes", batch_sizes),
-                   contexts=int_list("--contexts", contexts) if contexts else None,
+                   contexts=token_list("--contexts", contexts) if contexts else None,
                    new_tokens=int_list("--new-tokens", new_tokens), calibration=calibration,
                    overhead=overhead, quant_backend=quant_backend, quant_nbits=quant_nbits,
                    quant_residual_length=quant_residual_length)
