@@ -28,3 +28,12 @@ def test_a_plan_that_fits_draws_its_line_and_says_nothing_more():
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["tiny on NVIDIA T4 (plan)"]
     assert fig.axes[0].get_title() == ("tiny: longest context that fits in memory on NVIDIA T4 "
                                        "(float16 weights, float16 KV cache)")
+
+
+def test_the_plan_explains_why_its_cache_exceeds_inspects_where_sliding_windows_hold_the_prompt(capsys):
+    from kvbench.cli.app import main
+
+    assert main(["plan", "--model", "gemma-2-9b", "--gpu", "h100", "--batch-sizes", "1"]) == 0
+    assert "the whole prompt, held in every layer at the end of prefill" in " ".join(capsys.readouterr().out.split())
+    assert main(["plan", "--model", "llama-3.1-8b", "--gpu", "h100", "--batch-sizes", "1"]) == 0  # no sliding layer
+    assert "held in every layer" not in " ".join(capsys.readouterr().out.split())

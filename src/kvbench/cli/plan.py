@@ -117,6 +117,10 @@ def plan_header(plan) -> list[str]:
     if r["cache_implementation"] == "paged":
         lines.append("paged: the KV cache column is the pool reserved for the batch (pages of 256 tokens, "
                      "batch x ceil((context - 1) / 256) blocks)")
+    if (plan["peak_phase"] == "prefill").any() and (plan["kv_prefill_bytes"] > plan["kv_decode_bytes"]).any():
+        lines.append("KV cache at the peak (prefill): the whole prompt, held in every layer at the end of prefill "
+                     "(sliding-window layers included, until decoding trims them); kvbench inspect's cache at the "
+                     "context window counts what decoding keeps, so it is smaller")
     if spare <= 0:
         lines.append("the weights and overhead alone exceed the usable memory: nothing fits "
                      "(try a smaller --dtype or a larger GPU)")
