@@ -50,7 +50,8 @@ def declared() -> tuple[set[str], dict[str, set[str]]]:
         out = set()
         for r in table[extra]:
             inner = re.fullmatch(r"\s*kvbench\[([^\]]*)\]\s*", r)
-            out |= set().union(*(names(e.strip()) for e in inner.group(1).split(","))) if inner else {requirement_name(r)}
+            out |= (set().union(*(names(e.strip()) for e in inner.group(1).split(","))) if inner
+                    else {requirement_name(r)})
         return out
 
     return {requirement_name(r) for r in project["dependencies"]}, {extra: names(extra) for extra in table}

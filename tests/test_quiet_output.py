@@ -44,8 +44,8 @@ def test_the_time_estimate_line_is_one_line_when_piped(tiny_config_file, tmp_pat
 
     monkeypatch.setattr(run, "SLOW_SCENARIO_S", 0.0)  # tiny is fast: say it anyway
     monkeypatch.setattr(run, "SLOW_WEIGHT_BYTES", 0)
-    assert main(["run", "--model", str(tiny_config_file), "--prompt-len", "4", "--new-tokens", "2", "--batch-size", "1", "--use-cache", "on",
-                 "--repeats", "1", "--warmup", "0", "--out", str(tmp_path / "run")]) == 0
+    assert main(["run", "--model", str(tiny_config_file), "--prompt-len", "4", "--new-tokens", "2", "--batch-size",
+                 "1", "--use-cache", "on", "--repeats", "1", "--warmup", "0", "--out", str(tmp_path / "run")]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if "per scenario expected" in line]
     assert len(lines) == 1 and len(lines[0]) > 160
     assert lines[0].rstrip().endswith("a GPU or a smaller grid is faster")
