@@ -82,7 +82,7 @@ def test_a_refusal_after_the_run_folder_was_made_removes_its_parents_too(tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("args", [["--kv-model", "no-such-model"], ["--kv-prompt-len", "5000"]])
+@pytest.mark.parametrize("args", [["--kv-model", "no-such-model"], ["--kv-model", "/no/such/config.json"]])
 def test_a_refused_bench_session_leaves_no_benchmarks_folder(tmp_path, args):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     env.pop("PYTEST_XDIST_WORKER", None)
