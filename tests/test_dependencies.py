@@ -44,9 +44,17 @@ def requirement_name(requirement: str) -> str:
 def declared() -> tuple[set[str], dict[str, set[str]]]:
     """(the dependencies, {extra: its dependencies}) of pyproject.toml, as normalized names."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    extras = {extra: {requirement_name(r) for r in reqs}
-              for extra, reqs in project.get("optional-dependencies", {}).items()}
-    return {requirement_name(r) for r in project["dependencies"]}, extras
+    table = project.get("optional-dependencies", {})
+
+    def names(extra: str) -> set[str]:  # an extra's distributions, its kvbench[a,b] references followed as pip does
+        out = set()
+        for r in table[extra]:
+            inner = re.fullmatch(r"\s*kvbench\[([^\]]*)\]\s*", r)
+            out |= (set().union(*(names(e.strip()) for e in inner.group(1).split(","))) if inner
+                    else {requirement_name(r)})
+        return out
+
+    return {requirement_name(r) for r in project["dependencies"]}, {extra: names(extra) for extra in table}
 
 
 def third_party_imports(source: str, local: set[str] = frozenset()) -> list[tuple[str, int, bool]]:

@@ -28,6 +28,14 @@ def fmt_bytes(n) -> str:
     return str(n)
 
 
+def fmt_bytes_exact(n) -> str:
+    """Bytes exactly, beside their binary unit: "131,072 B (128.0 KiB)" (where users check a figure by hand)."""
+    if _missing(n):
+        return "-"
+    short = fmt_bytes(n)
+    return f"{int(n):,} B" + ("" if short.endswith(" B") else f" ({short})")
+
+
 def fmt_seconds(s) -> str:
     if _missing(s):
         return "-"

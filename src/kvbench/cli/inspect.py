@@ -50,7 +50,7 @@ def inspect_command(
 
 def print_tables(model: str, frame) -> None:
     from ..estimate.inspect import section
-    from ..units import fmt_bytes
+    from ..units import fmt_bytes, fmt_bytes_exact
 
     dtype = frame.attrs["dtype"]
     modules = section(frame, "module")
@@ -85,6 +85,7 @@ def print_tables(model: str, frame) -> None:
         kv.add_column(col, justify="left" if col in ("", "note") else "right")
     for r in records(section(frame, "kv_cache")):
         ratio = f"{r['bytes'] / r['naive_bytes']:.2f}" if r["bytes"] is not None and r["naive_bytes"] else "-"
-        kv.add_row(r["name"], f"{r['tokens']:,}", fmt_bytes(r["bytes"]), fmt_bytes(r["naive_bytes"]), ratio,
+        shown = fmt_bytes_exact if r["tokens"] == 1 else fmt_bytes  # per token: exact, as users check it
+        kv.add_row(r["name"], f"{r['tokens']:,}", shown(r["bytes"]), shown(r["naive_bytes"]), ratio,
                    r.get("note") or "")
     console.print(kv)

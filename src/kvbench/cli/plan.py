@@ -120,6 +120,10 @@ def plan_header(plan) -> list[str]:
     if r["cache_implementation"] == "paged":
         lines.append("paged: the KV cache column is the pool reserved for the batch (pages of 256 tokens, "
                      "batch x ceil((context - 1) / 256) blocks)")
+    if (plan["peak_phase"] == "prefill").any() and (plan["kv_prefill_bytes"] > plan["kv_decode_bytes"]).any():
+        lines.append("KV cache at the peak (prefill): the whole prompt, held in every layer at the end of prefill "
+                     "(sliding-window layers included, until decoding trims them); kvbench inspect's cache at the "
+                     "context window counts what decoding keeps, so it is smaller")
     if spare <= 0:
         lines.append(f"the weights and overhead alone exceed the usable memory: nothing fits ({advice(r)})")
     return lines
@@ -224,7 +228,8 @@ def plan_command(
     weight_quant: str = typer.Option("none", help="weights: none (in --dtype), int8 or int4 (the linear layers "
                                      "quantized as optimum-quanto stores them; embeddings, LM head, norms stay)"),
     batch_sizes: str = typer.Option("1,2,4,8,16,32,64", help="batch sizes, comma-separated"),
-    contexts: Optional[str] = typer.Option(None, help="context lengths (prompt + new tokens), comma-separated "
+    contexts: Optional[str] = typer.Option(None, help="context lengths (prompt + new tokens), comma-separated; "
+                                                      "k is 1,024 tokens (32k = 32,768; a 128k context is 131,072) "
                                                       "(default 1k, 4k, 16k, ... up to the context window)"),
     new_tokens: str = typer.Option("128", help="tokens generated per sequence, comma-separated"),
     calibrate: Optional[List[Path]] = typer.Option(
@@ -237,6 +242,7 @@ def plan_command(
     """Plan capacity: memory breakdown, longest context per batch size, most sequences per context, decode time."""
     import pandas as pd
 
+    from ..inputs.lists import token_list
     from ..inputs.scenario import int_list
     from ..plan.calibration import calibrate as fit
     from ..plan.plan import plan_capacity
@@ -257,7 +263,7 @@ def plan_command(
     options = dict(memory=memory, bandwidth_gbps=bandwidth_gbps, dtype=dtype, kv_dtype=kv_dtype,
                    cache_implementation=cache_implementation, num_beams=num_beams,
                    batch_sizes=int_list("--batch-sizes", batch_sizes),
-                   contexts=int_list("--contexts", contexts) if contexts else None,
+                   contexts=token_list("--contexts", contexts) if contexts else None,
                    new_tokens=int_list("--new-tokens", new_tokens), calibration=calibration,
                    overhead=overhead, quant_backend=quant_backend, quant_nbits=quant_nbits,
                    quant_residual_length=quant_residual_length, weight_quant=weight_quant)

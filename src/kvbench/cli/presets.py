@@ -15,7 +15,7 @@ def presets(dtype: str = typer.Option("float16", help="dtype for the byte figure
     from ..estimate.weights import param_count
     from ..inputs.configs import list_presets, preset_config, preset_info
     from ..measuring.models import resolve_dtype
-    from ..units import fmt_bytes
+    from ..units import fmt_bytes, fmt_bytes_exact
 
     dt = resolve_dtype(dtype, torch.device("cpu"))
     table = Table(title=f"kvbench presets (bytes in {str(dt).removeprefix('torch.')})")
@@ -28,7 +28,7 @@ def presets(dtype: str = typer.Option("float16", help="dtype for the byte figure
         table.add_row(
             name, config.model_type, f"{params / 1e9:.2f} B" if params > 1e8 else f"{params / 1e6:.1f} M",
             fmt_bytes(params * dtype_nbytes(dt)), str(getattr(config, "max_position_embeddings", "-")),
-            str(window) if window else "-", fmt_bytes(kv_bytes_per_token(config, dt, count_sliding=True)),
+            str(window) if window else "-", fmt_bytes_exact(kv_bytes_per_token(config, dt, count_sliding=True)),
             preset_info(name).get("hub_id") or "-",
         )
     console.print(table)

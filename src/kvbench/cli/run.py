@@ -75,9 +75,8 @@ def run(
         return run(ctx, **resumed_options(ctx, options))
     from ..inputs.decoding import ENGINES, float_list, top_k_list
     from ..inputs.scenario import CACHE_IMPLEMENTATIONS, COMPILE_MODES, DECODINGS, grid
+    from ..inputs.names import check_dtype_name, check_model_name
     from ..measuring.resume import MAX_REPEATS, ON_OOM
-    from ..measuring.runner import default_run_dir
-    from ..results.store import RunWriter
 
     caches = {"on": [True], "off": [False], "both": [True, False]}
     if use_cache not in caches:
@@ -123,6 +122,11 @@ def run(
             console.print(f"shard {index}/{count} has no scenarios (the grid has {len(settings['shard_grid'])}): "
                           "nothing to run")
             return
+    check_model_name(model)  # a name that names nothing, and the options' values above: refused before torch loads
+    check_dtype_name(dtype)
+    from ..measuring.runner import default_run_dir
+    from ..results.store import RunWriter
+
     out_dir = Path(resume or out or default_run_dir(model + (f"-shard{index}of{count}" if shard else "")))
     if max_memory is not None and device_map is None:
         raise UserError("--max-memory needs --device-map (e.g. --device-map auto)")
@@ -136,12 +140,16 @@ def run(
         return run_with_ray(model, load, scenarios, out_dir, repeats, warmup, settings, address, gpus_per_task,
                             ray_workers, wide)
     from ..measuring.models import check_before_load
+    from .common import check_writable_folder
 
-    # The run folder is created, locked and given its run.json before the model loads: a folder that cannot be
-    # written fails now, not after the wait; so do the device, the model spec and lengths beyond its context.
+    # Check first, then create: the device, the model spec, lengths beyond its context and a run folder that cannot
+    # be written are refused before anything is written; then the run folder is created, locked and given its
+    # run.json before the model loads.
+    if resume is None:
+        check_writable_folder("--out", out_dir)
+    resolved = check_before_load(model, device, dtype, scenarios, trust_remote_code)
     writer = RunWriter(out_dir, {"options": options}, resume=resume is not None)
     try:
-        resolved = check_before_load(model, device, dtype, scenarios, trust_remote_code)
         records = sweep(options, scenarios, writer, settings, resolved)
     except Exception:
         writer.discard_if_empty()  # refused before the first record: no folder left behind
@@ -185,7 +193,7 @@ def sweep(options: dict, scenarios: list, writer, settings: dict, resolved=None)
     with console.status("timing a probe forward for the time estimates"):
         estimate = SweepEstimate.probe(loaded, todo, repeats, warmup)
     if line := slow_line(loaded, estimate):
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, soft_wrap=True)  # one line, however narrow: a pipe never breaks it
     return sweep_with_progress(loaded, scenarios, todo, writer, estimate, settings, options["profile_steps"], on_oom)
 
 

@@ -46,6 +46,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import compat
+from ..inputs.args import check_config, check_sizes
 from . import quantized as quant
 from .ssm import LINEAR_LAYER_TYPES, StateSpec, state_bytes, state_spec
 
@@ -271,8 +272,7 @@ def kv_cache_bytes_by_layer_kind(config: Any, *, batch_size: int, seq_len: int, 
                                  max_cache_len: int | None = None, last_step_tokens: int = 1) -> list[dict[str, int]]:
     """`kv_cache_bytes_at`, layer by layer and by kind: one dict per decoder layer, with key_value, and the
     conv_state / recurrent_state of linear-attention layers."""
-    if seq_len < 0 or batch_size < 1 or num_beams < 1:
-        raise ValueError("seq_len must be >= 0, batch_size and num_beams >= 1")
+    check_sizes(config, seq_len=seq_len, batch_size=batch_size, num_beams=num_beams, minimums={"seq_len": 0})
     rules = cache_rules(cache_implementation)
     if rules == "dynamic":
         max_cache_len = None
@@ -335,8 +335,7 @@ def _after_generate(prompt_len: int, new_tokens: int) -> dict:
     """The cache `generate` returns, as `kv_cache_bytes_at`'s arguments: prompt_len + new_tokens - 1 positions
     seen (the last token is never fed), the last of them alone (the whole prompt when new_tokens == 1), a static
     cache of that length."""
-    if prompt_len < 1 or new_tokens < 1:
-        raise ValueError("prompt_len and new_tokens must be >= 1")
+    check_sizes(prompt_len=prompt_len, new_tokens=new_tokens)
     seq_len = prompt_len + new_tokens - 1
     return dict(seq_len=seq_len, max_cache_len=seq_len, last_step_tokens=prompt_len if new_tokens == 1 else 1)
 
@@ -347,11 +346,11 @@ def estimate_kv_cache_bytes_by_kind(config: Any, *, batch_size: int, prompt_len:
                                     quant_nbits: int | None = None,
                                     residual_length: int | None = None) -> dict[str, int]:
     """`estimate_kv_cache_bytes`, by kind (the kinds with bytes only)."""
+    check_sizes(config, batch_size=batch_size, prompt_len=prompt_len, new_tokens=new_tokens, num_beams=num_beams)
     if cache_rules(cache_implementation) != "quantized":
         return kv_cache_bytes_by_kind_at(config, batch_size=batch_size, dtype=dtype, num_beams=num_beams,
                                          cache_implementation=cache_implementation,
                                          **_after_generate(prompt_len, new_tokens))
-    _after_generate(prompt_len, new_tokens)  # the same checks
     return _nonzero(quant.quantized_cache_bytes(
         kv_layer_specs(config), quant_backend, quant_nbits, residual_length, sequences=batch_size * num_beams,
         prompt_len=prompt_len, new_tokens=new_tokens, dtype_bytes=dtype_nbytes(dtype), num_beams=num_beams))
@@ -375,10 +374,9 @@ def estimate_kv_cache_bytes(config: Any, *, batch_size: int, prompt_len: int, ne
                                        cache_implementation=cache_implementation,
                                        **_after_generate(prompt_len, new_tokens))
     return sum(estimate_kv_cache_bytes_by_kind(
-        config, batch_size=batch_size, prompt_len=prompt_len, new_tokens=new_tokens, dtype=dtype,
-        num_beams=num_beams, cache_implementation=cache_implementation, quant_backend=quant_backend,
-        quant_nbits=quant_nbits, residual_length=residual_length,
-    ).values())
+        config, batch_size=batch_size, prompt_len=prompt_len, new_tokens=new_tokens, dtype=dtype, num_beams=num_beams,
+        cache_implementation=cache_implementation, quant_backend=quant_backend, quant_nbits=quant_nbits,
+        residual_length=residual_length).values())
 
 
 def kv_bytes_per_token(config: Any, dtype: torch.dtype | str, *, count_sliding: bool = False) -> int:
@@ -393,7 +391,8 @@ def kv_bytes_per_token(config: Any, dtype: torch.dtype | str, *, count_sliding: 
 def naive_kv_cache_bytes(config: Any, *, batch_size: int, seq_len: int, dtype: torch.dtype | str) -> int:
     """The textbook formula of the original study, 2 x layers x heads x (hidden / heads) x tokens x batch x bytes:
     deliberately blind to grouped-query attention, sliding windows and head_dim overrides."""
-    cfg = _text_config(config)
+    cfg = _text_config(check_config("config", config))
+    check_sizes(batch_size=batch_size, seq_len=seq_len, minimums={"seq_len": 0})
     heads = cfg.num_attention_heads
     per_token = 2 * cfg.num_hidden_layers * heads * (cfg.hidden_size // heads)
     return per_token * seq_len * batch_size * dtype_nbytes(dtype)

@@ -18,6 +18,7 @@ from functools import lru_cache
 
 import torch
 
+from ..inputs.args import check_config
 from .kvcache import dtype_nbytes
 
 
@@ -71,7 +72,7 @@ def quantized_linear_bytes(out_features: int, in_features: int, bits: int, dtype
 
 def param_count(config) -> int:
     """Exact parameter count from the config alone: the model is built on the meta device (no memory)."""
-    return _layout(config.to_json_string(use_diff=False))[0]
+    return _layout(check_config("config", config).to_json_string(use_diff=False))[0]
 
 
 def weight_bytes_estimate(config, dtype, weight_quant: str | None = None) -> int:

@@ -7,32 +7,15 @@ models the same way. Also the dtype names users type, and the half type a GPU ru
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 
 import torch
 
 from ..errors import UserError
+from .names import DTYPE_NAMES, is_hub_id, list_presets, preset_info, preset_name, unknown_model
+from .names import preset_files as _preset_files
 
-DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-}
-
-
-def _preset_files() -> dict[str, Path]:
-    root = resources.files("kvbench") / "presets"  # shipped with the package (package data)
-    return {Path(p.name).stem: Path(str(p)) for p in root.iterdir() if p.name.endswith(".json")}
-
-
-def list_presets() -> list[str]:
-    return sorted(_preset_files())
-
-
-def preset_info(name: str) -> dict:
-    """The preset's `_kvbench` block (hub id, description)."""
-    return json.loads(_preset_files()[name].read_text()).get("_kvbench", {})
+DTYPES = {name: getattr(torch, torch_name) for name, torch_name in DTYPE_NAMES.items()}
 
 
 def config_from_dict(data: dict, where: str = "config"):
@@ -115,10 +98,10 @@ def gpu_half_dtype(config, bf16_supported: bool) -> torch.dtype:
     return wanted if wanted != torch.float32 else torch.float16
 
 
-def preset_name(spec: str) -> str | None:
-    """The preset a spec names, matched case-insensitively ("Phi-3-mini-4k" -> "phi-3-mini-4k"), or None."""
-    by_lower = {name.lower(): name for name in _preset_files()}
-    return by_lower.get(str(spec).lower())
+def model_config(spec, trust_remote_code: bool = False):
+    """The transformers config a model spec names (preset, config.json, model folder, Hub id): no weights built.
+    What the estimates (`estimate_kv_cache_bytes`, `param_count`, ...) take as `config`."""
+    return resolve_spec(spec, trust_remote_code)[1]
 
 
 def resolve_spec(spec, trust_remote_code: bool = False) -> tuple[str, object, str, object]:
@@ -150,13 +133,10 @@ def resolve_spec(spec, trust_remote_code: bool = False) -> tuple[str, object, st
             raise UserError(f"{spec}: its weights are pickle files ({', '.join(pickles[:3])}), which kvbench never "
                             "loads (unpickling runs code); give it .safetensors weights (save_pretrained writes them)")
         return spec, config, "config.json (random weights)", None
-    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+    if is_hub_id(spec):
         from .hub import hub_config
 
         bundled = [name for name in list_presets() if preset_info(name).get("hub_id") == spec]
         hint = f" (its config is bundled: --model {bundled[0]} builds it with random weights)" if bundled else ""
         return spec, hub_config(spec, trust_remote_code, hint), "hub", spec
-    raise UserError(
-        f"unknown model {spec!r}: not a preset ({', '.join(list_presets())}), "
-        "not an existing path, not a Hub id (owner/name)"
-    )
+    raise unknown_model(spec)

@@ -11,6 +11,7 @@ one line says so.
 from __future__ import annotations
 
 from ..errors import UserError
+from .names import OFFLINE_HINT
 
 
 def first_line(exc: BaseException) -> str:
@@ -58,5 +59,6 @@ def hub_config(spec: str, trust_remote_code: bool, hint: str = ""):
     except Exception as exc:  # gated, custom code, a config transformers refuses: one line for the user
         if unreachable is not None:
             raise UserError(f"cannot load {spec!r}: the Hugging Face Hub cannot be reached "
-                            f"({first_line(unreachable)}) and the local Hub cache has no copy{hint}") from None
+                            f"({first_line(unreachable)}) and the local Hub cache has no copy"
+                            f"{hint or '; ' + OFFLINE_HINT}") from None
         raise UserError(f"cannot load {spec!r} from the Hugging Face Hub: {first_line(exc)}{hint}") from None

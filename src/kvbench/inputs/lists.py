@@ -20,3 +20,18 @@ def shown(text: str, limit: int = 60) -> str:
     """`text` quoted, cut short (with ...) past `limit` characters: error lines stay one line."""
     text = str(text)
     return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
+
+
+TOKENS_PER_K = 1024  # "32k" tokens: 32,768, the models' own convention (a "128k" context is 131,072 tokens)
+
+
+def token_list(option: str, text: str) -> list[int]:
+    """Parse token counts, "1024,32k,128K", into positive integers: a k suffix counts TOKENS_PER_K tokens."""
+    from .scenario import int_list
+
+    values = []
+    for part in list_parts(option, text):
+        thousands = part[-1:] in ("k", "K")
+        (value,) = int_list(option, part[:-1] if thousands else part)
+        values.append(value * TOKENS_PER_K if thousands else value)
+    return values

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from ..compat import cache_from_output, generate_call_kwargs
-from ..errors import UserError
 from ..estimate.roofline import decode_bytes_per_step, roofline
+from ..inputs.args import check_bool, check_instance, check_int
 from ..inputs.scenario import Scenario
 from .cache_bytes import cache_fields, cache_nbytes
 from .clock import Clock
@@ -113,8 +113,8 @@ def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, profil
     (reset) by every generate. `profile_steps` adds one profiled generate after the timed ones (measuring.profile).
     Out of memory on a GPU gives a record with status "oom" (and frees what it can); other errors raise.
     """
-    if repeats < 1 or warmup < 0:
-        raise UserError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    check_instance("scenario", scenario, Scenario, " (build one: kvbench.Scenario(**values))")
+    check_int("repeats", repeats, 1), check_int("warmup", warmup, 0), check_bool("profile_steps", profile_steps)
     loaded = as_loaded(model)
     check_fits(loaded, scenario)
     check_compile([scenario], loaded.device)

@@ -49,6 +49,9 @@ def as_loaded(model) -> LoadedModel:
     """Accept a LoadedModel or a bare transformers model."""
     if isinstance(model, LoadedModel):
         return model
+    if not hasattr(model, "parameters") or not hasattr(model, "config"):
+        raise TypeError(f"model must be a kvbench LoadedModel or a transformers model, got {str(model)[:60]!r} "
+                        f"({type(model).__name__}); load one with kvbench.load_model(name)")
     param = next(model.parameters())
     return LoadedModel(
         name=getattr(model.config, "_name_or_path", "") or type(model).__name__, model=model,

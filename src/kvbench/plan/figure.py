@@ -16,6 +16,12 @@ def _label(df: pd.DataFrame, by: str | None) -> pd.Series:
     return df[by].astype(str)
 
 
+def _bytes(n) -> str:
+    from ..units import fmt_bytes
+
+    return fmt_bytes(n)
+
+
 def _tokens(value, _pos=None) -> str:
     return f"{value / 1024:g}k" if value >= 1024 else f"{value:g}"
 
@@ -31,9 +37,18 @@ def longest_context_figure(plan: pd.DataFrame, frontier: pd.DataFrame | None = N
     if not rows.empty:
         rows["label"] = _label(rows, by)
         rows["longest"] = rows["context_len"].where(rows["fits"])
+        nothing = []  # said in words on the axes: a line that is not there has no legend entry
         for label, group in rows.groupby("label", sort=False):
             group = group.sort_values("batch_size")
+            if group["longest"].isna().all():
+                nothing.append(f"{label}: nothing fits, at any batch size "
+                               f"({_bytes(group['total_bytes'].min())} needed, {_bytes(group['usable_bytes'].max())} "
+                               "usable)")
+                continue
             ax.plot(group["batch_size"], group["longest"], marker="o", label=f"{label} (plan)")
+        if nothing:
+            ax.text(0.5, 0.5, "\n".join(nothing), transform=ax.transAxes, ha="center", va="center", wrap=True,
+                    bbox=dict(facecolor="white", edgecolor="grey", alpha=0.9))
         for window in rows["context_window"].dropna().unique():
             ax.axhline(window, color="grey", linestyle="--", linewidth=0.8)
     if frontier is not None and not frontier.empty:
@@ -59,6 +74,8 @@ def longest_context_figure(plan: pd.DataFrame, frontier: pd.DataFrame | None = N
             title += f" on {rows['gpu'].iloc[0]}"
         if not rows.empty and rows["model"].nunique() == 1:
             title = f"{rows['model'].iloc[0]}: {title[0].lower()}{title[1:]}"
+        if not rows.empty and rows["dtype"].nunique() == 1:
+            title += f" ({rows['dtype'].iloc[0]} weights, {rows['kv_dtype'].iloc[0] or rows['dtype'].iloc[0]} KV cache)"
     ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:

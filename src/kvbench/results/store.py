@@ -43,7 +43,7 @@ class RunWriter:
         self.dir = Path(run_dir)
         self.path = self.dir / RECORDS
         self.resumed = resume
-        self.created = not self.dir.exists()
+        self.created = [p for p in (self.dir, *self.dir.parents) if not p.exists()]  # the folders it will make
         self._lock = self._file = None
         try:
             self._open(settings or {}, resume)
@@ -106,8 +106,10 @@ class RunWriter:
         if empty:
             for name in (RECORDS, RUN_INFO, LOCK):
                 (self.dir / name).unlink(missing_ok=True)
-            if self.created and not any(self.dir.iterdir()):
-                self.dir.rmdir()
+            for folder in self.created:  # the run folder, then the parents it made (results/), while empty
+                if any(folder.iterdir()):
+                    break
+                folder.rmdir()
 
     def close(self) -> None:
         for handle in (self._file, self._lock):
