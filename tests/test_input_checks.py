@@ -14,7 +14,8 @@ import torch
 import kvbench.measuring.models as models_module
 from kvbench.cli.app import main
 from kvbench.errors import UserError
-from kvbench.inputs.scenario import grid, int_list
+from kvbench.inputs.lists import int_list
+from kvbench.inputs.scenario import grid
 from kvbench.measuring.models import resolve_device
 
 

@@ -243,7 +243,7 @@ def plan_command(
     import pandas as pd
 
     from ..inputs.lists import token_list
-    from ..inputs.scenario import int_list
+    from ..inputs.lists import int_list
     from ..plan.calibration import calibrate as fit
     from ..plan.plan import plan_capacity
     from ..results.store import load_results
@@ -321,7 +321,7 @@ def frontier_command(
     from rich.markup import escape
 
     from ..estimate.capacity import longest_context, make_workload
-    from ..inputs.scenario import int_list
+    from ..inputs.lists import int_list
     from ..plan.frontier import (
         apply_memory_cap,
         compare_frontier,

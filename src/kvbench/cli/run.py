@@ -10,7 +10,8 @@ import typer
 from rich.markup import escape
 
 from ..errors import UserError
-from ..inputs.scenario import QUICK, choice_list, int_list
+from ..inputs.lists import int_list
+from ..inputs.scenario import QUICK, choice_list
 from .common import console
 
 

@@ -22,13 +22,23 @@ def shown(text: str, limit: int = 60) -> str:
     return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 
+def int_list(option: str, text: str) -> list[int]:
+    """Parse "16,64,256" into positive integers, naming the option and the bad value otherwise."""
+    values = []
+    for part in list_parts(option, text):
+        if not (part.isascii() and part.isdigit()) or int(part) < 1:
+            raise UserError(f"{option}: {shown(part)} is not a positive integer (in {shown(text)})")
+        if len(part.lstrip("0")) > MAX_DIGITS:
+            raise UserError(f"{option}: {shown(part)} is too large (more than {MAX_DIGITS} digits)")
+        values.append(int(part))
+    return values
+
+
 TOKENS_PER_K = 1024  # "32k" tokens: 32,768, the models' own convention (a "128k" context is 131,072 tokens)
 
 
 def token_list(option: str, text: str) -> list[int]:
     """Parse token counts, "1024,32k,128K", into positive integers: a k suffix counts TOKENS_PER_K tokens."""
-    from .scenario import int_list
-
     values = []
     for part in list_parts(option, text):
         thousands = part[-1:] in ("k", "K")

@@ -15,7 +15,7 @@ from .decoding import (
     engine_suffix,
     sampling_kwargs,
 )
-from .lists import MAX_DIGITS, list_parts, shown
+from .lists import MAX_DIGITS, int_list, list_parts, shown  # noqa: F401 (int_list: part of this module's API)
 
 DECODINGS = ("greedy", "sample", "beam")
 # Every `cache_implementation` transformers 5.x's generate accepts (ALL_CACHE_IMPLEMENTATIONS of
@@ -234,18 +234,6 @@ def check_grid_size(prompt_lens, new_tokens, batch_sizes, use_cache, cache_imple
 # The quick default grid of `kvbench run` and the pytest plugin's "quick" grid.
 QUICK = dict(prompt_len="16,64,256", new_tokens="32", batch_size="1,4")
 MAX_GRID = 100_000  # scenarios one grid may hold
-
-
-def int_list(option: str, text: str) -> list[int]:
-    """Parse "16,64,256" into positive integers, naming the option and the bad value otherwise."""
-    values = []
-    for part in list_parts(option, text):
-        if not (part.isascii() and part.isdigit()) or int(part) < 1:
-            raise UserError(f"{option}: {shown(part)} is not a positive integer (in {shown(text)})")
-        if len(part.lstrip("0")) > MAX_DIGITS:
-            raise UserError(f"{option}: {shown(part)} is too large (more than {MAX_DIGITS} digits)")
-        values.append(int(part))
-    return values
 
 
 def choice_list(option: str, text: str, allowed) -> list[str]:
