@@ -61,7 +61,8 @@ def memory_probe(device: torch.device, nvml=None):
     after a warm-up the reserved delta is about 0, since the warm-up's blocks stay cached, so the absolute peak is
     the figure to read), and NVML's device memory in use before and right after the block (the caching allocator
     never hands memory back during generate, so the after-reading sees the peak reservation). CPU: the process's
-    peak resident set (VmHWM, reset before the block) above the resident set before it.
+    peak resident set (VmHWM, reset before the block) above the resident set before it, labelled process RSS (the
+    allocated peak on the CPU comes from `alloc_peak`, in an untimed pass of its own).
     """
     out: dict = {}
     with collector_paused():
@@ -96,6 +97,5 @@ def memory_probe(device: torch.device, nvml=None):
             out.update(
                 peak_rss_delta_bytes=delta,
                 rss_before_bytes=rss0 * 1024 if rss0 is not None else None,
-                peak_memory_source="process peak RSS (VmHWM)" if delta is not None else "unavailable",
-                peak_memory_delta_bytes=delta,
+                peak_rss_source="process peak RSS (VmHWM)" if delta is not None else "unavailable",
             )
