@@ -116,6 +116,7 @@ def allocated_pass(loaded: LoadedModel, scenario: Scenario, inputs: dict, kwargs
         bare_generate(loaded, scenario, inputs, kwargs, cache)
     if loaded.device.type == "cuda":
         peak["peak_allocated_profiled_delta_bytes"] = peak.pop("peak_allocated_delta_bytes")
+        peak["peak_allocated_source"] = "torch.cuda.max_memory_allocated"
     else:
         peak.update(peak_memory_delta_bytes=peak["peak_allocated_delta_bytes"], peak_memory_source=peak[
             "peak_allocated_source"])
