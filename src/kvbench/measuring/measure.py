@@ -112,8 +112,14 @@ def allocated_pass(loaded: LoadedModel, scenario: Scenario, inputs: dict, kwargs
     it is the record's `peak_allocated_delta_bytes`; on CUDA the timed repeats' allocator peak stays that, and the
     pass adds where the peak is and what it holds."""
     held = cache_nbytes(cache) if cache is not None else 0
-    with collector_paused(), allocation_peak(loaded.device, loaded.model, held) as peak:
+    # compiled decode: no scopes on the model (hooks and patched cache methods would make dynamo recompile), so
+    # the peak without its phase and parts
+    labelled = None if may_compile(scenario, loaded.device) else loaded.model
+    with collector_paused(), allocation_peak(loaded.device, labelled, held) as peak:
         bare_generate(loaded, scenario, inputs, kwargs, cache)
+    if labelled is None:  # unlabelled: every block would read as generate's own
+        peak.update({k: None for k in peak if k.startswith("peak_allocated_") and k.endswith("_bytes")
+                     and k != "peak_allocated_delta_bytes"})
     if loaded.device.type == "cuda":
         peak["peak_allocated_profiled_delta_bytes"] = peak.pop("peak_allocated_delta_bytes")
         peak["peak_allocated_source"] = "torch.cuda.max_memory_allocated"
