@@ -51,8 +51,12 @@ def test_tradeoff_table_pairs_each_implementation_with_its_uncached_twin():
 def test_memory_latency_table_puts_stored_peak_and_step_side_by_side():
     table = cache_plots.cache_memory_latency_table(_records())
     assert len(table) == 12 and table["decode_step_s"].notna().all()
-    shown = cache_plots.cache_memory_latency_display(_records())
-    assert {"kv_cache_bytes", "peak_memory_delta_bytes", "decode_step_s", "cache"} <= set(shown.columns)
+    old = cache_plots.cache_memory_latency_display(_records())  # schema-1 CPU records: RSS only, not drawn
+    assert "peak_memory_delta_bytes" not in old and "peak_allocated_delta_bytes" not in old
+    records = _records()
+    records["peak_allocated_delta_bytes"] = records["peak_memory_delta_bytes"]
+    shown = cache_plots.cache_memory_latency_display(records)
+    assert {"kv_cache_bytes", "peak_allocated_delta_bytes", "decode_step_s", "cache"} <= set(shown.columns)
     assert isinstance(cache_plots.plot_cache_memory_latency(_records()), Figure)
 
 

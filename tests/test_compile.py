@@ -220,7 +220,8 @@ def test_one_static_cache_reused_and_reset(monkeypatch, tiny_loaded, scenario):
     seen = spy_generate(monkeypatch, tiny_loaded.model)
     rec = kvbench.measure(tiny_loaded, scenario, repeats=2, warmup=1, profile_steps=True)
     caches = {id(cache) for cache, _ in seen}
-    assert len(seen) == 4 and len(caches) == 1 and None not in {c for c, _ in seen}  # warm-up, 2 repeats, profile
+    assert len(seen) == 5 and len(caches) == 1 and None not in {c for c, _ in seen}  # warm-up, 2 repeats, allocation
+    # pass, profile
     assert all(torch.equal(seen[0][1], tokens) for _, tokens in seen)  # reset: every generate starts afresh
     assert rec["kv_cache_bytes"] == rec["kv_cache_bytes_estimate"] > 0 and rec["kv_cache_reused"] is True
     assert rec["forward_calls"] == 5 and rec["generated_tokens"] == 5
@@ -234,7 +235,8 @@ def test_one_static_cache_reused_and_reset(monkeypatch, tiny_loaded, scenario):
 def test_dynamic_scenarios_pass_no_cache(monkeypatch, tiny_loaded):
     seen = spy_generate(monkeypatch, tiny_loaded.model)
     rec = kvbench.measure(tiny_loaded, Scenario(6, 3), repeats=1, warmup=1)
-    assert [cache for cache, _ in seen] == [None, None] and rec["kv_cache_reused"] is False
+    # warm-up, repeat, allocation pass
+    assert [cache for cache, _ in seen] == [None, None, None] and rec["kv_cache_reused"] is False
 
 
 def test_memory_deltas_count_the_reused_cache(monkeypatch, tiny_loaded):

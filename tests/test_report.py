@@ -195,7 +195,8 @@ def test_report_of_a_real_tiny_run(tmp_path):
     assert main(["run", "--model", str(config), "--out", str(run), "--prompt-len", "4,8", "--new-tokens", "3",
                  "--batch-size", "1", "--repeats", "1", "--warmup", "0"]) == 0
     out = report(tmp_path, run)
-    assert sorted(p.stem for p in (out / "figures").glob("*.png")) == sorted(FIGURE_NAMES)
+    # a new run also has the allocated peak and its estimate: the parity figure
+    assert sorted(p.stem for p in (out / "figures").glob("*.png")) == sorted(FIGURE_NAMES + ["peak_parity"])
     positions = pd.read_csv(out / "tables" / "positions.csv")
     assert (positions["positions_processed"] == positions["positions_processed_estimate"]).all()
     memory = pd.read_csv(out / "tables" / "memory.csv")
@@ -210,7 +211,8 @@ def test_report_and_compare_read_pytest_benchmark_json(tmp_path):
     new = write_benchmark_json(tmp_path / "new.json", grid(prompts=(16, 64), news=(8,), batches=(1,), slow=1.5))
     assert main(["report", str(base)]) == 0
     out = tmp_path / "base-report"
-    assert sorted(p.stem for p in (out / "figures").glob("*.png")) == sorted(FIGURE_NAMES)
+    # a new run also has the allocated peak and its estimate: the parity figure
+    assert sorted(p.stem for p in (out / "figures").glob("*.png")) == sorted(FIGURE_NAMES + ["peak_parity"])
     speedup = pd.read_csv(out / "tables" / "speedup.csv")
     assert len(speedup) == 2 and (speedup["run"] == "base").all()
     assert main(["compare", str(base), str(new)]) == 1

@@ -31,7 +31,7 @@ import torch
 
 from ..errors import UserError
 from ..units import MIB
-from . import plan_kv
+from . import activations, plan_kv
 from .kvcache import cache_rules, dtype_nbytes, kv_cache_bytes_at, kv_layer_specs
 from .roofline import roofline
 from .weights import WEIGHT_QUANT_BITS, decode_weight_bytes, weight_bytes_estimate
@@ -81,6 +81,7 @@ class Dims:
     heads: int
     kv_heads: int
     head_dim: int
+    v_head_dim: int
     vocab: int
     cached_layers: int
     windows: frozenset  # the distinct attention windows of the cached layers (None = full attention)
@@ -101,6 +102,8 @@ class Workload:
     quant_backend: str | None = None
     quant_nbits: int | None = None
     quant_residual_length: int | None = None
+    decoding: str = "greedy"  # greedy, sample or beam: generate's temporaries over the vocabulary
+    attn_implementation: str | None = None  # the one the loaded model selected (None: the class's default)
     weight_quant: str | None = None  # None (the weights in `dtype`), "int8" or "int4" (estimate.weights)
 
     @property
@@ -138,12 +141,15 @@ class Workload:
             eager = not AutoModelForCausalLM._model_mapping[type(self.config)]._supports_sdpa
         except (KeyError, ValueError, AttributeError):
             eager = False
+        if self.attn_implementation is not None:
+            eager = self.attn_implementation == "eager"
         heads = c.num_attention_heads
         return Dims(
             hidden=c.hidden_size,
             intermediate=getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * c.hidden_size,
             heads=heads, kv_heads=max(1, specs[0].kv_heads if specs else heads),
             head_dim=specs[0].k_head_dim if specs else c.hidden_size // heads,
+            v_head_dim=specs[0].v_head_dim if specs else c.hidden_size // heads,
             vocab=c.vocab_size, cached_layers=max(1, len(specs)),
             windows=frozenset(s.window for s in specs), eager=eager,
         )
@@ -247,63 +253,19 @@ def kv_decode_bytes(w: Workload, batch_size: int, context_len: int, new_tokens: 
 
 
 # ---------------------------------------------------------------------------------------------- activations
-def _masks(w: Workload, q_len: int, kv_len: int) -> int:
-    """Attention masks transformers materializes (one per distinct window): always with eager attention, and with a
-    static cache (its unfilled positions must be masked); with SDPA and a dynamic cache only where `is_causal` cannot
-    stand in: a sliding window the keys reach, or a multi-token query shorter than the keys."""
-    if w.dims.eager or w.rules == "static":
-        return len(w.dims.windows)
-    return sum(1 for win in w.dims.windows
-               if (win is not None and kv_len >= win) or not (q_len == 1 or kv_len == q_len))
-
-
 def activation_prefill_bytes(w: Workload, sequences: int, prompt_len: int, context_len: int) -> int:
-    """Analytic activations at the peak of the prefill (S = batch x beams sequences of P tokens, e bytes):
-
-    * logits of the last position only (generate passes logits_to_keep=1): S x vocab x e, and generate's float32
-      copy, S x vocab x 4;
-    * the residual stream of one layer: its input and normed copy, 2 x S x P x hidden x e;
-    * the larger of the MLP's intermediates, 4 x S x P x intermediate x e (gate/up output, activation, product), and
-      the attention's q, k, v and output projections, S x P x (2 heads + 2 kv_heads) x head_dim x e, plus, where
-      keys are expanded to every query head (eager, or a mask with grouped-query attention), 2 x S x heads x K x
-      head_dim x e, plus eager attention's scores, softmax in float32 and cast back, S x heads x P x K x (2e + 4);
-    * each materialized mask (see `_masks`) as a boolean and its additive copy: S x P x K x (1 + e),
-    with K = keys attended: P (dynamic) or the static cache's length context - 1."""
-    d, e, s, p = w.dims, w.compute_bytes, sequences, prompt_len
-    keys = context_len - 1 if w.rules == "static" else p
-    logits = s * d.vocab * (e + 4)
-    stream = 2 * s * p * d.hidden * e
-    mlp = 4 * s * p * d.intermediate * e
-    masks = _masks(w, p, keys) * s * p * keys * (1 + e)
-    attention = s * p * (2 * d.heads + 2 * d.kv_heads) * d.head_dim * e
-    if (d.eager or masks) and d.heads != d.kv_heads:
-        attention += 2 * s * d.heads * keys * d.head_dim * e
-    if d.eager:
-        attention += s * d.heads * p * keys * (2 * e + 4)
-    return logits + stream + max(mlp, attention) + masks
+    """Activations at the peak of the prefill (`estimate.activations`)."""
+    return activations.activation_prefill_bytes(w, sequences, prompt_len, context_len)
 
 
 def activation_decode_bytes(w: Workload, batch_size: int, context_len: int, new_tokens: int) -> int:
-    """Analytic working set of the last decode step (S = batch x beams sequences, T = context - 1 cached tokens):
-    the logits (S x vocab x (e + 4)); the grown keys and values of one layer that `torch.cat` allocates before the old
-    ones are freed (dynamic cache, offloaded or not; the average layer, full-precision cache / cached layers; a
-    quantized cache's update is `plan_kv`'s transient instead, a static cache or paged pool grows nothing); keys
-    expanded to every query head (eager, or a mask with grouped-query attention: heads / kv_heads x that layer);
-    eager scores S x heads x T x (2e + 4); and the step's masks, S x T x (1 + e) each."""
-    d, e, s = w.dims, w.compute_bytes, batch_size * w.num_beams
-    seq_len = context_len - 1
-    layer = _kv(w, batch_size, seq_len, num_beams=w.num_beams, dtype=w.kv_dtype) // d.cached_layers
-    if w.rules == "static":
-        layer = kv_cache_bytes_at(w.config, batch_size=batch_size, seq_len=seq_len, dtype=w.kv_dtype,
-                                  num_beams=w.num_beams, cache_implementation="static") // d.cached_layers
-    working = s * d.vocab * (e + 4)
-    working += layer if w.rules == "dynamic" else 0
-    masks = _masks(w, 1, seq_len) * s * seq_len * (1 + e)
-    if (d.eager or masks) and d.heads != d.kv_heads:
-        working += d.heads // d.kv_heads * layer
-    if d.eager:
-        working += s * d.heads * seq_len * (2 * e + 4)
-    return working + masks
+    """The working set of the last decode step (`estimate.activations`), with the grown copy of the average layer
+    that a dynamic cache's `torch.cat` allocates before the old one is freed (full-precision cache / cached layers;
+    a quantized cache's update is `plan_kv`'s transient instead, a static cache or paged pool grows nothing)."""
+    impl = "static" if w.rules == "static" else "dynamic"
+    layer = kv_cache_bytes_at(w.config, batch_size=batch_size, seq_len=context_len - 1, dtype=w.kv_dtype,
+                              num_beams=w.num_beams, cache_implementation=impl) // w.dims.cached_layers
+    return activations.activation_decode_bytes(w, batch_size, context_len, new_tokens, layer)
 
 
 # ---------------------------------------------------------------------------------------------- the breakdown

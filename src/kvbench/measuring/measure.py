@@ -18,10 +18,11 @@ from .decode import (
     may_compile,
     static_cache,
 )
+from .alloc_peak import allocation_peak
 from .environment import environment
 from .forwards import eager_probes, record_forwards
 from .host_memory import pinned_host_probe
-from .memory import memory_probe
+from .memory import collector_paused, memory_probe
 from .models import LoadedModel, synthetic_inputs
 from .nvml import nvml_handle
 from .paged import measure_paged
@@ -41,7 +42,7 @@ from .record import (  # noqa: F401 - is_oom, error_line, kv_estimate: part of t
 from .reference import reference_run
 
 
-REBASED = ("peak_allocated_delta_bytes", "peak_memory_delta_bytes", "peak_rss_delta_bytes")
+REBASED = ("peak_allocated_delta_bytes", "peak_memory_delta_bytes")
 
 
 def reset_cache(cache) -> int:
@@ -105,6 +106,29 @@ def bare_generate(loaded: LoadedModel, scenario: Scenario, inputs: dict, kwargs:
     run_generation(loaded.model, inputs, scenario, kwargs)
 
 
+def allocated_pass(loaded: LoadedModel, scenario: Scenario, inputs: dict, kwargs: dict, cache=None) -> dict:
+    """One untimed generate under the allocation-event instrument (`alloc_peak`): the allocated peak above the level
+    before it, a reused static cache counted as the call's, its phase and parts, and what the pass cost. On the CPU
+    it is the record's `peak_allocated_delta_bytes`; on CUDA the timed repeats' allocator peak stays that, and the
+    pass adds where the peak is and what it holds."""
+    held = cache_nbytes(cache) if cache is not None else 0
+    # compiled decode: no scopes on the model (hooks and patched cache methods would make dynamo recompile), so
+    # the peak without its phase and parts
+    labelled = None if may_compile(scenario, loaded.device) else loaded.model
+    with collector_paused(), allocation_peak(loaded.device, labelled, held) as peak:
+        bare_generate(loaded, scenario, inputs, kwargs, cache)
+    if labelled is None:  # unlabelled: every block would read as generate's own
+        peak.update({k: None for k in peak if k.startswith("peak_allocated_") and k.endswith("_bytes")
+                     and k != "peak_allocated_delta_bytes"})
+    if loaded.device.type == "cuda":
+        peak["peak_allocated_profiled_delta_bytes"] = peak.pop("peak_allocated_delta_bytes")
+        peak.pop("peak_allocated_source")  # the timed repeats' (memory.memory_probe), graph pool included
+    else:
+        peak.update(peak_memory_delta_bytes=peak["peak_allocated_delta_bytes"], peak_memory_source=peak[
+            "peak_allocated_source"])
+    return peak
+
+
 def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, profile_steps: bool = False) -> dict:
     """Measure one scenario: medians of `repeats` timed generates after `warmup` untimed ones.
 
@@ -141,6 +165,7 @@ def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, profil
             runs = [generate_once(loaded, scenario, inputs, clock, nvml, **call) for _ in range(repeats)]
             graphs.append(compiled_graphs())
             summary = summarize(runs)
+            summary.update(allocated_pass(loaded, scenario, inputs, **call))  # untimed, after the timed repeats
             if profile_steps and scenario.new_tokens > 1:
                 profiled = profile_decode_steps(
                     loaded.model, loaded.device, lambda: bare_generate(loaded, scenario, inputs, **call),

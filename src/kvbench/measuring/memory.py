@@ -79,7 +79,8 @@ def memory_probe(device: torch.device, nvml=None):
     after a warm-up the reserved delta is about 0, since the warm-up's blocks stay cached, so the absolute peak is
     the figure to read), and NVML's device memory in use before and right after the block (the caching allocator
     never hands memory back during generate, so the after-reading sees the peak reservation). CPU: the process's
-    peak resident set (VmHWM, reset before the block) above the resident set before it.
+    peak resident set (VmHWM, reset before the block) above the resident set before it, labelled process RSS (the
+    allocated peak on the CPU comes from `alloc_peak`, in an untimed pass of its own).
     """
     out: dict = {}
     with collector_paused():
@@ -104,13 +105,14 @@ def memory_probe(device: torch.device, nvml=None):
                 nvml_used_source=MEMORY_SOURCES.get(version, "unavailable"),
                 peak_memory_source="torch.cuda.max_memory_allocated",
             )
-            out["peak_memory_delta_bytes"] = out["peak_allocated_delta_bytes"]
             pool_reserved, pool_allocated = cuda_graph_pool_bytes(device)
             if pool_reserved:  # compiled decode: its graphs' pool counted (an upper bound: free pool blocks included)
                 out.update(cuda_graph_pool_reserved_bytes=pool_reserved, cuda_graph_pool_allocated_bytes=pool_allocated,
                            peak_memory_source="torch.cuda.max_memory_allocated + CUDA graph pool (reserved, not "
                                               "allocated)")
-                out["peak_memory_delta_bytes"] += pool_reserved - pool_allocated
+                out["peak_allocated_delta_bytes"] += pool_reserved - pool_allocated
+            out.update(peak_memory_delta_bytes=out["peak_allocated_delta_bytes"],
+                       peak_allocated_source=out["peak_memory_source"])
         else:
             ok = _reset_peak_rss()
             rss0 = _proc_status_kib("VmRSS")
@@ -120,6 +122,5 @@ def memory_probe(device: torch.device, nvml=None):
             out.update(
                 peak_rss_delta_bytes=delta,
                 rss_before_bytes=rss0 * 1024 if rss0 is not None else None,
-                peak_memory_source="process peak RSS (VmHWM)" if delta is not None else "unavailable",
-                peak_memory_delta_bytes=delta,
+                peak_rss_source="process peak RSS (VmHWM)" if delta is not None else "unavailable",
             )

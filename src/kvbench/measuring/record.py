@@ -11,6 +11,7 @@ import torch
 from ..errors import UserError
 from ..estimate.kvcache import estimate_kv_cache_bytes, estimate_kv_cache_bytes_by_kind, naive_kv_cache_bytes
 from ..estimate.offload import estimate_kv_cache_bytes_by_device
+from ..estimate.peak import peak_allocated_estimate
 from ..estimate.positions import positions_processed_estimate
 from ..estimate.weights import weight_bytes_estimate
 from ..inputs.scenario import Scenario
@@ -105,6 +106,7 @@ def base_record(loaded: LoadedModel, scenario: Scenario) -> dict:
             record.update(kv_cache_bytes_estimate=None, kv_cache_estimate_error=str(exc))
         sequences = scenario.batch_size * scenario.num_beams
         record["kv_cache_bytes_naive"] = naive_kv_cache_bytes(config, batch_size=sequences, seq_len=seq_len, dtype=dtype)
+    record.update(peak_estimate(loaded, scenario))
     if loaded.device_map is not None:
         try:
             by_layer = kv_estimate(config, scenario, dtype, by_layer=True) if record["kv_cache_bytes_estimate"] else None
@@ -112,6 +114,17 @@ def base_record(loaded: LoadedModel, scenario: Scenario) -> dict:
             by_layer = None
         record.update(placement_fields(loaded, by_layer))
     return record
+
+
+def peak_estimate(loaded: LoadedModel, scenario: Scenario) -> dict:
+    """The planner's estimate of `peak_allocated_delta_bytes` for exactly this scenario, with the attention the
+    loaded model selected (None, and the reason, where the model cannot estimate it)."""
+    attn = getattr(loaded.config, "_attn_implementation", None)
+    try:
+        return peak_allocated_estimate(loaded.config, scenario, loaded.dtype, attn if isinstance(attn, str) else None)
+    except (NotImplementedError, ValueError, UserError, AttributeError, TypeError) as exc:
+        return {"peak_allocated_delta_bytes_estimate": None, "peak_allocated_phase_estimate": None,
+                "peak_allocated_estimate_error": str(exc)}
 
 
 def kv_estimate(config, scenario: Scenario, dtype, by_layer: bool = False) -> int | list[int]:

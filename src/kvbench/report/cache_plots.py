@@ -86,7 +86,7 @@ def plot_cache_tradeoff(df: pd.DataFrame) -> Figure:
 # ------------------------------------------------------------------ latency against memory, by implementation
 def cache_memory_latency_table(df: pd.DataFrame) -> pd.DataFrame:
     """Cached scenarios side by side by implementation at each prompt length and batch: stored KV bytes (measured
-    and estimated), peak memory above baseline (named by its source), decode step, TTFT and total latency."""
+    and estimated), allocated peak above baseline (named by its source), decode step, TTFT and total latency."""
     ok = ok_rows(df)
     need(ok, ["use_cache", "kv_cache_bytes", "decode_step_s", "cache_implementation"], "latency against memory")
     cached = ok[ok["use_cache"].astype(bool) & ok["decode_step_s"].notna()].copy()
@@ -94,8 +94,8 @@ def cache_memory_latency_table(df: pd.DataFrame) -> pd.DataFrame:
         raise NoData("latency against memory: no cached scenario has a decode step time (one new token only?)")
     cached["cache"] = implementation_label(cached)
     out = keep(cached, SCENARIO + QUANT_FIELDS + [
-        "cache", "cache_class", "kv_cache_bytes", "kv_cache_bytes_estimate", "peak_memory_delta_bytes",
-        "peak_memory_source", "pinned_host_peak_delta_bytes", "decode_step_s", "ttft_s", "total_s"])
+        "cache", "cache_class", "kv_cache_bytes", "kv_cache_bytes_estimate", "peak_allocated_delta_bytes",
+        "peak_allocated_source", "pinned_host_peak_delta_bytes", "decode_step_s", "ttft_s", "total_s"])
     by = [c for c in ["run", "model", "dtype", "prompt_len", "batch_size", "new_tokens", "decoding", "cache"]
           if c in out]
     return out.sort_values(by).reset_index(drop=True)
@@ -105,7 +105,7 @@ def cache_memory_latency_display(df: pd.DataFrame) -> pd.DataFrame:
     """The table shown on the page: stored bytes, peak bytes and decode step time side by side."""
     table = cache_memory_latency_table(df)
     return keep(table, ["run", "prompt_len", "new_tokens", "batch_size", "decoding", "cache", "kv_cache_bytes",
-                        "kv_cache_bytes_estimate", "peak_memory_delta_bytes", "decode_step_s", "total_s"])
+                        "kv_cache_bytes_estimate", "peak_allocated_delta_bytes", "decode_step_s", "total_s"])
 
 
 def plot_cache_memory_latency(df: pd.DataFrame) -> Figure:
@@ -118,10 +118,10 @@ def plot_cache_memory_latency(df: pd.DataFrame) -> Figure:
     batches, variants = ordered(table["batch_size"]), ordered(table["variant"])
     caches, prompts = ordered(table["cache"]), ordered(table["prompt_len"])
     colors, markers = palette(caches, "deep"), cycle(prompts, MARKERS)
-    peak = "peak_memory_delta_bytes" in table and table["peak_memory_delta_bytes"].fillna(0).gt(0).any()
-    source = ("; ".join(ordered(table["peak_memory_source"].dropna().astype(str)))
-              if peak and "peak_memory_source" in table else "")
-    xs = [*table["kv_cache_bytes"]] + ([*table["peak_memory_delta_bytes"]] if peak else [])
+    peak = "peak_allocated_delta_bytes" in table and table["peak_allocated_delta_bytes"].fillna(0).gt(0).any()
+    source = ("; ".join(ordered(table["peak_allocated_source"].dropna().astype(str)))
+              if peak and "peak_allocated_source" in table else "")
+    xs = [*table["kv_cache_bytes"]] + ([*table["peak_allocated_delta_bytes"]] if peak else [])
     with style():
         fig, axes = facets(len(batches) * len(variants), ncols=len(batches), nrows=len(variants), sharex=True)
         for i, ax in enumerate(axes):
@@ -132,7 +132,7 @@ def plot_cache_memory_latency(df: pd.DataFrame) -> Figure:
                 if rec["kv_cache_bytes"] > 0:
                     ax.plot(rec["kv_cache_bytes"], rec["step_ms"], ls="none", marker=marker, color=color, ms=7,
                             zorder=3)
-                top = rec.get("peak_memory_delta_bytes")
+                top = rec.get("peak_allocated_delta_bytes")
                 if peak and top == top and top and top > 0:
                     ax.plot(top, rec["step_ms"], ls="none", marker=marker, mfc="none", color=color, ms=7, zorder=3)
                     if rec["kv_cache_bytes"] > 0:

@@ -4,7 +4,7 @@ Scenarios match on prompt length, new tokens, batch size, cache on/off, decoding
 dtype and cache implementation unless those are what tells the runs apart (one value per run, different between
 runs: two dtypes, two cache implementations). Latency and memory beyond the threshold are marked; a regression
 in a gated metric makes the command exit 1, so it can gate CI. By default the gate is the latency and the memory
-figures whose source is exact (the cache's bytes, CUDA allocator peaks); the process's peak RSS moves with what
+figures whose source is exact (the cache's bytes, allocated-bytes peaks on every device); the process's peak RSS moves with what
 the allocator and the OS happen to do, so it gates only when asked (`--gate peak_rss_delta_bytes`).
 """
 
@@ -24,6 +24,7 @@ RUN_LEVEL = ["model", "device", "dtype", "cache_implementation"]  # matched on u
 PEAKS = ("peak_allocated_delta_bytes", "peak_rss_delta_bytes")
 # Records that name their peak only as peak_memory_delta_bytes (older runs, other writers): its source says which.
 PEAK_SOURCES = {"torch.cuda.max_memory_allocated": "peak_allocated_delta_bytes",
+                "torch.profiler allocation events": "peak_allocated_delta_bytes",
                 "process peak RSS (VmHWM)": "peak_rss_delta_bytes"}
 # Peak memory above baseline moves by a few pages between identical runs (RSS on CPU, allocator rounding):
 # a change smaller than this is never a regression or an improvement.

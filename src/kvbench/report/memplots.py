@@ -32,25 +32,27 @@ def memory_table(df: pd.DataFrame) -> pd.DataFrame:
     if cached.empty:
         raise NoData("memory: no cached scenario recorded the bytes its KV cache held")
     out = keep(cached, SCENARIO + ["kv_cache_bytes", "kv_cache_bytes_estimate", "kv_cache_bytes_naive",
-                                   "peak_memory_delta_bytes", "peak_memory_source"])
+                                   "peak_allocated_delta_bytes", "peak_allocated_delta_bytes_estimate",
+                                   "peak_allocated_source"])
     out["estimate_over_measured"] = out["kv_cache_bytes_estimate"] / out["kv_cache_bytes"]
     if "kv_cache_bytes_naive" in out:
         out["naive_over_measured"] = out["kv_cache_bytes_naive"] / out["kv_cache_bytes"]
-    if "peak_memory_delta_bytes" in out:
-        out["peak_over_estimate"] = out["peak_memory_delta_bytes"] / out["kv_cache_bytes_estimate"]
+    if "peak_allocated_delta_bytes_estimate" in out:
+        out["peak_estimate_over_measured"] = out["peak_allocated_delta_bytes_estimate"] / out[
+            "peak_allocated_delta_bytes"]
     return out
 
 
 MEMORY_SERIES = [  # (label, predicted column, measured column)
     ("KV cache vs exact estimate", "kv_cache_bytes_estimate", "kv_cache_bytes"),
     ("KV cache vs naive formula", "kv_cache_bytes_naive", "kv_cache_bytes"),
-    ("peak above baseline vs exact estimate", "kv_cache_bytes_estimate", "peak_memory_delta_bytes"),
+    ("peak allocated vs its estimate", "peak_allocated_delta_bytes_estimate", "peak_allocated_delta_bytes"),
 ]
 
 
 def plot_memory(df: pd.DataFrame) -> Figure:
     """Left: measured bytes against predicted bytes (log-log) with the y = x line: the KV cache against the
-    exact estimate and against the naive formula, and the peak memory above baseline against the estimate.
+    exact estimate and against the naive formula, and the allocated peak above baseline against its estimate.
     Right: each prediction over the measured KV-cache bytes (1 = exact)."""
     table = memory_table(df)
     var = variant(table, VARIANT_FIELDS + ["cache_implementation"])
@@ -59,8 +61,8 @@ def plot_memory(df: pd.DataFrame) -> Figure:
     colors = palette([s[0] for s in series], "deep")
     variants = ordered(table["variant"])
     markers = cycle(variants, MARKERS)
-    source = ("; ".join(ordered(table["peak_memory_source"].dropna().astype(str)))
-              if "peak_memory_source" in table else "")
+    source = ("; ".join(ordered(table["peak_allocated_source"].dropna().astype(str)))
+              if "peak_allocated_source" in table else "")
     with style():
         fig, (left, right) = facets(2, ncols=2, panel=(4.2, 3.4), sharey=False)
         shown = []
@@ -90,18 +92,17 @@ def plot_memory(df: pd.DataFrame) -> Figure:
                      (var.name if var is not None else "", [(v, mark(markers[v])) for v in variants]
                       if var is not None else [])])
         fig.suptitle("KV-cache memory: measured against the estimates"
-                     + (f"\n(peak above baseline: {source})" if source else ""))
+                     + (f"\n(peak allocated: {source})" if source else ""))
         fit_figure(fig)
     return fig
 
 
 def memory_note(table: pd.DataFrame) -> str | None:
-    if "peak_memory_delta_bytes" not in table:
-        return "The records hold no peak memory, only the cache's bytes."
-    flat = int((table["peak_memory_delta_bytes"].fillna(0) <= 0).sum())
+    if "peak_allocated_delta_bytes" not in table:
+        return "The records hold no allocated peak (older CPU runs recorded process RSS only), only the cache's bytes."
+    flat = int((table["peak_allocated_delta_bytes"].fillna(0) <= 0).sum())
     if flat:
-        return (f"{flat} of {len(table)} scenarios show no peak memory above the baseline (zero or unreadable; the "
-                "process can reuse memory it already holds), so they have no green point.")
+        return f"{flat} of {len(table)} scenarios have no allocated peak, so they have no green point."
     return None
 
 

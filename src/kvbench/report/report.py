@@ -76,6 +76,15 @@ FIGURES = [
         "memory allows; far below it, overheads (kernel launches, Python, small batches) dominate.",
         note="bandwidth_note",
     ),
+    FigureSpec(
+        "peak_parity", "Peak allocated memory: measured against the planner's estimate",
+        "Each point is one scenario: the most bytes torch's tensors held during generate above the level before it "
+        "(y; the CPU counts them from the profiler's allocation events, CUDA from its allocator's peak; a static "
+        "cache kvbench reuses counts as the call's) against the planner's estimate of exactly that scenario (x; "
+        "`kvbench plan` adds the weights and the overhead to the same figure). The grey band is ±5%. Right: each "
+        "scenario's error, by model. The table gives the error per model; the process's RSS is not drawn here.",
+        display="peak_parity_display", note="peak_parity_note", module="peakplots",
+    ),
     *[FigureSpec(*spec, module="cache_plots") for spec in [  # the figures comparing cache implementations
         ("cache_tradeoff", "What the cache buys against what it costs: speedup against KV-cache bytes",
          "Each point is one cached scenario: its speedup over the same scenario without the cache (y) against the "
