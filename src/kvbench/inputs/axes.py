@@ -62,7 +62,8 @@ def declared(cls) -> tuple[Axis, ...]:
     return tuple(Axis(name=f.name, **f.metadata["axis"]) for f in dataclasses.fields(cls) if "axis" in f.metadata)
 
 
-# Filled by kvbench.inputs.scenario once Scenario is defined: the consumers below read it at call time.
+# Filled by kvbench.inputs.scenario once Scenario is defined (the package imports it first): the consumers below
+# read it at call time.
 AXES: tuple[Axis, ...] = ()
 
 
@@ -72,9 +73,7 @@ def register(cls) -> None:
 
 
 def declaration() -> tuple[Axis, ...]:
-    """The axes Scenario declares (importing it where nothing has yet)."""
-    if not AXES:
-        from . import scenario  # noqa: F401 - registers Scenario's axes
+    """The axes Scenario declares."""
     return AXES
 
 
