@@ -103,7 +103,7 @@ def test_info_lines_give_the_speedup_and_the_step_split():
         {**record(use_cache=False, prompt_len=55, new_tokens=100, batch_size=1, decoding="greedy", total_s=4.07),
          "_run": "study"},
     ])
-    assert lines[0].startswith("INFO study P55-N100-B1:") and "4.07x" in lines[0]
+    assert lines[0].startswith("INFO study P55-N100-B1-greedy:") and "4.07x" in lines[0]
     assert "host 10.00 ms device 2.00 ms busy 20%" in lines[1]
 
 

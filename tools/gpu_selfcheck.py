@@ -281,14 +281,15 @@ def info_lines(records: list[dict]) -> list[str]:
     """What the lead's note needs, read from the records: speedups, KV bytes, peaks, host vs device steps."""
     lines = []
     ok = [r for r in records if r.get("status") == "ok"]
+    from kvbench.inputs.axes import pair_id  # what a cached scenario shares with its uncached twin
+
     by_key = {}
     for r in ok:
-        key = (r.get("_run"), r.get("prompt_len"), r.get("new_tokens"), r.get("batch_size"), r.get("decoding"))
-        by_key.setdefault(key, {})["cache" if r.get("use_cache") else "nocache"] = r
+        by_key.setdefault((r.get("_run"), pair_id(r)), {})["cache" if r.get("use_cache") else "nocache"] = r
     for key, pair in by_key.items():
         c, n = pair.get("cache"), pair.get("nocache")
         if c and n and c.get("total_s") and n.get("total_s"):
-            lines.append(f"INFO {key[0]} P{key[1]}-N{key[2]}-B{key[3]}: {_fmt(c['total_s'], 1, ' s', 3)} with the "
+            lines.append(f"INFO {key[0]} {key[1]}: {_fmt(c['total_s'], 1, ' s', 3)} with the "
                          f"cache, {_fmt(n['total_s'], 1, ' s', 3)} without: {n['total_s'] / c['total_s']:.2f}x; KV "
                          f"{c.get('kv_cache_bytes')} bytes (estimate {c.get('kv_cache_bytes_estimate')}); peak above "
                          f"start {c.get('peak_memory_delta_bytes')} / {n.get('peak_memory_delta_bytes')} bytes "
