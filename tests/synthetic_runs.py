@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kvbench.results.schema import SCHEMA_VERSION
 from kvbench.results.store import RunWriter
 
 LAYERS, HEADS, KV_HEADS, HEAD_DIM, ELEMENT_BYTES = 4, 8, 4, 32, 4  # grouped-query: naive formula is 2x
@@ -30,7 +31,7 @@ def record(prompt_len: int, new_tokens: int, batch_size: int, use_cache: bool, *
            dtype: str = "float32", cache_implementation: str = "dynamic", slow: float = 1.0, spread: float = 0.02,
            env: dict | None = None, kv_scale: float = 1.0, peak_extra_bytes: int = 0) -> dict:
     """One "ok" record. `slow` scales every latency; `spread` sets (max - min) / median of the repeats."""
-    impl = cache_implementation if use_cache else "none"
+    impl = cache_implementation if use_cache else None  # cache-only axes are null without the cache
     cache = f"cache-{impl}" if use_cache else "nocache"
     seq = prompt_len + new_tokens - 1
     if use_cache:
@@ -48,11 +49,11 @@ def record(prompt_len: int, new_tokens: int, batch_size: int, use_cache: bool, *
     achieved = per_step / step_s / 1e9 if per_step and step_s else None
     peak_gbps = env.get("env_gpu_bandwidth_gbps")
     return {
-        "schema_version": 1, "model": model, "model_source": "config.json (random weights)", "model_type": "llama",
+        "schema_version": SCHEMA_VERSION, "model": model, "model_source": "config.json (random weights)", "model_type": "llama",
         "device": env["env_device"], "dtype": dtype,
         "scenario_id": f"P{prompt_len}-N{new_tokens}-B{batch_size}-{cache}-greedy",
         "prompt_len": prompt_len, "new_tokens": new_tokens, "batch_size": batch_size, "use_cache": use_cache,
-        "cache_implementation": impl, "decoding": "greedy", "num_beams": 1, "seed": 0, "status": "ok", "error": None,
+        "cache_implementation": impl, "compile": "auto" if use_cache else None, "decoding": "greedy", "num_beams": 1, "seed": 0, "status": "ok", "error": None,
         "weight_bytes_estimate": WEIGHT_BYTES,
         "positions_processed_estimate": (seq if use_cache
                                          else new_tokens * prompt_len + new_tokens * (new_tokens - 1) // 2),

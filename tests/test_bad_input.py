@@ -9,7 +9,7 @@ import pytest
 import kvbench
 from kvbench import UserError
 from kvbench.cli.app import main
-from kvbench.inputs.scenario import CACHE_IMPLEMENTATIONS
+from kvbench.inputs.scenario import CACHE_IMPLEMENTATIONS, DEPRECATED_CACHES
 
 
 def one_error_line(capsys, *needles):
@@ -174,7 +174,8 @@ def test_a_folder_with_safetensors_loads_its_weights(tmp_path):
     (dict(seed="x"), "seed must be an integer >= 0, got 'x'"),
     (dict(seed=-1), "seed must be an integer >= 0, got -1"),
     (dict(decoding=["greedy"]), "decoding must be one of greedy, sample, beam, got ['greedy']"),
-    (dict(cache_implementation=None), f"cache_implementation must be one of {', '.join(CACHE_IMPLEMENTATIONS)}, got None"),
+    (dict(cache_implementation=None), f"cache_implementation must be one of {', '.join(CACHE_IMPLEMENTATIONS)} "
+                                      f"(or a deprecated name: {', '.join(DEPRECATED_CACHES)}), got None"),
     (dict(prompt_len="8"), "prompt_len must be a positive integer, got '8'"),
 ], ids=["use_cache-str", "use_cache-int", "seed-str", "seed-negative", "decoding-list", "cache-none", "prompt-str"])
 def test_scenario_refuses_wrong_values_naming_the_argument(kwargs, named):

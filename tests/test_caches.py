@@ -11,7 +11,7 @@ from cache_models import build, generate
 
 from kvbench import Scenario, UserError, compat, grid
 from kvbench.cli.app import main
-from kvbench.inputs.scenario import CACHE_IMPLEMENTATIONS
+from kvbench.inputs.scenario import CACHE_IMPLEMENTATIONS, DEPRECATED_CACHES
 from kvbench.measuring import caches
 from kvbench.compat import cache_from_output
 from kvbench.measuring.cache_bytes import cache_class
@@ -22,12 +22,13 @@ from kvbench.results.cache_fields import by_device, by_kind
 def test_the_list_covers_the_installed_transformers_list(monkeypatch):
     from transformers.generation.configuration_utils import ALL_CACHE_IMPLEMENTATIONS
 
-    assert set(ALL_CACHE_IMPLEMENTATIONS) | {"paged"} <= set(CACHE_IMPLEMENTATIONS)
+    # the axis' values and the deprecated names (input only) cover what transformers accepts
+    assert set(ALL_CACHE_IMPLEMENTATIONS) | {"paged"} <= set(CACHE_IMPLEMENTATIONS) | set(DEPRECATED_CACHES)
     assert caches.installed_implementations() == tuple(ALL_CACHE_IMPLEMENTATIONS) + ("paged",)
     # a name this transformers lacks (an older or newer one) is refused before the sweep, naming the version
     monkeypatch.setattr(caches, "installed_implementations", lambda: ("dynamic", "static"))
-    with pytest.raises(UserError, match=r"transformers .* has no cache_implementation 'hybrid'"):
-        caches.check_cache(_loaded("llama"), Scenario(8, 4, cache_implementation="hybrid"))
+    with pytest.raises(UserError, match=r"transformers .* has no cache_implementation 'offloaded'"):
+        caches.check_cache(_loaded("llama"), Scenario(8, 4, cache_implementation="offloaded"))
 
 
 def test_quantization_fields_defaults_and_ids():
@@ -72,9 +73,12 @@ def _loaded(arch: str, device: str = "cpu") -> LoadedModel:
                        source="test")
 
 
-@pytest.mark.parametrize("impl", ["offloaded", "offloaded_static", "offloaded_hybrid", "offloaded_hybrid_chunked"])
-def test_offloaded_caches_need_cuda(impl):
-    with pytest.raises(UserError, match=f"{impl} cache needs CUDA .*torch.cuda.default_stream"):
+@pytest.mark.parametrize("impl, built", [("offloaded", "offloaded"), ("offloaded_static", "offloaded_static"),
+                                         ("offloaded_hybrid", "offloaded_static"),
+                                         ("offloaded_hybrid_chunked", "offloaded_static")])
+@pytest.mark.filterwarnings("ignore::kvbench.inputs.scenario.DeprecatedCacheName")
+def test_offloaded_caches_need_cuda(impl, built):
+    with pytest.raises(UserError, match=f"the {built} cache needs CUDA .*torch.cuda.default_stream"):
         caches.check_cache(_loaded("llama"), Scenario(8, 4, cache_implementation=impl))
 
 

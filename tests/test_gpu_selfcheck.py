@@ -88,14 +88,11 @@ def test_step_busy_on_a_profiled_record_and_on_a_blind_profiler(tiny_loaded):
     assert selfcheck.check_step_busy([record()])[0] == "SKIP"  # nothing profiled
 
 
-def test_peak_estimate_holds_the_tiny_presets_cache():
-    """The tiny preset's cache holds 4 KiB per token per sequence in float32 (its description, from its config)."""
-    import kvbench
-
-    loaded = kvbench.load_model("tiny", device="cpu", dtype="float32")
-    scenario = kvbench.Scenario(32, 8, batch_size=2)
+def test_peak_check_bounds():
+    """Within 15% passes, twice the estimate fails, nothing to compare skips; the tiny preset's cache holds 4 KiB per
+    token per sequence in float32 (its description, from its config)."""
     kv = 4096 * 2 * (32 + 8 - 1)  # the last token is never fed back
-    assert kv <= selfcheck.peak_estimate(loaded, scenario) <= kv + 16 * 2**20
+    assert selfcheck.compare_peak(int(kv * 1.1), kv)[0] == "PASS" and selfcheck.compare_peak(kv, None)[0] == "SKIP"
     assert selfcheck.compare_peak(None, kv)[0] == "SKIP"
     assert selfcheck.compare_peak(kv, kv)[0] == "PASS" and selfcheck.compare_peak(2 * kv, kv)[0] == "FAIL"
 
@@ -105,7 +102,7 @@ def test_live_checks_on_the_cpu(capsys):
                            "16", "--new-tokens", "4", "--batch-size", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines] == [
-        "PASS device-time", "PASS kv-bytes-live", "SKIP peak-vs-estimate", "PASS step-busy-live",
+        "PASS device-time", "PASS kv-bytes-live", "PASS peak-vs-estimate", "PASS step-busy-live",
         "SKIP oom-recovered"]
 
 
@@ -151,7 +148,7 @@ def test_info_lines_give_the_speedup_and_the_step_split():
         {**record(use_cache=False, prompt_len=55, new_tokens=100, batch_size=1, decoding="greedy", total_s=4.07),
          "_run": "study"},
     ])
-    assert lines[0].startswith("INFO study P55-N100-B1:") and "without: 4.07x; KV" in lines[0]
+    assert lines[0].startswith("INFO study P55-N100-B1-greedy:") and "without: 4.07x; KV" in lines[0]
     assert lines[0].endswith("the guide's T4 (phi-3-mini-4k fp16, one run each): 9.53 s with the cache, 38.8 s "
                              "without: 4.07x")
     assert "host 10.00 ms device 2.00 ms busy 20%" in lines[1]

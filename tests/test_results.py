@@ -7,6 +7,7 @@ import torch
 
 import kvbench
 from kvbench.measuring.runner import run_sweep
+from kvbench.results.schema import SCHEMA_VERSION
 from kvbench.results.store import RunWriter, json_safe
 
 
@@ -21,7 +22,7 @@ def test_sweep_round_trips_to_dataframe(tiny_loaded, tmp_path):
     lines = (tmp_path / "run" / "records.jsonl").read_text().splitlines()
     assert len(lines) == len(scenarios) == len(records) == 8
     info = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert info["scenarios"] == [s.id for s in scenarios] and info["schema_version"] == 1
+    assert info["scenarios"] == [s.id for s in scenarios] and info["schema_version"] == SCHEMA_VERSION == 2
     df = kvbench.load_results(tmp_path / "run")
     assert len(df) == 8 and set(df["run"]) == {"run"}
     row = df[df["scenario_id"] == scenarios[0].id].iloc[0]

@@ -10,7 +10,7 @@ def test_ids_are_stable_and_readable():
 
 
 def test_no_cache_ignores_the_implementation():
-    assert Scenario(8, 4, use_cache=False).cache_implementation == "none"
+    assert Scenario(8, 4, use_cache=False).cache_implementation is None
 
 
 @pytest.mark.parametrize(

@@ -90,15 +90,21 @@ def test_several_decodings_get_their_own_columns_and_rows_are_told_apart():
     assert beam_cells == [fmt_seconds(r["total_s"] * 2.0) for r in greedy]
 
 
-def test_a_new_axis_is_a_column_where_it_varies():
-    """`compile` (another branch's axis) is in results.frame.AXES: records that vary in it show it and pair on it."""
-    records = [{**r, "compile": False} for r in grid(prompts=(16,), news=(8,), batches=(1,))]
-    records += [{**r, "compile": True, "total_s": r["total_s"] / 2} for r in records]
-    cols = columns(records)
-    assert cols["compile"] == ["False", "True"]
-    cached = [r for r in records if r["use_cache"]]
-    assert cols["with cache"] == [fmt_seconds(r["total_s"]) for r in cached]
-    assert cols["speedup"] == ["{:.2f}x".format(records[1]["total_s"] / records[0]["total_s"])] * 2
+def test_compile_off_and_on_each_pair_with_the_one_uncached_row():
+    """As `kvbench run --cache-implementation static --compile off,on` records it: two cached rows (compile off,
+    on) and one uncached row whose compile is null (not applicable), never a value of its own: each cached row
+    gets its speedup over that uncached row."""
+    cached = record(16, 8, 1, True, cache_implementation="static")
+    off = {**cached, "compile": "off", "scenario_id": cached["scenario_id"] + "-compile-off"}
+    on = {**cached, "compile": "on", "scenario_id": cached["scenario_id"] + "-compile-on", "total_s": 0.004,
+          "total_s_repeats": [0.004] * 3}
+    uncached = record(16, 8, 1, False)
+    assert uncached["compile"] is None and uncached["cache_implementation"] is None
+    cols = columns([off, on, uncached])
+    assert cols["compile"] == ["off", "on"]
+    assert cols["with cache"] == [fmt_seconds(off["total_s"]), fmt_seconds(0.004)]
+    assert cols["without cache"] == [fmt_seconds(uncached["total_s"])] * 2
+    assert cols["speedup"] == [f"{uncached['total_s'] / off['total_s']:.2f}x", f"{uncached['total_s'] / 0.004:.2f}x"]
 
 
 def test_use_cache_off_puts_latency_in_the_without_cache_column():

@@ -13,19 +13,21 @@ the same scenario, from `kvbench.measure(..., repeats=1, warmup=0)` run after th
 
 from __future__ import annotations
 
-import dataclasses
+import warnings
 from dataclasses import dataclass
 
 import pytest
 
 from .errors import UserError
 from .inputs.decoding import ENGINES, float_list, top_k_list
+from .inputs import axes
 from .inputs.scenario import (
-    CACHE_IMPLEMENTATIONS,
     COMPILE_MODES,
     DECODINGS,
     QUICK,
+    DeprecatedCacheName,
     Scenario,
+    cache_list,
     choice_list,
     grid,
     int_list,
@@ -49,7 +51,8 @@ GRIDS = {
     ),
 }
 USE_CACHE = {"on": (True,), "off": (False,), "both": (True, False)}
-AXES = ("prompt_len", "new_tokens", "batch_size", "use_cache", "cache_implementation")
+# The axes a --kv-grid sets (each replaced by its --kv-* option); axes of Scenario (tests/test_axes.py).
+GRID_AXES = tuple(GRIDS["quick"])
 
 # pytest-benchmark owns the latency of the whole generate: these record fields come from its stats instead
 # (kvbench.benchjson puts them back: total_s is the median of the rounds).
@@ -123,18 +126,20 @@ def kv_settings_from(config) -> KVSettings:
         return config.stash[_SETTINGS]
     opt = config.getoption
     try:
-        axes = {axis: opt(f"kv_{axis}") or GRIDS[opt("kv_grid")][axis] for axis in AXES}
-        if axes["use_cache"] not in USE_CACHE:
-            raise UserError(f"--kv-use-cache: {axes['use_cache']!r} is not one of on, off, both")
+        chosen = {axis: opt(f"kv_{axis}") or GRIDS[opt("kv_grid")][axis] for axis in GRID_AXES}
+        if chosen["use_cache"] not in USE_CACHE:
+            raise UserError(f"--kv-use-cache: {chosen['use_cache']!r} is not one of on, off, both")
+        caches, notes = cache_list("--kv-cache-implementation", chosen["cache_implementation"])
+        for note in notes:
+            warnings.warn(DeprecatedCacheName(f"kvbench: {note}"), stacklevel=2)
         num_beams = int_list("--kv-num-beams", opt("kv_num_beams"))
         (rounds,) = int_list("--kv-rounds", opt("kv_rounds"))
         warmup = opt("kv_warmup_rounds")
         if not str(warmup).isdigit():
             raise UserError(f"--kv-warmup-rounds: {warmup!r} is not 0 or a positive integer")
         scenarios = grid(
-            int_list("--kv-prompt-len", axes["prompt_len"]), int_list("--kv-new-tokens", axes["new_tokens"]),
-            int_list("--kv-batch-size", axes["batch_size"]), USE_CACHE[axes["use_cache"]],
-            choice_list("--kv-cache-implementation", axes["cache_implementation"], CACHE_IMPLEMENTATIONS),
+            int_list("--kv-prompt-len", chosen["prompt_len"]), int_list("--kv-new-tokens", chosen["new_tokens"]),
+            int_list("--kv-batch-size", chosen["batch_size"]), USE_CACHE[chosen["use_cache"]], caches,
             choice_list("--kv-decoding", opt("kv_decoding"), DECODINGS), num_beams=num_beams,
             compiles=choice_list("--kv-compile", opt("kv_compile"), COMPILE_MODES),
             **sampling_axes(opt),
@@ -358,7 +363,7 @@ def generation_problems(record: dict, scenario: Scenario, shapes=()) -> list[str
 
 def pair_id(scenario: Scenario) -> str:
     """The scenario's id without its cache setting: `P16-N32-B1-greedy` (the group of its cached/uncached twins)."""
-    return dataclasses.replace(scenario, use_cache=False, compile="auto").id.replace("-nocache", "")
+    return axes.pair_id(scenario.as_dict())
 
 
 def synchronize(device) -> None:

@@ -75,7 +75,7 @@ def run(
         ctx.meta["kvbench_resumed"] = True
         return run(ctx, **resumed_options(ctx, options))
     from ..inputs.decoding import ENGINES, float_list, top_k_list
-    from ..inputs.scenario import CACHE_IMPLEMENTATIONS, COMPILE_MODES, DECODINGS, grid
+    from ..inputs.scenario import COMPILE_MODES, DECODINGS, cache_list, grid
     from ..inputs.names import check_dtype_name, check_model_name
     from ..measuring.resume import MAX_REPEATS, ON_OOM
 
@@ -91,7 +91,9 @@ def run(
             raise UserError(f"{flag}: {value:,} is more than the {MAX_REPEATS:,} a scenario takes")
     if on_oom not in ON_OOM:
         raise UserError(f"--on-oom: {on_oom!r} is not one of {', '.join(ON_OOM)}")
-    implementations = choice_list("--cache-implementation", cache_implementation, CACHE_IMPLEMENTATIONS)
+    implementations, notes = cache_list("--cache-implementation", cache_implementation)
+    for note in notes:  # a deprecated name: measured as the implementation it builds
+        console.print(note, highlight=False, markup=False)
     compiles = choice_list("--compile", compile, COMPILE_MODES)
     if "on" in compiles and ("static" not in implementations or use_cache == "off"):
         raise UserError("--compile on: decode compiles only with the static cache (add --cache-implementation static)")

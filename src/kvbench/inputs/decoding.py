@@ -1,6 +1,6 @@
 """How a scenario chooses its tokens, and what decodes them: the sampling parameters (temperature, top-k, top-p)
-with their defaults, the engine (transformers' `generate`, or kvbench's plain-torch reference loop), their part of
-a scenario's id, and the decoding variants a grid expands to.
+with their defaults, the engine (transformers' `generate`, or kvbench's plain-torch reference loop), and the decoding
+variants a grid expands to (their part of a scenario's id is declared on Scenario: `kvbench.inputs.axes`).
 
 The defaults are what `kvbench run` sampled with before these became axes (temperature 1.0, top-k 50, top-p 1.0,
 the defaults of transformers' GenerationConfig), so ids and generate calls of existing scenarios are unchanged:
@@ -20,7 +20,7 @@ SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}
 ENGINES = ("generate", "reference")
 # What the reference loop decodes (kvbench.measuring.reference): no beam search, no static cache.
 REFERENCE_DECODINGS = ("greedy", "sample")
-REFERENCE_CACHES = ("dynamic", "none")
+REFERENCE_CACHES = ("dynamic", None)  # None: without the cache
 
 
 def _number(value) -> bool:
@@ -57,22 +57,6 @@ def check_decoding(scenario) -> None:
             raise UserError(f"the reference engine uses a dynamic cache or none, not {scenario.cache_implementation!r}")
 
 
-def decoding_label(scenario) -> str:
-    """The decoding part of an id: greedy, beam4, sample, sample-t0.5-k0-p0.9 (non-default parameters only)."""
-    if scenario.decoding == "beam":
-        return f"beam{scenario.num_beams}"
-    if scenario.decoding != "sample":
-        return scenario.decoding
-    marks = {"temperature": "t", "top_k": "k", "top_p": "p"}
-    parts = [f"{marks[name]}{getattr(scenario, name):g}" for name, default in SAMPLING_DEFAULTS.items()
-             if getattr(scenario, name) != default]
-    return "-".join(["sample", *parts])
-
-
-def engine_suffix(scenario) -> str:
-    return "" if scenario.engine == "generate" else f"-{scenario.engine}"
-
-
 def sampling_kwargs(scenario) -> dict:
     """temperature, top_k, top_p for generate (sampling only; empty otherwise)."""
     if scenario.decoding != "sample":
@@ -81,7 +65,7 @@ def sampling_kwargs(scenario) -> dict:
 
 
 def decoding_variants(decodings, num_beams=(4,), temperatures=(1.0,), top_ks=(50,), top_ps=(1.0,),
-                      engines=("generate",), cache_implementation: str = "dynamic") -> list[dict]:
+                      engines=("generate",), cache_implementation: str | None = "dynamic") -> list[dict]:
     """The decoding fields of every scenario a grid makes for one cache setting: beam counts expand beam search
     only, sampling parameters sampling only; the reference engine skips what it does not decode (beam search,
     the static cache) rather than failing the sweep."""

@@ -5,27 +5,28 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import warnings
 from dataclasses import dataclass
 
 from ..errors import UserError
-from .decoding import (
-    check_decoding,
-    decoding_label,
-    decoding_variants,
-    engine_suffix,
-    sampling_kwargs,
-)
+from . import axes
+from .axes import CACHE_ONLY, DECODING, INPUT, SIZE, SWITCH, axis
+from .decoding import SAMPLING_DEFAULTS, check_decoding, decoding_variants, sampling_kwargs
 from .lists import MAX_DIGITS, int_list, list_parts, shown  # noqa: F401 (int_list: part of this module's API)
 
 DECODINGS = ("greedy", "sample", "beam")
-# Every `cache_implementation` transformers 5.x's generate accepts (ALL_CACHE_IMPLEMENTATIONS of
-# generation/configuration_utils.py, plus "paged", which routes to continuous batching); tests/test_caches.py checks
-# the list against the installed transformers. The deprecated names build what their layer types say (5.24:
-# `sliding_window` and `hybrid_chunked` a StaticCache, `hybrid` a DynamicCache): records name the class built.
-# `dynamic_full` is 4.x's (and 5.0's): a DynamicCache without sliding layers; releases without it refuse it.
-CACHE_IMPLEMENTATIONS = ("dynamic", "static", "offloaded", "offloaded_static", "quantized", "paged",
-                         "sliding_window", "hybrid", "hybrid_chunked", "offloaded_hybrid", "offloaded_hybrid_chunked",
-                         "dynamic_full")
+# The values of the cache-implementation axis: every cache transformers 5.x's generate builds (its
+# STATIC_CACHE_IMPLEMENTATIONS and DYNAMIC_CACHE_IMPLEMENTATIONS), plus "paged", which routes to continuous batching;
+# tests/test_caches.py checks them against the installed transformers.
+CACHE_IMPLEMENTATIONS = ("dynamic", "static", "offloaded", "offloaded_static", "quantized", "paged")
+# Deprecated names transformers still accepts, and the implementation each builds (5.25: the static ones a
+# StaticCache, offloaded when named so; `hybrid` is unset, so a DynamicCache; 4.x's `dynamic_full` a DynamicCache
+# without sliding layers). Accepted as input, with a one-line note, and recorded as what they build: not values
+# of the axis.
+DEPRECATED_CACHES = {"sliding_window": "static", "hybrid": "dynamic", "hybrid_chunked": "static",
+                     "offloaded_hybrid": "offloaded_static", "offloaded_hybrid_chunked": "offloaded_static",
+                     "dynamic_full": "dynamic"}
+ACCEPTED_CACHES = CACHE_IMPLEMENTATIONS + tuple(DEPRECATED_CACHES)
 # The backends of the quantized cache, the bit widths each accepts, and transformers' defaults for the group-wise
 # ones (fp8 quantizes per tensor and takes no option: no bits to choose, no residual).
 QUANT_BACKENDS = {"quanto": (2, 4), "hqq": (1, 2, 3, 4, 8), "fp8": ()}
@@ -39,32 +40,51 @@ COMPILE_MODES = ("off", "on", "auto")
 class Scenario:
     """One generate call: exact prompt length, exactly `new_tokens` new tokens per sequence.
 
-    Without the cache (`use_cache=False`) the cache implementation is meaningless and is stored as "none".
+    Every field is an axis of a sweep, declared with its kind (`kvbench.inputs.axes`). Without the cache
+    (`use_cache=False`) the cache-only axes (implementation, compile, quantization) are meaningless and stored as
+    None. A deprecated cache name is taken as the implementation it builds (`DEPRECATED_CACHES`, with a warning).
     Beam search needs `num_beams >= 2`; greedy and sampling use one beam.
     `compile` applies to the static cache only (transformers compiles decode only with a cache of fixed shape):
-    other scenarios store "auto" (which for them never compiles), and "on" with them is refused.
+    other cached scenarios store "auto" (which for them never compiles), and "on" with them is refused.
     Sampling parameters and the engine:
     `kvbench.inputs.decoding` (None where decoding is not sampling; "reference" decodes with the plain-torch loop).
     The `quant_*` fields apply to `cache_implementation="quantized"` only (None elsewhere); left None there, they take
     transformers' defaults (quanto, 4 bits, a residual of 128 tokens; fp8 takes neither bits nor residual).
     """
 
-    prompt_len: int
-    new_tokens: int
-    batch_size: int = 1
-    use_cache: bool = True
-    cache_implementation: str = "dynamic"
-    decoding: str = "greedy"
-    num_beams: int = 1
-    seed: int = 0
-    compile: str = "auto"
-    temperature: float | None = None  # sampling only; None: 1.0
-    top_k: int | None = None  # sampling only; None: 50, 0: off
-    top_p: float | None = None  # sampling only; None: 1.0 (off)
-    engine: str = "generate"  # or "reference": kvbench.measuring.reference, no generate
-    quant_backend: str | None = None
-    quant_nbits: int | None = None
-    quant_residual_length: int | None = None
+    prompt_len: int = axis(SIZE, "P{}", short="P", doc="exactly this many prompt tokens (seeded random ids)")
+    new_tokens: int = axis(SIZE, "N{}", short="N", doc="exactly this many new tokens per sequence")
+    batch_size: int = axis(SIZE, "B{}", 1, short="B", doc="this many sequences")
+    use_cache: bool = axis(SWITCH, lambda on: "cache" if on else "nocache", True,
+                           doc="`true` or `false`: generate with the KV cache or without it")
+    cache_implementation: str | None = axis(
+        CACHE_ONLY, "{}", "dynamic", short="cache",
+        doc="the cache generate builds: `dynamic`, `static`, `offloaded`, `offloaded_static`, `quantized`, `paged` "
+            "(the deprecated names are accepted as input and recorded as the implementation they build)")
+    quant_backend: str | None = axis(CACHE_ONLY, "{}", None, short="quant",
+                                     doc="the quantized cache's backend: `quanto`, `hqq` or `fp8`")
+    quant_nbits: int | None = axis(CACHE_ONLY, "{}", None, glue="", short="bits",
+                                   doc="the quantized cache's bits (quanto, hqq; `null` for fp8)")
+    quant_residual_length: int | None = axis(
+        CACHE_ONLY, "R{}", None, omit=(QUANT_DEFAULTS["quant_residual_length"],), short="residual",
+        doc="tokens the quantized cache keeps at full precision (quanto, hqq; `null` for fp8)")
+    decoding: str = axis(DECODING, "{}", "greedy", doc="`greedy`, `sample` or `beam`")
+    num_beams: int = axis(DECODING, "{}", 1, glue="", omit=(1,), short="beams",
+                          doc="beams of beam search (≥ 2); 1 for greedy and sampling")
+    temperature: float | None = axis(DECODING, "t{:g}", None, omit=(SAMPLING_DEFAULTS["temperature"],),
+                                     short="temp", doc="sampling temperature (sampling only; default 1.0)")
+    top_k: int | None = axis(DECODING, "k{}", None, omit=(SAMPLING_DEFAULTS["top_k"],),
+                             doc="sampling's top-k (sampling only; default 50, 0: off)")
+    top_p: float | None = axis(DECODING, "p{:g}", None, omit=(SAMPLING_DEFAULTS["top_p"],),
+                               doc="sampling's top-p (sampling only; default 1.0: off)")
+    compile: str | None = axis(
+        CACHE_ONLY, "compile-{}", "auto", omit=("auto",),
+        doc="decode compiled: `off`, `on`, `auto` (transformers' choice: compiled on CUDA with the static cache); "
+            "`on` needs the static cache, other cached scenarios store `auto`")
+    engine: str = axis(DECODING, "{}", "generate", omit=("generate",),
+                       doc="`generate` (transformers') or `reference` (kvbench's plain-torch loop)")
+    seed: int = axis(INPUT, "seed{}", 0, omit=(0,),
+                     doc="seeds the prompt's token ids and the sampling (0 unless set in Python)")
 
     def __post_init__(self):
         for name in ("prompt_len", "new_tokens", "batch_size", "num_beams"):
@@ -81,22 +101,28 @@ class Scenario:
             raise UserError(f"beam decoding needs num_beams >= 2, got {self.num_beams}")
         if self.decoding != "beam" and self.num_beams != 1:
             raise UserError(f"num_beams={self.num_beams} needs decoding='beam', got {self.decoding!r}")
-        if not self.use_cache:
-            object.__setattr__(self, "cache_implementation", "none")
-        elif not isinstance(self.cache_implementation, str) or self.cache_implementation not in CACHE_IMPLEMENTATIONS:
-            raise UserError(
-                f"cache_implementation must be one of {', '.join(CACHE_IMPLEMENTATIONS)}, "
-                f"got {self.cache_implementation!r}"
-            )
+        if not self.use_cache:  # the cache-only axes are not applicable: None, whatever was given
+            for name in axes.names(CACHE_ONLY):
+                object.__setattr__(self, name, None)
+        else:
+            self._check_cache()
+        check_decoding(self)
+
+    def _check_cache(self) -> None:
+        impl = self.cache_implementation
+        if isinstance(impl, str) and impl in DEPRECATED_CACHES:
+            warnings.warn(DeprecatedCacheName(deprecation_note(impl)), stacklevel=4)
+            impl = builds(impl)
+            object.__setattr__(self, "cache_implementation", impl)
+        if not isinstance(impl, str) or impl not in CACHE_IMPLEMENTATIONS:
+            raise UserError(f"cache_implementation must be one of {', '.join(CACHE_IMPLEMENTATIONS)} (or a "
+                            f"deprecated name: {', '.join(DEPRECATED_CACHES)}), got {impl!r}")
         if self.compile not in COMPILE_MODES:
             raise UserError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
-        if self.cache_implementation != "static":
+        if impl != "static":
             if self.compile == "on":
-                raise UserError(
-                    f"compile='on' needs the static cache, got cache_implementation={self.cache_implementation!r}"
-                )
+                raise UserError(f"compile='on' needs the static cache, got cache_implementation={impl!r}")
             object.__setattr__(self, "compile", "auto")
-        check_decoding(self)
         self._check_quantization()
 
     def _check_quantization(self) -> None:
@@ -126,16 +152,8 @@ class Scenario:
 
     @property
     def id(self) -> str:
-        """A stable, readable name (used as pytest ids and to match scenarios across runs)."""
-        cache = f"cache-{self.cache_implementation}" if self.use_cache else "nocache"
-        if self.cache_implementation == "quantized":
-            cache += f"-{self.quant_backend}" + (f"{self.quant_nbits}" if self.quant_nbits else "")
-            if self.quant_residual_length not in (None, QUANT_DEFAULTS["quant_residual_length"]):
-                cache += f"-R{self.quant_residual_length}"
-        decoding = decoding_label(self)
-        compiled = "" if self.compile == "auto" else f"-compile-{self.compile}"
-        return (f"P{self.prompt_len}-N{self.new_tokens}-B{self.batch_size}-{cache}-{decoding}{compiled}"
-                f"{engine_suffix(self)}")
+        """A stable, readable name of every axis (`kvbench.inputs.axes.scenario_id`): pytest ids, resume, shards."""
+        return axes.scenario_id(self.as_dict())
 
     @property
     def total_len(self) -> int:
@@ -177,6 +195,33 @@ class Scenario:
         return config
 
 
+axes.register(Scenario)
+
+
+class DeprecatedCacheName(UserWarning):
+    """A deprecated cache name was given: the scenario uses the implementation it builds."""
+
+
+def builds(name: str) -> str:
+    """The implementation a deprecated name builds with the installed transformers (4.x built "hybrid" static)."""
+    from .. import compat
+
+    return "static" if name == "hybrid" and compat.hybrid_builds_static() else DEPRECATED_CACHES[name]
+
+
+def deprecation_note(name: str) -> str:
+    return (f"cache implementation {name!r} is deprecated in transformers: measured as {builds(name)!r}, "
+            "the cache it builds")
+
+
+def cache_list(option: str, text: str) -> tuple[list[str], list[str]]:
+    """Parse "dynamic,static" into cache implementations, deprecated names mapped to what they build (duplicates
+    dropped), and a one-line note for each deprecated name."""
+    names = choice_list(option, text, ACCEPTED_CACHES)
+    notes = [f"{option}: {deprecation_note(n)}" for n in dict.fromkeys(names) if n in DEPRECATED_CACHES]
+    return list(dict.fromkeys(builds(n) if n in DEPRECATED_CACHES else n for n in names)), notes
+
+
 def grid(
     prompt_lens,
     new_tokens,
@@ -204,7 +249,7 @@ def grid(
                                                      cache_implementations, compiles):
         comp = comp if uc and impl == "static" else "auto"
         quant = (quantization or {}) if uc and impl == "quantized" else {}
-        variants = decoding_variants(decodings, num_beams, temperatures, top_ks, top_ps, engines, impl if uc else "none")
+        variants = decoding_variants(decodings, num_beams, temperatures, top_ks, top_ps, engines, impl if uc else None)
         for dec in variants:
             seen.setdefault(Scenario(p, n, b, uc, impl, seed=seed, compile=comp, **dec, **quant), None)
     return list(seen)

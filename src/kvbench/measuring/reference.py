@@ -184,7 +184,7 @@ class ReferenceOutput:
 
 def reference_run(model, inputs: dict, scenario) -> ReferenceOutput:
     """A Scenario's generation through the reference loop (greedy or sampling, dynamic cache or none)."""
-    if scenario.decoding not in ("greedy", "sample") or scenario.cache_implementation not in ("dynamic", "none"):
+    if scenario.decoding not in ("greedy", "sample") or scenario.cache_implementation not in ("dynamic", None):
         raise UserError(f"{scenario.id}: the reference engine decodes greedy or sample with a dynamic cache or none")
     sample = scenario.decoding == "sample"
     last = None

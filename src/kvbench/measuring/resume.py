@@ -25,13 +25,16 @@ from contextlib import contextmanager
 from types import SimpleNamespace
 
 from ..errors import UserError
+from ..inputs import axes
 from ..inputs.scenario import Scenario
 
 DONE = ("ok", "oom", "skipped")  # statuses a resumed run does not measure again
 ON_OOM = ("continue", "skip-larger")
 MAX_REPEATS = 10_000  # timed repeats (and warm-ups) per scenario: more is a typo, not a measurement
-SIZES = ("prompt_len", "new_tokens", "batch_size")  # what makes one scenario larger than another
-COMPARED = ("model", "device", "dtype", "repeats", "warmup")  # run.json fields a resumed sweep must match
+# run.json fields a resumed sweep must match: what tells runs apart beyond the scenario, and the timing settings.
+# The scenarios themselves are compared by id (every axis, `kvbench.inputs.axes`); what makes one scenario larger
+# than another is its size axes.
+COMPARED = (*axes.RUN_FIELDS, "repeats", "warmup")
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -101,12 +104,13 @@ def split_done(records: list[dict], scenarios: list[Scenario], redo_skipped: boo
 
 
 def larger_than(scenario: Scenario, other: Scenario) -> bool:
-    """Whether `scenario` is `other` grown along the size axes: the same in every other field, at least as long a
-    prompt, as many new tokens and as large a batch, and larger in one of them."""
+    """Whether `scenario` is `other` grown along the size axes: the same on every other axis, at least as large on
+    every size axis (prompt, new tokens, batch), and larger on one of them."""
     mine, theirs = scenario.as_dict(), other.as_dict()
-    if any(mine[k] != theirs[k] for k in mine if k not in SIZES):
+    sizes = axes.names(axes.SIZE)
+    if any(mine[k] != theirs[k] for k in axes.names() if k not in sizes):
         return False
-    return mine != theirs and all(mine[k] >= theirs[k] for k in SIZES)
+    return mine != theirs and all(mine[k] >= theirs[k] for k in sizes)
 
 
 class OOMSkips:

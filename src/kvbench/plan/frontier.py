@@ -183,8 +183,8 @@ def cuda_probe(loaded, new_tokens: int, cache_implementation: str = "dynamic", n
     decoding = "beam" if num_beams > 1 else "greedy"
 
     def probe(batch_size: int, context_len: int) -> dict:
-        scenario = Scenario(context_len - new_tokens, new_tokens, batch_size, True, cache_implementation, decoding,
-                            num_beams)
+        scenario = Scenario(context_len - new_tokens, new_tokens, batch_size, True, cache_implementation,
+                            decoding=decoding, num_beams=num_beams)
         return measure(loaded, scenario, repeats=1, warmup=0)  # catches out-of-memory and frees memory
 
     return probe

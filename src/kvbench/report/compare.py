@@ -1,9 +1,9 @@
 """`kvbench compare BASE NEW... [--threshold 5%]`: the same scenarios across runs, as ratios new / base.
 
-Scenarios match on prompt length, new tokens, batch size, cache on/off, decoding and beams, and on model, device,
-dtype and cache implementation unless those are what tells the runs apart (one value per run, different between
-runs: two dtypes, two cache implementations). Latency and memory beyond the threshold are marked; a regression
-in a gated metric makes the command exit 1, so it can gate CI. By default the gate is the latency and the memory
+Scenarios match on every axis Scenario declares (`kvbench.inputs.axes`), and on model, device, dtype and the
+cache-only axes (cache implementation, compile, quantization) unless those are what tells the runs apart (one value
+per run, different between runs: two dtypes, two cache implementations). Latency and memory beyond the threshold
+are marked; a regression in a gated metric makes the command exit 1, so it can gate CI. By default the gate is the latency and the memory
 figures whose source is exact (the cache's bytes, allocated-bytes peaks on every device); the process's peak RSS moves with what
 the allocator and the OS happen to do, so it gates only when asked (`--gate peak_rss_delta_bytes`).
 """
@@ -15,12 +15,22 @@ import math
 import pandas as pd
 
 from ..errors import UserError
-from ..results.frame import DECODING_AXES, ok_rows, with_decoding_defaults
+from ..inputs import axes
+from ..results.frame import ok_rows, with_axis_defaults
 from .metrics import GATED, METRICS
 from .pages import fmt_ratio
 
-KEYS = ["prompt_len", "new_tokens", "batch_size", "use_cache", "decoding", "num_beams", *DECODING_AXES]
-RUN_LEVEL = ["model", "device", "dtype", "cache_implementation"]  # matched on unless they tell the runs apart
+
+
+def keys_always() -> list[str]:
+    """What scenarios always match on: every axis but the cache-only ones."""
+    return axes.names(axes.SIZE, axes.SWITCH, axes.DECODING, axes.INPUT)
+
+
+def run_level() -> list[str]:
+    """What scenarios match on unless it tells the runs apart: model, device, dtype, the cache-only axes."""
+    return [*axes.RUN_FIELDS, *axes.names(axes.CACHE_ONLY)]
+
 PEAKS = ("peak_allocated_delta_bytes", "peak_rss_delta_bytes")
 # Records that name their peak only as peak_memory_delta_bytes (older runs, other writers): its source says which.
 PEAK_SOURCES = {"torch.cuda.max_memory_allocated": "peak_allocated_delta_bytes",
@@ -71,10 +81,11 @@ def with_peaks_by_source(df: pd.DataFrame) -> pd.DataFrame:
 def run_level_fields(df: pd.DataFrame) -> dict[str, dict[str, str]]:
     """Fields with one value in each run that differ between runs: {field: {run: value}}."""
     out = {}
-    for field in RUN_LEVEL:
+    for field in run_level():
         if field not in df:
             continue
-        rows = df[df["use_cache"].astype(bool)] if field == "cache_implementation" and "use_cache" in df else df
+        cache_only = field not in axes.RUN_FIELDS and "use_cache" in df
+        rows = df[df["use_cache"].astype(bool)] if cache_only else df
         per_run = rows.groupby(rows["run"].astype(str), sort=False)[field].agg(lambda s: list(pd.unique(s.dropna())))
         if per_run.map(len).eq(1).all() and per_run.map(lambda v: str(v[0])).nunique() > 1:
             out[field] = {run: str(v[0]) for run, v in per_run.items()}
@@ -82,27 +93,29 @@ def run_level_fields(df: pd.DataFrame) -> dict[str, dict[str, str]]:
 
 
 def match_keys(ok: pd.DataFrame) -> list[str]:
-    """The columns scenarios are matched on: KEYS, and the run-level fields that do not tell the runs apart."""
+    """The columns scenarios are matched on: `keys_always`, and the run-level fields that do not tell the runs
+    apart."""
     compared = run_level_fields(ok)
-    return [k for k in KEYS + RUN_LEVEL if k in ok and k not in compared]
+    return [k for k in keys_always() + run_level() if k in ok and k not in compared]
 
 
 def scenario_label(rows: pd.DataFrame, keys: list[str]) -> pd.Series:
-    """A readable name from the match keys, like a scenario id: P16-N32-B1-cache-dynamic-greedy[-float16]."""
-    cached = rows["use_cache"].astype(bool)
-    cache = pd.Series("nocache", index=rows.index).where(~cached, "cache")
-    if "cache_implementation" in keys:
-        cache = cache.where(~cached, "cache-" + rows["cache_implementation"].astype(str))
-    decoding = rows["decoding"].astype(str) if "decoding" in keys else pd.Series("", index=rows.index)
-    if "num_beams" in keys:
-        beams = rows["num_beams"].fillna(1).astype(int)
-        decoding = decoding.where(beams <= 1, "beam" + beams.astype(str))
-    label = ("P" + rows["prompt_len"].astype(str) + "-N" + rows["new_tokens"].astype(str) + "-B"
-             + rows["batch_size"].astype(str) + "-" + cache + ("-" + decoding if "decoding" in keys else ""))
+    """A readable name from the match keys: the scenario id without the axes compared across the runs
+    (P16-N32-B1-cache-dynamic-greedy), and the model, device or dtype where they vary."""
+    leave_out = [name for name in axes.names() if name not in keys]
+    label = pd.Series([axes.scenario_id(rec, leave_out) for rec in rows.to_dict("records")], index=rows.index,
+                      dtype=object)
     for key in ["dtype", "device", "model"]:
         if key in keys and rows[key].nunique() > 1:
             label = label + "-" + rows[key].astype(str)
     return label
+
+
+def matched(base_rows: pd.DataFrame, new_rows: pd.DataFrame, keys: list[str], metrics: list[str]) -> pd.DataFrame:
+    """Each scenario of NEW beside the scenario of BASE equal to it on every key (null matches null: an uncached
+    row's cache-only axes), metrics suffixed _base and _new."""
+    cols = keys + metrics
+    return base_rows[cols].merge(new_rows[cols], on=keys, suffixes=("_base", "_new"))
 
 
 def compare_table(df: pd.DataFrame, base: str, news: list[str], threshold: float = 0.05,
@@ -110,18 +123,16 @@ def compare_table(df: pd.DataFrame, base: str, news: list[str], threshold: float
     """One row per scenario of each NEW run matched in BASE: each metric's base, new, ratio and verdict, and the
     scenario's verdict (regression if any gated metric regressed, else improvement if any improved)."""
     ok = ok_rows(df)
-    missing = [k for k in KEYS[:4] if k not in ok]
+    missing = [k for k in axes.names(axes.SIZE, axes.SWITCH) if k not in ok]
     if missing:
         raise UserError(f"cannot match scenarios: the records have no {', '.join(missing)}")
-    ok = with_decoding_defaults(with_peaks_by_source(ok.assign(use_cache=ok["use_cache"].astype(bool))))
+    ok = with_axis_defaults(with_peaks_by_source(ok.assign(use_cache=ok["use_cache"].astype(bool))))
     keys = match_keys(ok)
     metrics = [m for m in METRICS if m in ok and ok[m].notna().any()]
     base_rows = ok[ok["run"].astype(str) == base]
     frames = []
     for new in news:
-        new_rows = ok[ok["run"].astype(str) == new]
-        cols = keys + metrics
-        merged = base_rows[cols].merge(new_rows[cols], on=keys, suffixes=("_base", "_new"))
+        merged = matched(base_rows, ok[ok["run"].astype(str) == new], keys, metrics)
         if merged.empty:
             continue
         merged.insert(0, "scenario", scenario_label(merged, keys))
@@ -149,7 +160,7 @@ def compare_table(df: pd.DataFrame, base: str, news: list[str], threshold: float
     if not frames:
         raise UserError(f"no scenario of {', '.join(news)} matches one of {base} (matched on {', '.join(keys)})")
     table = pd.concat(frames, ignore_index=True)
-    order = ["base_run", "new_run", "scenario", *[k for k in keys if k not in KEYS]]
+    order = ["base_run", "new_run", "scenario", *[k for k in keys if k not in keys_always()]]
     for metric in metrics:
         order += [f"{metric}_base", f"{metric}_new", f"{metric}_ratio", f"{metric}_verdict"]
     return table[order + ["verdict", "regressed"]]
@@ -185,7 +196,7 @@ def unmatched(df: pd.DataFrame, base: str, news: list[str], table: pd.DataFrame)
     if "status" in df:
         for rec in df[df["status"].fillna("ok") != "ok"].to_dict("records"):
             lines.append(f"{rec['run']}: {rec.get('scenario_id') or '?'} did not run ({rec['status']})")
-    ok = ok_rows(df).assign(use_cache=lambda d: d["use_cache"].astype(bool))
+    ok = with_axis_defaults(ok_rows(df).assign(use_cache=lambda d: d["use_cache"].astype(bool)))
     keys = match_keys(ok)
 
     def labels(run):

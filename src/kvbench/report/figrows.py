@@ -6,11 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..results.frame import DECODING_AXES
+from ..inputs import axes
+from ..inputs.axes import RUN_FIELDS
 
-SCENARIO = ["run", "model", "dtype", "device", "scenario_id", "prompt_len", "new_tokens", "batch_size",
-            "use_cache", "cache_implementation", "decoding", "num_beams", *DECODING_AXES]
-VARIANT_FIELDS = ["run", "model", "dtype", "device", "decoding", "num_beams", *DECODING_AXES]
+# The columns that name a row's scenario (every axis Scenario declares), and what tells lines apart beyond a
+# figure's own axes: the run, and the decoding and input axes (figures add the cache-only ones where they draw
+# cached rows beside each other).
+SCENARIO = ["run", *RUN_FIELDS, "scenario_id", *axes.names()]
+VARIANT_FIELDS = ["run", *RUN_FIELDS, *axes.names(axes.DECODING, axes.INPUT)]
+CACHE_FIELDS = axes.names(axes.CACHE_ONLY)
 
 
 class NoData(ValueError):

@@ -7,7 +7,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..results.frame import ok_rows, with_spread
-from .figrows import SCENARIO, VARIANT_FIELDS, NoData, keep, need, variant
+from .figrows import CACHE_FIELDS, SCENARIO, VARIANT_FIELDS, NoData, keep, need, variant
 from .figstyle import (
     MARKERS,
     bytes_axis,
@@ -55,7 +55,7 @@ def plot_memory(df: pd.DataFrame) -> Figure:
     exact estimate and against the naive formula, and the allocated peak above baseline against its estimate.
     Right: each prediction over the measured KV-cache bytes (1 = exact)."""
     table = memory_table(df)
-    var = variant(table, VARIANT_FIELDS + ["cache_implementation"])
+    var = variant(table, VARIANT_FIELDS + CACHE_FIELDS)
     table = table.assign(variant=var if var is not None else "")
     series = [s for s in MEMORY_SERIES if s[1] in table and s[2] in table]
     colors = palette([s[0] for s in series], "deep")

@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..results.frame import SPREAD_LIMIT, ok_rows, speedups, with_spread
-from .figrows import SCENARIO, VARIANT_FIELDS, NoData, cache_label, keep, need, variant  # noqa: F401
+from .figrows import CACHE_FIELDS, SCENARIO, VARIANT_FIELDS, NoData, cache_label, keep, need, variant  # noqa: F401
 from .figstyle import (
     LINESTYLES,
     MARKERS,
@@ -63,7 +63,7 @@ def plot_speedup(df: pd.DataFrame) -> Figure:
     """Speedup (latency without cache / with cache) against prompt length; a panel per batch size,
     a colour per new-token count, a marker and line style per run or cache implementation where there are several."""
     table = speedup_table(df)
-    var = variant(table, VARIANT_FIELDS + ["cache_implementation"])
+    var = variant(table, VARIANT_FIELDS + CACHE_FIELDS)
     table = table.assign(variant=var if var is not None else "")
     batches, news, variants = ordered(table["batch_size"]), ordered(table["new_tokens"]), ordered(table["variant"])
     colors, markers, styles = palette(news, "viridis"), cycle(variants, MARKERS), cycle(variants, LINESTYLES)

@@ -1,10 +1,11 @@
 """The table `kvbench run` prints at the end: one row per scenario, what the cache buys (latency with and without
 it, the speedup) and what it costs (the bytes it held, beside the estimates).
 
-Only what tells the rows apart is a column: the axes of `results.frame.AXES` that vary in the run (those that do
-not are named once under the table). The numbers sit in the columns of the run's `--use-cache` choice: with the
-cache only, without it only ("without cache"), or both side by side with the speedup. Rows whose timed repeats lie
-further apart than `SPREAD_LIMIT` carry a `*` and a footnote. The table fits the console: columns that matter less
+Only what tells the rows apart is a column: the axes Scenario declares (`kvbench.inputs.axes`; the cache switch
+aside, which the columns show) that vary in the run (those that do not are named once under the table). The
+numbers sit in the columns of the run's `--use-cache` choice: with the cache only, without it only ("without
+cache"), or both side by side with the speedup. Rows whose timed repeats lie further apart than `SPREAD_LIMIT`
+carry a `*` and a footnote. The table fits the console: columns that matter less
 are left out (and named) until it does; `wide` keeps every column.
 """
 
@@ -12,12 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..results.frame import AXES, SPREAD_LIMIT, noisy, ok_rows, speedups, with_spread
+from ..inputs import axes
+from ..results.frame import SPREAD_LIMIT, noisy, ok_rows, speedups, with_spread
 from ..units import fmt_bytes, fmt_seconds
 
-# Column headers of the axes (an axis not named here is headed by its field name).
-SHORT = {"prompt_len": "P", "new_tokens": "N", "batch_size": "B", "cache_implementation": "cache",
-         "num_beams": "beams"}
 NOISY = "*"
 KEEP = 100  # priority of the columns never left out for width
 
@@ -66,10 +65,15 @@ def summary_rows(records: list[dict]):
     if df.empty:
         return df, "on"
     cached = df["use_cache"].astype(bool)
-    axes = [a for a in AXES if a in df]
     if cached.any() and (~cached).any():
         return speedups(df.assign(run="")), "both"
-    return df.sort_values(axes).reset_index(drop=True), "on" if cached.all() else "off"
+    names = [a for a in shown_axes() if a.name in df]
+    return df.sort_values([a.name for a in names]).reset_index(drop=True), "on" if cached.all() else "off"
+
+
+def shown_axes() -> list:
+    """The axes the table may show: every declared axis but the cache switch (the columns say with or without)."""
+    return [a for a in axes.declaration() if a.kind != axes.SWITCH]
 
 
 def summary_columns(records: list[dict], wide: bool = False) -> tuple[list[Column], list[str]]:
@@ -80,12 +84,12 @@ def summary_columns(records: list[dict], wide: bool = False) -> tuple[list[Colum
     recs = rows.to_dict("records")
     get = lambda key: [r.get(key) for r in recs]  # noqa: E731
     columns, constant = [], []
-    for axis in [a for a in AXES if a in rows]:
-        values = [_axis_text(v) for v in get(axis)]
+    for axis in [a for a in shown_axes() if a.name in rows]:
+        values = [_axis_text(v) for v in get(axis.name)]
         if len(set(values)) > 1 or wide:
-            columns.append(Column(SHORT.get(axis, axis), values))
-        else:
-            constant.append(f"{SHORT.get(axis, axis)}={values[0]}")
+            columns.append(Column(axis.header, values))
+        elif values[0] != "-":  # an axis that applies to no row (quantization without the quantized cache) is not named
+            constant.append(f"{axis.header}={values[0]}")
     on, off = mode in ("on", "both"), mode in ("off", "both")
     # with the cache: the row's own fields; without it: the twin's (*_nocache) in "both", the row's in "off"
     nc = "_nocache" if mode == "both" else ""

@@ -7,16 +7,12 @@ import statistics
 
 import pandas as pd
 
-# The axes a sweep varies, in the order tables show them. A new axis (a record field a `kvbench run` option sets)
-# is added here: the run summary shows it as a column where it varies, and cached rows pair with uncached ones on it.
-# The decoding parameters and the engine are axes too: sampling at two temperatures is two scenarios, and so is one
-# scenario decoded by generate and by the reference loop (kvbench.inputs.decoding).
-DECODING_AXES = ["temperature", "top_k", "top_p", "engine"]
-AXES = ["prompt_len", "new_tokens", "batch_size", "cache_implementation", "decoding", "num_beams", "compile",
-        *DECODING_AXES]
+from ..inputs import axes
+from ..inputs.axes import RUN_FIELDS
 
-# What identifies a scenario apart from the cache setting (uncached rows have cache_implementation "none").
-PAIR_KEYS = ["run", "model", "device", "dtype"] + [a for a in AXES if a != "cache_implementation"]
+# The axes a sweep varies are declared once, on Scenario (kvbench.inputs.axes): tables show them in that order,
+# and a cached row pairs with the uncached row that matches it on every axis but the cache switch and the
+# cache-only axes (`axes.pair_keys`), in the same run, model, device and dtype.
 
 
 # Repeats further apart than this, (max - min) / median, make a timing noisy (the report warns).
@@ -28,13 +24,36 @@ def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"].fillna("ok") == "ok"] if "status" in df else df
 
 
-def with_decoding_defaults(df: pd.DataFrame) -> pd.DataFrame:
-    """`df` with the decoding axes filled where records predate them: engine "generate", and sampling rows the
-    parameters they ran with (temperature 1.0, top-k 50, top-p 1.0)."""
+def pair_keys() -> list[str]:
+    """The columns a cached row and its uncached twin share."""
+    return ["run", *RUN_FIELDS, *axes.pair_keys()]
+
+
+def with_axes(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with the cache-only axes of uncached rows null, as records of schema 2 store them (schema 1 stored
+    cache_implementation "none" and compile "auto" there: a default that looked like a choice)."""
+    if "use_cache" not in df:
+        return df
+    out = df.copy()
+    uncached = ~out["use_cache"].astype(bool)
+    for name in axes.names(axes.CACHE_ONLY):
+        if name in out:
+            out[name] = out[name].astype(object).where(~uncached, None)
+    return out
+
+
+def with_axis_defaults(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with the axes filled where records predate them, with the values they ran with: engine "generate",
+    compile "auto" on cached rows, and sampling rows the parameters they sampled with (temperature 1.0, top-k 50,
+    top-p 1.0); the cache-only axes of uncached rows null (`with_axes`)."""
     from ..inputs.decoding import SAMPLING_DEFAULTS
 
-    out = df.copy()
+    out = with_axes(df)
     out["engine"] = out["engine"].fillna("generate") if "engine" in out else "generate"
+    if "use_cache" in out:
+        cached = out["use_cache"].astype(bool)
+        column = out["compile"] if "compile" in out else pd.Series(None, index=out.index, dtype=object)
+        out["compile"] = column.astype(object).where(~cached | column.notna(), "auto")
     sample = out["decoding"].astype(str) == "sample" if "decoding" in out else pd.Series(False, index=out.index)
     for name, default in SAMPLING_DEFAULTS.items():
         column = out[name] if name in out else pd.Series(None, index=out.index, dtype=object)
@@ -44,15 +63,16 @@ def with_decoding_defaults(df: pd.DataFrame) -> pd.DataFrame:
 
 def speedups(df: pd.DataFrame) -> pd.DataFrame:
     """One row per cached scenario that has an uncached twin: latencies, speedup, positions, KV bytes."""
-    ok = ok_rows(df)
-    keys = [k for k in PAIR_KEYS if k in ok.columns]
+    ok = with_axis_defaults(ok_rows(df)) if "decoding" in df else with_axes(ok_rows(df))
+    keys = [k for k in pair_keys() if k in ok.columns]
     cached = ok[ok["use_cache"].astype(bool)]
     uncached = ok[~ok["use_cache"].astype(bool)]
     cols = [c for c in ["total_s", "ttft_s", "decode_step_s", "positions_processed", "total_s_spread", "scenario_id"]
             if c in ok.columns]
     merged = cached.merge(uncached[keys + cols], on=keys, suffixes=("", "_nocache"), how="left")
     merged["speedup"] = merged["total_s_nocache"] / merged["total_s"]
-    return merged.sort_values(keys + ["cache_implementation"]).reset_index(drop=True)
+    order = keys + [name for name in axes.names(axes.CACHE_ONLY) if name in merged]
+    return merged.sort_values(order).reset_index(drop=True)
 
 
 def spread(repeats) -> float:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
-SCHEMA_VERSION = 1
+# 2: an uncached record stores its cache-only axes (cache_implementation, compile, quant_*) as null; 1 stored
+# cache_implementation "none" and compile "auto" there (read as 2 by `upgrade`).
+SCHEMA_VERSION = 2
 
 
 def json_safe(value):
@@ -41,6 +43,16 @@ def record_problem(row) -> str | None:
         return (f"written by a newer kvbench (schema_version {version}; this kvbench reads up to "
                 f"{SCHEMA_VERSION}): upgrade kvbench to read it")
     return None
+
+
+def upgrade(row: dict) -> dict:
+    """A record as this schema version holds it: an uncached record of schema 1 gets null cache-only axes."""
+    from ..inputs.axes import not_applicable
+
+    version = row.get("schema_version", SCHEMA_VERSION)
+    if isinstance(version, int) and version < 2 and row.get("use_cache") is False:
+        return not_applicable(row)
+    return row
 
 
 class PartialLineWarning(UserWarning):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import UserError
-from .schema import SCHEMA_VERSION, PartialLineWarning, json_safe, record_problem  # noqa: F401 - re-exported
+from .schema import SCHEMA_VERSION, PartialLineWarning, json_safe, record_problem, upgrade  # noqa: F401 - re-exported
 
 try:
     import fcntl
@@ -259,6 +259,7 @@ def load_records(path: str | Path) -> list[dict]:
         raise UserError(f"{path}: no such file or folder")
     else:
         raise UserError(f"{path}: not a run folder, records.jsonl or pytest-benchmark JSON file")
+    rows = [upgrade(row) for row in rows]  # older schemas read as this one
     for row in rows:
         row.setdefault("run", run)
     return rows
