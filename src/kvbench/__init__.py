@@ -27,6 +27,7 @@ _LAZY = {
     "param_count": ".estimate.weights",
     "weight_bytes_estimate": ".estimate.weights",
     "list_presets": ".inputs.configs",
+    "RunOptions": ".inputs.options",
     "Scenario": ".inputs.scenario",
     "grid": ".inputs.scenario",
     "cache_nbytes": ".measuring.cache_bytes",

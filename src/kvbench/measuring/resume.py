@@ -25,11 +25,10 @@ from contextlib import contextmanager
 from types import SimpleNamespace
 
 from ..errors import UserError
+from ..inputs.options import MAX_REPEATS, ON_OOM  # noqa: F401 - re-exported
 from ..inputs.scenario import Scenario
 
 DONE = ("ok", "oom", "skipped")  # statuses a resumed run does not measure again
-ON_OOM = ("continue", "skip-larger")
-MAX_REPEATS = 10_000  # timed repeats (and warm-ups) per scenario: more is a typo, not a measurement
 SIZES = ("prompt_len", "new_tokens", "batch_size")  # what makes one scenario larger than another
 COMPARED = ("model", "device", "dtype", "repeats", "warmup")  # run.json fields a resumed sweep must match
 
@@ -42,8 +41,9 @@ class SweepInterrupted(KeyboardInterrupt):
         self.done, self.total = done, total
 
 
-def check_sweep_args(scenarios, repeats, warmup, resume: bool, on_oom=None) -> list[Scenario] | None:
-    """run_sweep's arguments, each refused with a UserError (a ValueError) naming it; the scenarios as a list."""
+def check_sweep_args(scenarios, resume: bool) -> list[Scenario] | None:
+    """run_sweep's scenarios, refused with a UserError (a ValueError) naming what is wrong; as a list (the run
+    options check themselves: `kvbench.inputs.options.RunOptions`)."""
     if scenarios is None and not resume:
         raise UserError("scenarios: None is only allowed with resume=True (the run's own grid)")
     if scenarios is not None:
@@ -55,13 +55,6 @@ def check_sweep_args(scenarios, repeats, warmup, resume: bool, on_oom=None) -> l
         wrong = [s for s in scenarios if not isinstance(s, Scenario)]
         if wrong:
             raise UserError(f"scenarios must be kvbench.Scenario objects, got {wrong[0]!r}")
-    for name, value, least in (("repeats", repeats, 1), ("warmup", warmup, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise UserError(f"{name} must be an integer >= {least}, got {value!r}")
-        if value > MAX_REPEATS:
-            raise UserError(f"{name} must be at most {MAX_REPEATS:,} (per scenario), got {value:,}")
-    if on_oom is not None and on_oom not in ON_OOM:
-        raise UserError(f"on_oom must be one of {', '.join(ON_OOM)}, got {on_oom!r}")
     return scenarios
 
 
