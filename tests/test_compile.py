@@ -293,3 +293,43 @@ def test_plugin_records_compile_and_profile(pytester, tiny_config_file):
     assert extra["compile"] == "off" and extra["decode_compiled"] is False and extra["kv_cache_reused"] is True
     assert extra["profile_device"] == "cpu" and len(extra["decode_steps_device_s"]) == 3
     assert extra["kv_cache_bytes"] == extra["kv_cache_bytes_estimate"]
+
+
+# ---------------------------------------------------------------- every cache transformers compiles
+def test_compiled_caches_are_those_generate_compiles(tiny_loaded):
+    """compat.compiled_caches() against generate's own rule (`_valid_auto_compile_criteria`, the hardware check
+    passed by `_compile_all_devices`) on the cache each name really builds (kvbench once treated "static" alone like
+    static). In 5.x an explicit "hybrid" builds a DynamicCache (generate unsets it): not compiled."""
+    from transformers import GenerationConfig
+
+    from kvbench import compat
+    from kvbench.measuring.caches import installed_implementations
+
+    config = GenerationConfig()
+    config.compile_config = decode.forced_compile_config()
+    inputs = synthetic_inputs(tiny_loaded.config, 1, 4, "cpu")
+    compiles = {}
+    for name in installed_implementations():
+        if "offloaded" in name or name in ("paged", "quantized"):  # CUDA only; continuous batching; not a StaticCache
+            continue
+        out = tiny_loaded.model.generate(**inputs, max_new_tokens=2, cache_implementation=name,
+                                         return_dict_in_generate=True)
+        compiles[name] = compat.auto_compiles(tiny_loaded.model, config, compat.cache_from_output(out))
+    assert {name for name, yes in compiles.items() if yes} == set(compat.compiled_caches()) & set(compiles)
+    assert {"static", "offloaded_static", "sliding_window", "hybrid_chunked"} <= set(compat.compiled_caches())
+    assert ("hybrid" in compat.compiled_caches()) == compat.hybrid_builds_static()
+
+
+@pytest.mark.parametrize("name", ["sliding_window", "hybrid_chunked"])
+def test_a_deprecated_static_name_is_treated_like_static(monkeypatch, counting_backend, name):
+    """One cache reused by every generate, the compile setting kept (off honoured), a warm-up forced where decode
+    compiles, decode_compiled recorded: as for "static" (these once got a cache per generate and no warm-up)."""
+    assert Scenario(4, 2, cache_implementation=name, compile="off").generate_kwargs()["disable_compile"] is True
+    loaded = fresh_model()
+    seen = spy_generate(monkeypatch, loaded.model)
+    rec = kvbench.measure(loaded, Scenario(6, 4, cache_implementation=name, compile="on"), repeats=2, warmup=0)
+    assert len(seen) == 3 and len({id(cache) for cache, _ in seen}) == 1 and seen[0][0] is not None
+    assert rec["warmup_runs"] == 1 and rec["decode_compiled"] is True and rec["kv_cache_reused"] is True
+    assert len(counting_backend) == 1
+    eager = kvbench.measure(loaded, Scenario(6, 4, cache_implementation=name, compile="off"), repeats=1, warmup=0)
+    assert eager["decode_compiled"] is False and eager["scenario_id"].endswith("-compile-off")

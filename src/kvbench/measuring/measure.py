@@ -13,6 +13,7 @@ from .cache_bytes import cache_fields, cache_nbytes
 from .clock import Clock
 from .decode import (
     check_compile,
+    compiled_cache,
     compiled_graphs,
     generate_kwargs,
     may_compile,
@@ -155,7 +156,7 @@ def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, profil
         record.update(status="oom", error=oom)
         return record
     record.update(summary)
-    record.update(compile_record(warm, runs, graphs, scenario.use_cache and scenario.cache_implementation == "static"))
+    record.update(compile_record(warm, runs, graphs, compiled_cache(scenario)))
     record.update(profiled)
     record["tokens_per_s"] = record["generated_tokens"] * scenario.batch_size / record["total_s"]
     weight_bytes = loaded.weight_bytes
