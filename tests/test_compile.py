@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from bench_support import copy_bench, kv_args, strict_json
+from bench_support import copy_bench, kv_args, strict_json, transformers_imported  # noqa: F401
 from tiny_models import llama_config
 
 import kvbench
@@ -333,3 +333,24 @@ def test_a_deprecated_static_name_is_treated_like_static(monkeypatch, counting_b
     assert len(counting_backend) == 1
     eager = kvbench.measure(loaded, Scenario(6, 4, cache_implementation=name, compile="off"), repeats=1, warmup=0)
     assert eager["decode_compiled"] is False and eager["scenario_id"].endswith("-compile-off")
+
+
+@pytest.mark.usefixtures("transformers_imported")
+def test_plugin_never_times_compilation(pytester, tiny_config_file, counting_backend):
+    """--kv-warmup-rounds 0 with decode compiling: one warm-up round is run anyway (a line says so), and extra_info
+    comes from the 2 timed rounds themselves (it once came from one extra measure() after them, and round 1 timed
+    the compilation)."""
+    copy_bench(pytester, "test_bench_sweep")
+    result = pytester.runpytest(*kv_args(tiny_config_file, batch_size="1", rounds="2"), "--kv-use-cache=on",
+                                "--kv-cache-implementation=static", "--kv-compile=on", "--kv-warmup-rounds=0",
+                                "--benchmark-only", "--benchmark-json=out.json")
+    result.assert_outcomes(passed=1)
+    assert "decode compiles on cpu: 1 warm-up round (not timed)" in result.stdout.str()
+    (bench,) = strict_json(pytester.path / "out.json")["benchmarks"]
+    extra = bench["extra_info"]
+    assert extra["warmup_runs"] == 1 and extra["compile_s"] > 0 and extra["decode_compiled"] is True
+    assert extra["compile_graphs"] == 1 and extra["compile_graphs_timed"] == 0  # nothing compiled while timed
+    assert len(counting_backend) == 1
+    assert bench["stats"]["rounds"] == len(extra["ttft_s_repeats"]) == len(extra["decode_step_s_repeats"]) == 2
+    # the rounds pytest-benchmark timed are the ones summarized: each round's first token within its own time
+    assert all(ttft < total for ttft, total in zip(extra["ttft_s_repeats"], bench["stats"]["data"]))
