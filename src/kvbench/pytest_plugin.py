@@ -78,6 +78,13 @@ class KVSettings:
     profile_steps: bool = False
     on_oom: str = "continue"
 
+    def run_options(self):
+        """The run's settings as the one options object every way of running a sweep builds (`RunOptions`)."""
+        from .inputs.options import RunOptions
+
+        return RunOptions(repeats=self.rounds, warmup=self.warmup_rounds, profile_steps=self.profile_steps,
+                          on_oom=self.on_oom, device=self.device, dtype=self.dtype)
+
 
 def pytest_addoption(parser):
     group = parser.getgroup("kvbench", "kvbench (KV-cache benchmarks of transformers generate)")
@@ -200,7 +207,7 @@ def kv_model(kv_settings):
     from .measuring.models import load_model
 
     try:
-        return load_model(kv_settings.model, device=kv_settings.device, dtype=kv_settings.dtype)
+        return load_model(kv_settings.model, **kv_settings.run_options().load_kwargs())
     except UserError as exc:
         pytest.exit(f"kvbench: --kv-model {kv_settings.model}: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
 
@@ -238,11 +245,12 @@ def kv_benchmark(benchmark, kv_model, kv_settings, kv_oom_skips, request):
             raise
 
     def measured(scenario, rounds, warmup_rounds, check):
+        options = kv_settings.run_options()
         return benchmark_generate(
             benchmark, kv_model, scenario,
-            rounds=kv_settings.rounds if rounds is None else rounds,
-            warmup_rounds=kv_settings.warmup_rounds if warmup_rounds is None else warmup_rounds,
-            check=check, profile_steps=kv_settings.profile_steps, say=say,
+            rounds=options.repeats if rounds is None else rounds,
+            warmup_rounds=options.warmup if warmup_rounds is None else warmup_rounds,
+            check=check, profile_steps=options.profile_steps, say=say,
         )
 
     def say(line: str) -> None:  # on the terminal, beside pytest's own lines (not captured)
