@@ -7,8 +7,8 @@
   transformers compiles only the decode steps, never the prefill, and only with a static cache.
 * A scenario of a cache transformers compiles (`compat.compiled_caches`: static, offloaded_static and the deprecated
   names generate builds the same way) gets one `StaticCache`, built here as `generate` would build it (P+N-1
-  tokens, batch times beams inferred at its first update), passed to every generate of the scenario and reset before each: its
-  tensors keep their addresses, so CUDA graphs recorded in the warm-up replay in the timed repeats.
+  tokens, batch times beams inferred at its first update), passed to every generate of the scenario and reset
+  before each: its tensors keep their addresses, so CUDA graphs recorded in the warm-up replay in the timed repeats.
 """
 
 from __future__ import annotations
