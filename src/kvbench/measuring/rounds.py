@@ -51,11 +51,11 @@ def measure_in_rounds(loaded: LoadedModel, scenario: Scenario, timer, warmup_rou
         return (), inputs
 
     def target(**inputs):
+        if len(done) == warmup_rounds:
+            graphs.append(compiled_graphs())  # after the warm-up rounds, before the first timed one
         with torch.inference_mode():
             run = generate_once(loaded, scenario, inputs, clock, nvml, **call)
         synchronize(device)  # the round's wall clock stops after the device has finished
-        if len(done) == warmup_rounds:
-            graphs.append(compiled_graphs())  # after the warm-up rounds
         done.append(run)
 
     record = base_record(loaded, scenario) | environment(device)
