@@ -23,6 +23,8 @@ from kvbench.measuring.forwards import eager_probes, record_forwards
 from kvbench.measuring.models import synthetic_inputs
 
 pytest_plugins = ["pytester"]
+# the in-process pytester runs below need transformers and torch imported before the first of them
+pytestmark = pytest.mark.usefixtures("transformers_imported")
 
 
 # ---------------------------------------------------------------- the setting
@@ -335,7 +337,6 @@ def test_a_deprecated_static_name_is_treated_like_static(monkeypatch, counting_b
     assert eager["decode_compiled"] is False and eager["scenario_id"].endswith("-compile-off")
 
 
-@pytest.mark.usefixtures("transformers_imported")
 def test_plugin_never_times_compilation(pytester, tiny_config_file, counting_backend):
     """--kv-warmup-rounds 0 with decode compiling: one warm-up round is run anyway (a line says so), and extra_info
     comes from the 2 timed rounds themselves (it once came from one extra measure() after them, and round 1 timed
