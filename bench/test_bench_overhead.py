@@ -13,7 +13,7 @@ import torch
 
 from kvbench import Scenario, measure
 from kvbench.measuring.models import synthetic_inputs
-from kvbench.pytest_plugin import synchronize
+from kvbench.measuring.rounds import synchronize
 
 SCENARIOS = [Scenario(64, 32, 1, use_cache=True), Scenario(64, 32, 1, use_cache=False), Scenario(256, 32, 4)]
 

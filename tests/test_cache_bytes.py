@@ -211,17 +211,19 @@ def test_offloaded_split_by_device():
         layers = layer_bytes(config, **kw)
         return estimate_kv_cache_bytes_by_device(config, device="cuda:0", **kw), layers
 
+    # by hand, float16 (2 bytes), keys and values, 2 KV heads, P + N - 1 = 14 tokens: head_dim 32 (llama, mistral),
+    # 24 (gemma2); a static sliding layer holds the window (8 tokens)
     (devices, layers) = split("llama", "offloaded")
-    assert devices == {"cuda0": layers[0], "cpu": layers[1]}
+    assert devices == {"cuda0": 2 * 2 * 32 * 14 * 2, "cpu": 2 * 2 * 32 * 14 * 2}
     devices, layers = split("gemma2", "offloaded_static")  # layer 0 slides (stays), layer 1 alone offloaded
-    assert devices == {"cuda0": layers[0], "cpu": layers[1]}
+    assert devices == {"cuda0": 2 * 2 * 24 * 8 * 2, "cpu": 2 * 2 * 24 * 14 * 2}
     devices, layers = split("gemma2", "offloaded")  # both offloadable: the first comes back
-    assert devices == {"cuda0": layers[0], "cpu": layers[1]}
+    assert devices == {"cuda0": layers[0], "cpu": 2 * 2 * 24 * 14 * 2}
     if not compat.hybrid_state_on_every_layer():  # 4.x: Jamba is not estimated (test_kvcache.py)
         devices, layers = split("jamba", "offloaded")  # Mamba layers (0, 2) stay; attention 1 back, 3 on the host
         assert devices == {"cuda0": layers[0] + layers[1] + layers[2], "cpu": layers[3]}
     devices, layers = split("mistral", "offloaded_static")  # every layer slides: nothing leaves the GPU
-    assert devices == {"cuda0": sum(layers)}
+    assert devices == {"cuda0": 2 * (2 * 2 * 32 * 8 * 2)}
 
 
 @pytest.mark.parametrize("impl", ["dynamic", "static"])

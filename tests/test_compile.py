@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from bench_support import copy_bench, kv_args, strict_json
+from bench_support import copy_bench, kv_args, strict_json, transformers_imported  # noqa: F401
 from tiny_models import llama_config
 
 import kvbench
@@ -23,6 +23,8 @@ from kvbench.measuring.forwards import eager_probes, record_forwards
 from kvbench.measuring.models import synthetic_inputs
 
 pytest_plugins = ["pytester"]
+# the in-process pytester runs below need transformers and torch imported before the first of them
+pytestmark = pytest.mark.usefixtures("transformers_imported")
 
 
 # ---------------------------------------------------------------- the setting
@@ -38,7 +40,7 @@ def test_compile_setting_ids_and_dict():
 
 def test_compile_applies_to_the_static_cache_only():
     assert Scenario(4, 2, compile="off").compile == "auto"  # dynamic: transformers never compiles it
-    assert Scenario(4, 2, use_cache=False, compile="off").compile == "auto"
+    assert Scenario(4, 2, use_cache=False, compile="off").compile is None  # not applicable without the cache
     with pytest.raises(UserError, match="compile='on' needs the static cache"):
         Scenario(4, 2, compile="on")
     with pytest.raises(UserError, match="'eager'"):
@@ -295,3 +297,64 @@ def test_plugin_records_compile_and_profile(pytester, tiny_config_file):
     assert extra["compile"] == "off" and extra["decode_compiled"] is False and extra["kv_cache_reused"] is True
     assert extra["profile_device"] == "cpu" and len(extra["decode_steps_device_s"]) == 3
     assert extra["kv_cache_bytes"] == extra["kv_cache_bytes_estimate"]
+
+
+# ---------------------------------------------------------------- every cache transformers compiles
+def test_compiled_caches_are_those_generate_compiles(tiny_loaded):
+    """compat.compiled_caches() against generate's own rule (`_valid_auto_compile_criteria`, the hardware check
+    passed by `_compile_all_devices`) on the cache each name really builds (kvbench once treated "static" alone like
+    static). In 5.x an explicit "hybrid" builds a DynamicCache (generate unsets it): not compiled."""
+    from transformers import GenerationConfig
+
+    from kvbench import compat
+    from kvbench.measuring.caches import installed_implementations
+
+    config = GenerationConfig()
+    config.compile_config = decode.forced_compile_config()
+    inputs = synthetic_inputs(tiny_loaded.config, 1, 4, "cpu")
+    compiles = {}
+    for name in installed_implementations():
+        if "offloaded" in name or name in ("paged", "quantized"):  # CUDA only; continuous batching; not a StaticCache
+            continue
+        out = tiny_loaded.model.generate(**inputs, max_new_tokens=2, cache_implementation=name,
+                                         return_dict_in_generate=True)
+        compiles[name] = compat.auto_compiles(tiny_loaded.model, config, compat.cache_from_output(out))
+    assert {name for name, yes in compiles.items() if yes} == set(compat.compiled_caches()) & set(compiles)
+    assert {"static", "offloaded_static", "sliding_window", "hybrid_chunked"} <= set(compat.compiled_caches())
+    assert ("hybrid" in compat.compiled_caches()) == compat.hybrid_builds_static()
+
+
+@pytest.mark.parametrize("name", ["sliding_window", "hybrid_chunked"])
+def test_a_deprecated_static_name_is_treated_like_static(monkeypatch, counting_backend, name):
+    """One cache reused by every generate, the compile setting kept (off honoured), a warm-up forced where decode
+    compiles, decode_compiled recorded: as for "static" (these once got a cache per generate and no warm-up)."""
+    assert Scenario(4, 2, cache_implementation=name, compile="off").generate_kwargs()["disable_compile"] is True
+    loaded = fresh_model()
+    seen = spy_generate(monkeypatch, loaded.model)
+    rec = kvbench.measure(loaded, Scenario(6, 4, cache_implementation=name, compile="on"), repeats=2, warmup=0)
+    # the warm-up, 2 timed repeats and the untimed allocation pass: one cache for all
+    assert len(seen) == 4 and len({id(cache) for cache, _ in seen}) == 1 and seen[0][0] is not None
+    assert rec["warmup_runs"] == 1 and rec["decode_compiled"] is True and rec["kv_cache_reused"] is True
+    assert len(counting_backend) == 1
+    eager = kvbench.measure(loaded, Scenario(6, 4, cache_implementation=name, compile="off"), repeats=1, warmup=0)
+    assert eager["decode_compiled"] is False and eager["scenario_id"].endswith("-compile-off")
+
+
+def test_plugin_never_times_compilation(pytester, tiny_config_file, counting_backend):
+    """--kv-warmup-rounds 0 with decode compiling: one warm-up round is run anyway (a line says so), and extra_info
+    comes from the 2 timed rounds themselves (it once came from one extra measure() after them, and round 1 timed
+    the compilation)."""
+    copy_bench(pytester, "test_bench_sweep")
+    result = pytester.runpytest(*kv_args(tiny_config_file, batch_size="1", rounds="2"), "--kv-use-cache=on",
+                                "--kv-cache-implementation=static", "--kv-compile=on", "--kv-warmup-rounds=0",
+                                "--benchmark-only", "--benchmark-json=out.json")
+    result.assert_outcomes(passed=1)
+    assert "decode compiles on cpu: 1 warm-up round (not timed)" in result.stdout.str()
+    (bench,) = strict_json(pytester.path / "out.json")["benchmarks"]
+    extra = bench["extra_info"]
+    assert extra["warmup_runs"] == 1 and extra["compile_s"] > 0 and extra["decode_compiled"] is True
+    assert extra["compile_graphs"] == 1 and extra["compile_graphs_timed"] == 0  # nothing compiled while timed
+    assert len(counting_backend) == 1
+    assert bench["stats"]["rounds"] == len(extra["ttft_s_repeats"]) == len(extra["decode_step_s_repeats"]) == 2
+    # the rounds pytest-benchmark timed are the ones summarized: each round's first token within its own time
+    assert all(ttft < total for ttft, total in zip(extra["ttft_s_repeats"], bench["stats"]["data"]))

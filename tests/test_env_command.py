@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ctypes.util
+import os
+import shutil
+import subprocess
 import importlib.metadata
 import json
 import platform
@@ -107,3 +110,20 @@ def test_extras_are_those_whose_packages_are_all_installed(monkeypatch):
 
     monkeypatch.setattr(importlib.metadata, "requires", not_installed)
     assert env_module._extras() is None  # a source tree never installed: unknown, not "none"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or shutil.which("taskset") is None
+                    or shutil.which("nproc") is None, reason="needs Linux's taskset and nproc")
+def test_cpu_count_is_the_machines_and_torch_threads_a_field_of_their_own():
+    """env_cpu_count is the CPUs the process may use (what `nproc` says, the affinity mask under taskset), not
+    torch's thread count: OMP_NUM_THREADS=1 on a many-core machine once recorded a 1-CPU machine."""
+    code = ("import json, torch; from kvbench.measuring.environment import environment; e = environment('cpu'); "
+            "print(json.dumps([e['env_cpu_count'], e['env_torch_threads']]))")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nproc = int(subprocess.run(["nproc"], capture_output=True, text=True, env={"PATH": os.environ["PATH"]},
+                               check=True).stdout)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert json.loads(out) == [nproc, 1]
+    pinned = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**env, "OMP_NUM_THREADS": "1"}, check=True).stdout
+    assert json.loads(pinned)[0] == 1

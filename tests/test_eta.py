@@ -42,8 +42,15 @@ def test_finished_scenarios_rescale_what_is_left():
 
 
 def test_probe_times_the_model_itself(tiny_loaded):
-    per_call, per_position = probe_rates(tiny_loaded, 32)
-    assert per_call > 0 and per_position >= 0
+    """A model whose forward costs 200 ms a call plus 10 ms a position (slept, by hand): the probe reads those rates."""
+    import dataclasses
+    import time
+
+    def forward(input_ids, **kwargs):
+        time.sleep(0.200 + 0.010 * input_ids.shape[1])
+
+    per_call, per_position = probe_rates(dataclasses.replace(tiny_loaded, model=forward), 32)
+    assert per_call == pytest.approx(0.200, rel=0.3) and per_position == pytest.approx(0.010, rel=0.3)
     est = SweepEstimate.probe(tiny_loaded, SCENARIOS, repeats=2, warmup=1)
     assert est.remaining_s() > 0 and est.measured_s == []
 

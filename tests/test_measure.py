@@ -80,6 +80,16 @@ def test_prompt_beyond_context_is_refused(tiny_loaded):
 
 def test_environment_block(tiny_loaded):
     rec = kvbench.measure(tiny_loaded, kvbench.Scenario(4, 2), repeats=1, warmup=0)
-    for key in ("env_kvbench", "env_torch", "env_transformers", "env_python", "env_device_name", "env_cpu"):
-        assert rec[key], key
+    import platform
+    import sys
+
+    import transformers
+
+    assert (rec["env_kvbench"], rec["env_torch"], rec["env_transformers"], rec["env_python"]) == (
+        kvbench.__version__, torch.__version__, transformers.__version__, platform.python_version())
+    if sys.platform.startswith("linux"):  # the CPU's model name as the kernel reports it
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo", encoding="utf-8")
+                 if line.startswith("model name")]
+        if names:
+            assert rec["env_cpu"] == rec["env_device_name"] == names[0]
     assert rec["peak_memory_source"]

@@ -76,7 +76,7 @@ def fake_pynvml(uuids=(f"GPU-{UUID}",), init_error=None, v2="yes", total=150 * G
         nvml.nvmlDeviceGetMemoryInfo, nvml.nvmlMemory_v2 = memory_v2, 0x02000028
     nvml.nvmlSystemGetDriverVersion = lambda: b"580.95.05"
     nvml.nvmlDeviceGetMaxClockInfo = lambda handle, clock: 3201 if clock == nvml.NVML_CLOCK_MEM else 1980
-    nvml.nvmlDeviceGetMemoryBusWidth = lambda handle: 5120
+    nvml.nvmlDeviceGetMemoryBusWidth = lambda handle: 6144  # the H200's HBM3e: 6 stacks x 1024 bits
     return nvml
 
 
@@ -147,8 +147,11 @@ def test_no_library_and_no_cuda_device(cuda, monkeypatch):
 def test_gpu_info_driver_total_and_bandwidth(cuda):
     cuda(fake_pynvml())
     info = nvml_gpu_info(DEVICE)
+    bandwidth = info.pop("gpu_bandwidth_gbps")
     assert info == {"nvml": "ok", "gpu_memory_bytes": 150 * GiB, "memory_source": MEMORY_SOURCES[2],
-                    "driver": "580.95.05", "gpu_bandwidth_gbps": 2 * 3201e6 * 5120 / 8 / 1e9}
+                    "driver": "580.95.05"}
+    # NVIDIA's datasheet: 4.8 TB/s for the H200 SXM; NVML's clock x bus width lands within 3 % of it
+    assert bandwidth == pytest.approx(4800, rel=0.03) and round(bandwidth, 1) == 4917.2
 
 
 def test_environment_names_torch_total_and_nvml_total(cuda):
@@ -157,7 +160,7 @@ def test_environment_names_torch_total_and_nvml_total(cuda):
     assert env["env_gpu_memory_bytes"] == Props.total_memory  # torch's figure
     assert env["env_gpu_memory_nvml_bytes"] == 150 * GiB  # the driver's, beside it
     assert env["env_nvml"] == "ok" and env["env_driver"] == "580.95.05"
-    assert env["env_gpu_bandwidth_gbps"] == 4097.3
+    assert env["env_gpu_bandwidth_gbps"] == 4917.2  # 2 x 3201 MHz x 6144 bits / 8
     assert env["env_gpu_bandwidth_source"].startswith("NVML")
 
 

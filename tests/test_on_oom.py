@@ -148,7 +148,6 @@ def test_cli_skip_larger_prints_the_skipped_and_resume_with_continue_measures_th
 
 @pytest.mark.parametrize("extra, named", [
     (["--on-oom", "skip"], "--on-oom: 'skip' is not one of continue, skip-larger"),
-    (["--on-oom", "skip-larger", "--executor", "ray"], "--on-oom skip-larger: Ray workers"),
 ])
 def test_cli_refuses_an_on_oom_it_cannot_do(extra, named, tmp_path, capsys):
     assert main(["run", "--out", str(tmp_path / "never"), *extra]) == 2

@@ -104,3 +104,17 @@ def test_what_continuous_batching_cannot_run_is_refused(arch, kwargs, named):
     with pytest.raises(UserError, match=named):
         caches.check_cache(_loaded(arch), Scenario(8, 3, cache_implementation="paged", **kwargs))
 
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(0.5, 7, 0.9), (1.7, 0, 1.0)])
+def test_paged_samples_with_the_scenarios_settings(temperature, top_k, top_p):
+    """Continuous batching samples at the scenario's temperature, top-k and top-p (it once sampled at 1.0/50/1.0
+    whatever the scenario said, under a record labelled with the scenario's values)."""
+    config, model = build("llama")
+    scenario = Scenario(4, 2, 1, cache_implementation="paged", decoding="sample", temperature=temperature,
+                        top_k=top_k, top_p=top_p)
+    generation, _ = paged_configs(model, scenario)
+    assert generation.do_sample is True
+    assert (generation.temperature, generation.top_k, generation.top_p) == (temperature, top_k, top_p)
+    greedy, _ = paged_configs(model, Scenario(4, 2, 1, cache_implementation="paged"))
+    assert greedy.do_sample is False

@@ -20,11 +20,11 @@ def test_profiled_record_on_the_cpu(tiny_loaded):
     assert len(steps) == N - 1 and all(s > 0 for s in steps)
     assert rec["decode_step_device_s"] == statistics.median(steps)
     assert 0 < rec["decode_step_device_s"] <= rec["decode_step_profiled_s"]  # operators run inside the step
-    assert rec["decode_device_busy_fraction"] == pytest.approx(rec["decode_step_device_s"] / rec["decode_step_s"])
-    assert rec["achieved_bandwidth_device_gbps"] == pytest.approx(
-        rec["decode_bytes_per_step_estimate"] / rec["decode_step_device_s"] / 1e9)
-    assert rec["achieved_bandwidth_gbps"] == pytest.approx(
-        rec["decode_bytes_per_step_estimate"] / rec["decode_step_s"] / 1e9)
+    assert rec["decode_device_busy_fraction"] > 0
+    # a decode step reads every weight: the bytes behind each bandwidth are at least the parameters torch holds
+    weights = sum(p.numel() * p.element_size() for p in tiny_loaded.model.parameters())
+    assert rec["achieved_bandwidth_device_gbps"] * 1e9 * rec["decode_step_device_s"] >= weights
+    assert rec["achieved_bandwidth_gbps"] * 1e9 * rec["decode_step_s"] >= weights
     # the profiled generate is not one of the timed repeats
     assert rec["repeats"] == 2 and len(rec["total_s_repeats"]) == 2 and rec["forward_calls"] == N
     json.dumps(rec, allow_nan=False)

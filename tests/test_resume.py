@@ -48,10 +48,34 @@ def test_resume_measures_only_what_is_missing_after_a_kill(tiny_loaded, tmp_path
     assert counted == [s.id for s in GRID[2:]]
     assert ids(run) == [s.id for s in GRID] == [r["scenario_id"] for r in records]
     info = json.loads((run / "run.json").read_text())
-    assert len(info["resumed_utc"]) == 1 and info["grid"] == [s.as_dict() for s in GRID]
+    assert len(info["invocations"]) == 2 and info["grid"] == [s.as_dict() for s in GRID]
     counted.clear()
     kvbench.run_sweep(tiny_loaded, GRID, run, repeats=1, warmup=0, resume=True)  # nothing left: nothing runs
     assert counted == [] and ids(run) == [s.id for s in GRID]
+
+
+def test_a_resumed_run_keeps_the_environment_of_every_invocation(tiny_loaded, tmp_path):
+    """run.json lists each invocation that wrote to the run, with its own environment and what it measured; the
+    first invocation's environment is not overwritten by the resumed one's (torch's thread count tells them apart)."""
+    import torch
+
+    run, threads = tmp_path / "run", torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        kvbench.run_sweep(tiny_loaded, GRID, run, repeats=1, warmup=0)
+        lines = (run / "records.jsonl").read_text().splitlines(keepends=True)
+        (run / "records.jsonl").write_text("".join(lines[:1]))  # killed after the first scenario
+        torch.set_num_threads(2)
+        kvbench.run_sweep(tiny_loaded, None, run, repeats=1, warmup=0, resume=True)
+    finally:
+        torch.set_num_threads(threads)
+    info = json.loads((run / "run.json").read_text())
+    first, resumed = info["invocations"]
+    assert [first["environment"]["env_torch_threads"], resumed["environment"]["env_torch_threads"]] == [1, 2]
+    assert info["env_torch_threads"] == 1  # the top of run.json stays the first invocation's
+    assert first["measured"] == [s.id for s in GRID] and resumed["measured"] == [s.id for s in GRID[1:]]
+    assert first["started_utc"] == info["started_utc"] <= resumed["started_utc"] <= resumed["finished_utc"]
+    assert first["environment"]["env_torch"] == resumed["environment"]["env_torch"] == torch.__version__
 
 
 def test_resume_measures_error_records_again_and_keeps_one_record_each(tiny_loaded, tmp_path, monkeypatch):

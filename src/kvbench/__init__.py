@@ -28,6 +28,7 @@ _LAZY = {
     "weight_bytes_estimate": ".estimate.weights",
     "list_presets": ".inputs.configs",
     "model_config": ".inputs.configs",
+    "RunOptions": ".inputs.options",
     "Scenario": ".inputs.scenario",
     "grid": ".inputs.scenario",
     "cache_nbytes": ".measuring.cache_bytes",

@@ -217,3 +217,56 @@ def paged_grad_mode() -> Any:
     loop = getattr(ContinuousBatchingManager, "_run_generation_loop", None)
     takes = loop is not None and "use_inference_mode" in inspect.signature(loop).parameters
     return torch.inference_mode() if takes else torch.no_grad()
+
+
+@lru_cache(maxsize=1)
+def compiled_caches() -> tuple[str, ...]:
+    """The cache implementations whose cache `generate` builds compileable, and so compiles the decode of by itself
+    on CUDA: transformers' `ALL_STATIC_CACHE_IMPLEMENTATIONS` (static and offloaded_static, and the deprecated names
+    sliding_window, hybrid, hybrid_chunked, offloaded_hybrid, offloaded_hybrid_chunked, which build a StaticCache),
+    less "hybrid" from 5.0, where generate unsets an explicit "hybrid" and builds a DynamicCache
+    (`hybrid_builds_static`). kvbench treats each like static: one cache a scenario, a forced warm-up, the compile
+    setting honoured (tests/test_compile.py checks the list against `generate`'s own rule).
+
+    Read from the installed transformers without importing it where it is not imported yet (its
+    generation/configuration_utils.py, parsed; the version from its metadata), so a grid can be built before torch
+    loads."""
+    import ast
+    import importlib.metadata
+    import importlib.util
+    import sys
+
+    major = int(importlib.metadata.version("transformers").split(".")[0])
+    unset = () if major < 5 else ("hybrid",)  # hybrid_builds_static(), read without importing transformers
+    module = sys.modules.get("transformers.generation.configuration_utils")
+    if module is not None and hasattr(module, "ALL_STATIC_CACHE_IMPLEMENTATIONS"):
+        return tuple(n for n in module.ALL_STATIC_CACHE_IMPLEMENTATIONS if n not in unset)
+    spec = importlib.util.find_spec("transformers")
+    folder = spec and spec.submodule_search_locations and spec.submodule_search_locations[0]
+    names: dict[str, tuple] = {}
+    try:
+        with open(f"{folder}/generation/configuration_utils.py", encoding="utf-8") as file:
+            tree = ast.parse(file.read())
+    except (OSError, TypeError, SyntaxError):
+        tree = ast.Module(body=[], type_ignores=[])
+    for node in tree.body:  # NAME = ("a", "b") and NAME = A + B, in order
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                names[node.targets[0].id] = _tuple_of(node.value, names)
+            except (ValueError, KeyError):
+                continue
+    return tuple(n for n in names.get("ALL_STATIC_CACHE_IMPLEMENTATIONS") or ("static",) if n not in unset)
+
+
+def _tuple_of(node, names: dict) -> tuple:
+    """A tuple of strings, or a sum of names of such tuples (what `compiled_caches` reads)."""
+    import ast
+
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        return _tuple_of(node.left, names) + _tuple_of(node.right, names)
+    if isinstance(node, ast.Name):
+        return names[node.id]
+    value = ast.literal_eval(node)
+    if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+        raise ValueError("not a tuple of names")
+    return value

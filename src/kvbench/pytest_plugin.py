@@ -6,9 +6,11 @@ A suite in a few lines:
     def test_generate(kv_benchmark, kv_scenario):   # one test per scenario of the --kv-grid
         kv_benchmark(kv_scenario)
 
-Timing belongs to pytest-benchmark: the timed target is `model.generate` alone -- or the reference loop for
-scenarios of engine "reference" -- (pedantic rounds, inputs made in setup, a CUDA synchronize closing each round). Everything else in the benchmark's `extra_info` is kvbench's record of
-the same scenario, from `kvbench.measure(..., repeats=1, warmup=0)` run after the timed rounds.
+Timing belongs to pytest-benchmark: each timed round is one `generate` -- or the reference loop for scenarios of
+engine "reference" -- under kvbench's instruments, as `kvbench run` times its repeats (pedantic rounds, inputs made
+and the static cache reset in setup, a CUDA synchronize closing each round); where decode compiles, at least one
+warm-up round runs first. The benchmark's `extra_info` is kvbench's record of the same scenario, summarized from
+those timed rounds themselves (no extra generate after them).
 """
 
 from __future__ import annotations
@@ -78,6 +80,13 @@ class KVSettings:
     warmup_rounds: int
     profile_steps: bool = False
     on_oom: str = "continue"
+
+    def run_options(self):
+        """The run's settings as the one options object every way of running a sweep builds (`RunOptions`)."""
+        from .inputs.options import RunOptions
+
+        return RunOptions(repeats=self.rounds, warmup=self.warmup_rounds, profile_steps=self.profile_steps,
+                          on_oom=self.on_oom, device=self.device, dtype=self.dtype)
 
 
 def pytest_addoption(parser):
@@ -207,7 +216,7 @@ def kv_model(kv_settings):
     from .measuring.models import load_model
 
     try:
-        return load_model(kv_settings.model, device=kv_settings.device, dtype=kv_settings.dtype)
+        return load_model(kv_settings.model, **kv_settings.run_options().load_kwargs())
     except UserError as exc:
         pytest.exit(f"kvbench: --kv-model {kv_settings.model}: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
 
@@ -228,7 +237,7 @@ def kv_oom_skips(kv_settings):
 
 
 @pytest.fixture
-def kv_benchmark(benchmark, kv_model, kv_settings, kv_oom_skips):
+def kv_benchmark(benchmark, kv_model, kv_settings, kv_oom_skips, request):
     """`kv_benchmark(scenario, rounds=None, warmup_rounds=None, check=True) -> dict`: time generate under
     pytest-benchmark, fill `benchmark.extra_info` with kvbench's record, check the generation, return the record.
     Under --kv-on-oom skip-larger a scenario larger than one that ran out of memory is skipped, naming it."""
@@ -245,32 +254,38 @@ def kv_benchmark(benchmark, kv_model, kv_settings, kv_oom_skips):
             raise
 
     def measured(scenario, rounds, warmup_rounds, check):
+        options = kv_settings.run_options()
         return benchmark_generate(
             benchmark, kv_model, scenario,
-            rounds=kv_settings.rounds if rounds is None else rounds,
-            warmup_rounds=kv_settings.warmup_rounds if warmup_rounds is None else warmup_rounds,
-            check=check, profile_steps=kv_settings.profile_steps,
+            rounds=options.repeats if rounds is None else rounds,
+            warmup_rounds=options.warmup if warmup_rounds is None else warmup_rounds,
+            check=check, profile_steps=options.profile_steps, say=say,
         )
+
+    def say(line: str) -> None:  # on the terminal, beside pytest's own lines (not captured)
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None:
+            import warnings
+
+            warnings.warn(line, stacklevel=2)
+        else:
+            reporter.write_line(line)
 
     return run
 
 
 # ---------------------------------------------------------------- the measurement
 def benchmark_generate(benchmark, loaded, scenario: Scenario, rounds: int = 5, warmup_rounds: int = 1,
-                       check: bool = True, profile_steps: bool = False) -> dict:
-    """Time `generate` for one scenario with pytest-benchmark, and record it with kvbench.
-
-    Skips (with the reason) a scenario longer than the model's context, or one that runs out of memory.
-    Under --benchmark-disable the target runs once and the record and checks still happen.
+                       check: bool = True, profile_steps: bool = False, say=None) -> dict:
+    """Time `generate` for one scenario with pytest-benchmark, and record it with kvbench from those same rounds
+    (`kvbench.measuring.rounds`). Where decode may compile, at least one warm-up round runs (`say(line)` tells,
+    default: a warning). Skips (with the reason) a scenario longer than the model's context, or one that runs out
+    of memory. Under --benchmark-disable the target runs once, untimed, and the record and checks still happen.
     """
-    import torch
+    import warnings
 
-    from .measuring.decode import cache_kwarg, generate_kwargs, static_cache
-    from .measuring.forwards import eager_probes
-    from .measuring.measure import (
-        check_fits, error_line, free_memory, is_oom, measure, reset_cache, run_generation,
-    )
-    from .measuring.models import synthetic_inputs
+    from .measuring.record import check_fits
+    from .measuring.rounds import measure_in_rounds, warmup_needed
 
     try:
         check_fits(loaded, scenario)
@@ -278,48 +293,21 @@ def benchmark_generate(benchmark, loaded, scenario: Scenario, rounds: int = 5, w
         pytest.skip(str(exc))
     if benchmark.group is None:  # cached and uncached twins side by side: the table shows the speedup
         benchmark.group = pair_id(scenario)
-    model, device = loaded.model, loaded.device
-    kwargs = generate_kwargs(scenario, static_cache(model, scenario))  # one static cache for all rounds
-    held, shapes = {}, []
+    line = warmup_needed(loaded, scenario, warmup_rounds)
+    if line:
+        warmup_rounds = 1
+        (say or (lambda text: warnings.warn(text, stacklevel=3)))(line)
+    if getattr(benchmark, "disabled", False):
+        warmup_rounds = 0  # pytest-benchmark runs the target once, with no warm-up
 
-    def setup():
-        inputs = synthetic_inputs(loaded.config, scenario.batch_size, scenario.prompt_len, device, scenario.seed)
-        with torch.inference_mode():  # where the cache's tensors were made
-            reset_cache(kwargs.get(cache_kwarg()))
-        torch.manual_seed(scenario.seed)  # sampling draws the same tokens every round
-        synchronize(device)
-        return (), inputs
+    def timer(setup, target, warmup):
+        benchmark.pedantic(target, setup=setup, rounds=rounds, warmup_rounds=warmup, iterations=1)
 
-    def generate(**inputs):
-        with torch.inference_mode():
-            held["out"] = run_generation(model, inputs, scenario, kwargs)
-        synchronize(device)  # the round's wall clock stops after the device has finished
-
-    def teardown(**inputs):  # frees the output (and its cache) outside the timed region
-        shapes.append(tuple(held.pop("out").sequences.shape))
-
-    oom = None
-    with eager_probes(model):  # the same hooks in the rounds and in measure's record: no recompile between
-        try:
-            benchmark.pedantic(generate, setup=setup, teardown=teardown, rounds=rounds, warmup_rounds=warmup_rounds,
-                               iterations=1)
-        except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError too
-            if not is_oom(exc):
-                raise
-            oom = error_line(exc)  # the message only: the exception's traceback holds generate's frames
-        if oom is None:
-            if "out" in held:  # --benchmark-disable runs no teardown
-                teardown()
-            kwargs.clear()  # drops the cache
-            record = measure(loaded, scenario, repeats=1, warmup=0, profile_steps=profile_steps)
-    if oom is not None:  # skip outside the except block, or the skip would carry the OOM as its __context__
-        held.clear()
-        kwargs.clear()
-        free_memory(device)
-        pytest.skip(f"out of memory on {device}: {oom}")
+    record = measure_in_rounds(loaded, scenario, timer, warmup_rounds, profile_steps)
     if record["status"] == "oom":
         benchmark.has_error = True  # pytest-benchmark saves no timings without their record
-        pytest.skip(f"out of memory on {device}: {record['error']}")
+        pytest.skip(f"out of memory on {loaded.device}: {record['error']}")
+    shapes = record.pop("sequences_shapes")
     info = extra_info_from(record)
     benchmark.extra_info.update(info)
     problems = generation_problems(info, scenario, shapes) if check else []
@@ -364,13 +352,6 @@ def generation_problems(record: dict, scenario: Scenario, shapes=()) -> list[str
 def pair_id(scenario: Scenario) -> str:
     """The scenario's id without its cache setting: `P16-N32-B1-greedy` (the group of its cached/uncached twins)."""
     return axes.pair_id(scenario.as_dict())
-
-
-def synchronize(device) -> None:
-    import torch
-
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ---------------------------------------------------------------- machine_info

@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from ..errors import UserError
 from ..inputs.lists import int_list
+from ..inputs.options import RunOptions
 from ..inputs.scenario import QUICK, choice_list
 from .common import console
 
@@ -95,18 +96,23 @@ def run(
     for note in notes:  # a deprecated name: measured as the implementation it builds
         console.print(note, highlight=False, markup=False)
     compiles = choice_list("--compile", compile, COMPILE_MODES)
-    if "on" in compiles and ("static" not in implementations or use_cache == "off"):
+    from ..compat import compiled_caches
+
+    if "on" in compiles and (not set(implementations) & set(compiled_caches()) or use_cache == "off"):
         raise UserError("--compile on: decode compiles only with the static cache (add --cache-implementation static)")
     decodings, beams = choice_list("--decoding", decoding, DECODINGS), int_list("--num-beams", num_beams)
     if "beam" in decodings and min(beams) < 2:
         raise UserError(f"--num-beams {min(beams)}: beam search (--decoding beam) needs num_beams >= 2")
+    run_options = RunOptions(
+        repeats=repeats, warmup=warmup, profile_steps=profile_steps, on_oom=on_oom, device=device, dtype=dtype,
+        trust_remote_code=trust_remote_code, device_map=device_map, max_memory=max_memory,
+        quant_backend=quant_backend, quant_nbits=quant_nbits, quant_residual_length=quant_residual_length)
     scenarios = grid(
         int_list("--prompt-len", prompt_len), int_list("--new-tokens", new_tokens),
         int_list("--batch-size", batch_size), caches[use_cache], implementations, decodings, num_beams=beams,
         compiles=compiles, temperatures=float_list("--temperature", temperature), top_ks=top_k_list("--top-k", top_k),
         top_ps=float_list("--top-p", top_p), engines=choice_list("--engine", engine, ENGINES),
-        quantization=dict(quant_backend=quant_backend, quant_nbits=quant_nbits,
-                          quant_residual_length=quant_residual_length),
+        quantization=run_options.quantization(),
     )
     if not scenarios:  # every combination left out: the reference engine's with beam search or the static cache
         raise UserError(f"--engine {engine} --decoding {decoding} --cache-implementation {cache_implementation}: no "
@@ -136,12 +142,8 @@ def run(
     if executor == "ray":
         if resume is not None:
             raise UserError("--resume: runs of --executor ray are resumed with --executor local, or run again")
-        if on_oom != "continue":
-            raise UserError("--on-oom skip-larger: Ray workers measure scenarios side by side; use --executor local")
-        load = dict(device=device, dtype=dtype, trust_remote_code=trust_remote_code, device_map=device_map,
-                    max_memory=max_memory)
-        return run_with_ray(model, load, scenarios, out_dir, repeats, warmup, settings, address, gpus_per_task,
-                            ray_workers, wide)
+        return run_with_ray(model, run_options, scenarios, out_dir, settings, address, gpus_per_task, ray_workers,
+                            wide)
     from ..measuring.models import check_before_load
     from .common import check_writable_folder
 
@@ -153,7 +155,7 @@ def run(
     resolved = check_before_load(model, device, dtype, scenarios, trust_remote_code)
     writer = RunWriter(out_dir, {"options": options}, resume=resume is not None)
     try:
-        records = sweep(options, scenarios, writer, settings, resolved)
+        records = sweep(model, run_options, scenarios, writer, settings, resolved)
     except Exception:
         writer.discard_if_empty()  # refused before the first record: no folder left behind
         raise
@@ -168,7 +170,7 @@ def run(
     finish(records, out_dir, wide)
 
 
-def sweep(options: dict, scenarios: list, writer, settings: dict, resolved=None) -> list[dict]:
+def sweep(model: str, options: RunOptions, scenarios: list, writer, settings: dict, resolved=None) -> list[dict]:
     """Load the model, then measure the scenarios not yet recorded in `writer`'s run under a progress bar."""
     from ..measuring.decode import check_compile
     from ..measuring.eta import SweepEstimate
@@ -176,13 +178,11 @@ def sweep(options: dict, scenarios: list, writer, settings: dict, resolved=None)
     from ..measuring.resume import split_done
     from ..measuring.runner import run_sweep
 
-    model, repeats, warmup = options["model"], options["repeats"], options["warmup"]
-    on_oom = options.get("on_oom", "continue")
-    todo = split_done(writer.records(), scenarios, on_oom == "continue")[1] if writer.resumed else scenarios
+    repeats, warmup = options.repeats, options.warmup
+    todo = (split_done(writer.records(), scenarios, options.on_oom in (None, "continue"))[1] if writer.resumed
+            else scenarios)
     with console.status(f"loading {escape(model)}"):
-        loaded = load_model(model, device=options["device"], dtype=options["dtype"],
-                            trust_remote_code=options["trust_remote_code"], device_map=options["device_map"],
-                            max_memory=options["max_memory"], resolved=resolved)
+        loaded = load_model(model, **options.load_kwargs(), resolved=resolved)
     check_compile(scenarios, loaded.device)
     console.print(
         f"[bold]{escape(loaded.name)}[/] ({loaded.source}) on {loaded.device} in "
@@ -191,16 +191,15 @@ def sweep(options: dict, scenarios: list, writer, settings: dict, resolved=None)
         + f" x ({warmup} warm-up + {repeats} timed) -> {escape(str(writer.dir))}", highlight=False,
     )
     if not todo:
-        return run_sweep(loaded, scenarios, writer, repeats=repeats, warmup=warmup, settings=settings,
-                         profile_steps=options["profile_steps"], on_oom=on_oom)
+        return run_sweep(loaded, scenarios, writer, options, settings=settings)
     with console.status("timing a probe forward for the time estimates"):
         estimate = SweepEstimate.probe(loaded, todo, repeats, warmup)
     if line := slow_line(loaded, estimate):
         console.print(line, highlight=False, soft_wrap=True)  # one line, however narrow: a pipe never breaks it
-    return sweep_with_progress(loaded, scenarios, todo, writer, estimate, settings, options["profile_steps"], on_oom)
+    return sweep_with_progress(loaded, scenarios, todo, writer, estimate, options, settings)
 
 
-def run_with_ray(model, load: dict, scenarios, out_dir, repeats, warmup, settings, address, gpus_per_task, workers,
+def run_with_ray(model, options: RunOptions, scenarios, out_dir, settings, address, gpus_per_task, workers,
                  wide=False):
     """`kvbench run --executor ray`: the workers load the model; this process writes the records as they come."""
     from rich.progress import (
@@ -213,15 +212,15 @@ def run_with_ray(model, load: dict, scenarios, out_dir, repeats, warmup, setting
 
     from ..scale.ray_executor import run_sweep_ray
 
-    console.print(f"[bold]{model}[/] on Ray: {len(scenarios)} scenarios x ({warmup} warm-up + {repeats} timed) "
-                  f"-> {out_dir}")
+    console.print(f"[bold]{escape(model)}[/] on Ray: {len(scenarios)} scenarios x ({options.warmup} warm-up + "
+                  f"{options.repeats} timed) -> {escape(str(out_dir))}", highlight=False)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
         task = bar.add_task("starting Ray workers", total=len(scenarios))
         records = run_sweep_ray(
-            model, scenarios, out_dir, load=load, repeats=repeats, warmup=warmup, settings=settings,
-            address=address, gpus_per_task=gpus_per_task, workers=workers,
-            progress=lambda rec: bar.update(task, advance=1, description=rec["scenario_id"]),
+            model, scenarios, out_dir, options, settings=settings, address=address, gpus_per_task=gpus_per_task,
+            workers=workers, progress=lambda rec: bar.update(task, advance=1, description=rec["scenario_id"]),
+            say=lambda line: console.print(escape(line), highlight=False),
         )
     finish(records, out_dir, wide)
 
@@ -317,8 +316,8 @@ def eta_text(left_s: float | None, since_s: float) -> str:
     return f"ETA {fmt_clock(left_s - since_s)}"
 
 
-def sweep_with_progress(loaded, scenarios, todo, writer, estimate, settings=None, profile_steps=False,
-                        on_oom="continue") -> list[dict]:
+def sweep_with_progress(loaded, scenarios, todo, writer, estimate, options: RunOptions,
+                        settings=None) -> list[dict]:
     """`run_sweep` of `todo` (the scenarios not yet recorded) under a progress bar: the bar fills by expected work, the current scenario shows its expected
     time, and an ETA counts down the time left as the finished scenarios rescale the estimates."""
     import time
@@ -360,5 +359,4 @@ def sweep_with_progress(loaded, scenarios, todo, writer, estimate, settings=None
             bar.update(task, advance=costs[i - 1], description=label(i), done=i, left_s=estimate.remaining_s(),
                        at=now)
 
-        return run_sweep(loaded, scenarios, writer, repeats=estimate.repeats, warmup=estimate.warmup,
-                         settings=settings, profile_steps=profile_steps, progress=advance, on_oom=on_oom)
+        return run_sweep(loaded, scenarios, writer, options, settings=settings, progress=advance)

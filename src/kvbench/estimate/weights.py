@@ -77,7 +77,7 @@ def param_count(config) -> int:
 
 def weight_bytes_estimate(config, dtype, weight_quant: str | None = None) -> int:
     """Bytes of the weights in `dtype`, or with the linear layers quantized (`weight_quant` "int8" or "int4")."""
-    params, _, _, linears = _layout(config.to_json_string(use_diff=False))
+    params, _, _, linears = _layout(check_config("config", config).to_json_string(use_diff=False))
     size = dtype_nbytes(dtype)
     if weight_quant in (None, "none"):
         return params * size

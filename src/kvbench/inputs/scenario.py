@@ -8,6 +8,7 @@ import itertools
 import warnings
 from dataclasses import dataclass
 
+from .. import compat
 from ..errors import UserError
 from . import axes
 from .axes import CACHE_ONLY, DECODING, INPUT, SIZE, SWITCH, axis
@@ -44,8 +45,9 @@ class Scenario:
     (`use_cache=False`) the cache-only axes (implementation, compile, quantization) are meaningless and stored as
     None. A deprecated cache name is taken as the implementation it builds (`DEPRECATED_CACHES`, with a warning).
     Beam search needs `num_beams >= 2`; greedy and sampling use one beam.
-    `compile` applies to the static cache only (transformers compiles decode only with a cache of fixed shape):
-    other cached scenarios store "auto" (which for them never compiles), and "on" with them is refused.
+    `compile` applies to the caches transformers compiles (`compat.compiled_caches()`: static and the others it
+    builds as a StaticCache; decode compiles only with a cache of fixed shape): other cached scenarios store "auto"
+    (which for them never compiles), and "on" with them is refused.
     Sampling parameters and the engine:
     `kvbench.inputs.decoding` (None where decoding is not sampling; "reference" decodes with the plain-torch loop).
     The `quant_*` fields apply to `cache_implementation="quantized"` only (None elsewhere); left None there, they take
@@ -119,9 +121,12 @@ class Scenario:
                             f"deprecated name: {', '.join(DEPRECATED_CACHES)}), got {impl!r}")
         if self.compile not in COMPILE_MODES:
             raise UserError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
-        if impl != "static":
+        if impl not in compat.compiled_caches():
             if self.compile == "on":
-                raise UserError(f"compile='on' needs the static cache, got cache_implementation={impl!r}")
+                raise UserError(
+                    f"compile='on' needs the static cache (or another cache transformers compiles: "
+                    f"{', '.join(compat.compiled_caches())}), got cache_implementation={impl!r}"
+                )
             object.__setattr__(self, "compile", "auto")
         self._check_quantization()
 
@@ -247,7 +252,7 @@ def grid(
     seen: dict[Scenario, None] = {}
     for p, n, b, uc, impl, comp in itertools.product(prompt_lens, new_tokens, batch_sizes, use_cache,
                                                      cache_implementations, compiles):
-        comp = comp if uc and impl == "static" else "auto"
+        comp = comp if uc and impl in compat.compiled_caches() else "auto"
         quant = (quantization or {}) if uc and impl == "quantized" else {}
         variants = decoding_variants(decodings, num_beams, temperatures, top_ks, top_ps, engines, impl if uc else None)
         for dec in variants:
@@ -264,7 +269,8 @@ def check_grid_size(prompt_lens, new_tokens, batch_sizes, use_cache, cache_imple
         engines=engines, compiles=compiles).items()}
     beams = 1 if isinstance(num_beams, int) else len(set(num_beams))
     impls = set(cache_implementations)
-    caches = (len(impls - {"static"}) + ("static" in impls) * n["compiles"]) * (True in set(use_cache)) + (
+    compiled = impls & set(compat.compiled_caches())
+    caches = (len(impls - compiled) + len(compiled) * n["compiles"]) * (True in set(use_cache)) + (
         False in set(use_cache))
     decoding = set(decodings)
     variants = (("greedy" in decoding) + ("beam" in decoding) * beams

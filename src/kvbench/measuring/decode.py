@@ -5,9 +5,10 @@
   CPU); "on" passes transformers' own default `CompileConfig` flagged `_compile_all_devices`, the switch transformers
   provides to let `generate` compile on any device (the CPU included): the same compiled call "auto" makes on CUDA.
   transformers compiles only the decode steps, never the prefill, and only with a static cache.
-* A static scenario gets one `StaticCache`, built here exactly as `generate` would build it (P+N-1 tokens, batch
-  times beams inferred at its first update), passed to every generate of the scenario and reset before each: its
-  tensors keep their addresses, so CUDA graphs recorded in the warm-up replay in the timed repeats.
+* A scenario of a cache transformers compiles (`compat.compiled_caches`: static, offloaded_static and the deprecated
+  names generate builds the same way) gets one `StaticCache`, built here as `generate` would build it (P+N-1
+  tokens, batch times beams inferred at its first update), passed to every generate of the scenario and reset
+  before each: its tensors keep their addresses, so CUDA graphs recorded in the warm-up replay in the timed repeats.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import inspect
 import os
 import shutil
 
+from .. import compat
 from ..errors import UserError
 from ..inputs.scenario import Scenario
 
@@ -32,13 +34,22 @@ def cache_kwarg() -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def compiled_cache(scenario: Scenario) -> bool:
+    """Whether the scenario's cache is one transformers compiles the decode of (`compat.compiled_caches`): treated
+    like static (one cache reused by every generate, a warm-up forced where it may compile)."""
+    return scenario.use_cache and scenario.cache_implementation in compat.compiled_caches()
+
+
 def static_cache(model, scenario: Scenario):
-    """The scenario's static cache (None for any other scenario): `max_cache_len = P + N - 1`, as generate sizes it."""
-    if not (scenario.use_cache and scenario.cache_implementation == "static"):
+    """The scenario's static cache (None for a cache transformers does not compile): `max_cache_len = P + N - 1`,
+    as generate sizes it, offloaded for the offloaded names (as generate builds every name of the list)."""
+    if not compiled_cache(scenario):
         return None
     from transformers import StaticCache
 
-    return StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=scenario.total_len - 1)
+    offloading = {"offloading": True} if "offloaded" in scenario.cache_implementation else {}
+    return StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=scenario.total_len - 1,
+                       **offloading)
 
 
 def forced_compile_config():
@@ -70,7 +81,7 @@ def may_compile(scenario: Scenario, device) -> bool:
     what really ran is detected, see `forwards.record_forwards`)."""
     if scenario.compile == "on":
         return True
-    return scenario.compile == "auto" and scenario.cache_implementation == "static" and device.type != "cpu"
+    return scenario.compile == "auto" and compiled_cache(scenario) and device.type != "cpu"
 
 
 def compiler_problem(device) -> str | None:

@@ -105,6 +105,15 @@ def _git_commit() -> str | None:
         return None
 
 
+def cpu_count() -> int | None:
+    """The CPUs this process may run on: its affinity mask where the OS keeps one (taskset, cgroups' cpusets),
+    else the machine's count. Not torch's thread count (`env_torch_threads`), which OMP_NUM_THREADS can lower."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS, Windows: no affinity mask
+        return os.cpu_count()
+
+
 @lru_cache(maxsize=8)
 def _environment(device_str: str) -> tuple:
     import transformers
@@ -117,7 +126,7 @@ def _environment(device_str: str) -> tuple:
         "env_python": platform.python_version(),
         "env_platform": platform.platform(),
         "env_cpu": _cpu_name(),
-        "env_cpu_count": torch.get_num_threads(),
+        "env_cpu_count": cpu_count(),
         "env_git_commit": _git_commit(),
         "env_device": device.type,
         "env_device_name": _cpu_name(),
@@ -170,8 +179,8 @@ def _environment(device_str: str) -> tuple:
 
 
 def environment(device: torch.device | str = "cpu") -> dict:
-    """Flat `env_*` fields, JSON-safe (read once per device and process)."""
-    return dict(_environment(str(device)))
+    """Flat `env_*` fields, JSON-safe (read once per device and process; torch's thread count at each call)."""
+    return dict(_environment(str(device))) | {"env_torch_threads": torch.get_num_threads()}
 
 
 def devices() -> list[dict]:

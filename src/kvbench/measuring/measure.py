@@ -13,6 +13,7 @@ from .cache_bytes import cache_fields, cache_nbytes
 from .clock import Clock
 from .decode import (
     check_compile,
+    compiled_cache,
     compiled_graphs,
     generate_kwargs,
     may_compile,
@@ -64,14 +65,15 @@ def run_generation(model, inputs: dict, scenario: Scenario, kwargs: dict | None 
 
 
 def generate_once(loaded: LoadedModel, scenario: Scenario, inputs: dict, clock: Clock, nvml=None, kwargs=None,
-                  cache=None) -> dict:
+                  cache=None, reset: bool = True) -> dict:
     """One timed generate: total, per-forward marks, positions, compiled or not, cache bytes and peak memory.
 
-    `kwargs` are generate's (default: the scenario's); `cache` is the static cache they pass, if any, reset here.
+    `kwargs` are generate's (default: the scenario's); `cache` is the static cache they pass, if any, reset here
+    (`reset=False`: the caller reset it, as the pytest plugin does in its untimed setup).
     Allocated-memory peaks count a reused cache as this generate's, as a fresh one would be (`REBASED`).
     """
     kwargs = scenario.generate_kwargs() if kwargs is None else kwargs
-    held = reset_cache(cache)
+    held = reset_cache(cache) if reset else (cache_nbytes(cache) if cache is not None else 0)
     torch.manual_seed(scenario.seed)  # sampling draws the same tokens every repeat
     with memory_probe(loaded.device, nvml) as memory, pinned_host_probe(loaded.device, scenario.cache_implementation) \
             as host, record_forwards(loaded.model, clock) as forwards:
@@ -79,7 +81,7 @@ def generate_once(loaded: LoadedModel, scenario: Scenario, inputs: dict, clock: 
         out = run_generation(loaded.model, inputs, scenario, kwargs)
         end = clock.mark()
         seconds = clock.intervals([start, *forwards.marks, end])
-    generated = out.sequences.shape[1] - scenario.prompt_len
+    generated, shape = out.sequences.shape[1] - scenario.prompt_len, tuple(out.sequences.shape)
     cache_record = cache_fields(cache_from_output(out) if scenario.use_cache else None)
     del out
     for key in REBASED:
@@ -93,6 +95,7 @@ def generate_once(loaded: LoadedModel, scenario: Scenario, inputs: dict, clock: 
         "positions": forwards.positions,
         "forward_compiled": forwards.compiled,
         "generated_tokens": generated,
+        "sequences_shape": shape,  # (not a record field: the pytest plugin's check)
         **cache_record,
         **memory,
         **host,
@@ -164,12 +167,11 @@ def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, profil
             graphs.append(compiled_graphs())
             runs = [generate_once(loaded, scenario, inputs, clock, nvml, **call) for _ in range(repeats)]
             graphs.append(compiled_graphs())
-            summary = summarize(runs)
-            summary.update(allocated_pass(loaded, scenario, inputs, **call))  # untimed, after the timed repeats
+            peak = allocated_pass(loaded, scenario, inputs, **call)  # untimed, after the timed repeats
             if profile_steps and scenario.new_tokens > 1:
                 profiled = profile_decode_steps(
                     loaded.model, loaded.device, lambda: bare_generate(loaded, scenario, inputs, **call),
-                    summary["decode_step_s"],
+                    summarize(runs)["decode_step_s"],
                 )
     except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError too
         if not is_oom(exc):
@@ -181,14 +183,23 @@ def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, profil
         free_memory(loaded.device)  # out of the except block: generate's tensors are gone
         record.update(status="oom", error=oom)
         return record
-    record.update(summary)
-    record.update(compile_record(warm, runs, graphs, scenario.use_cache and scenario.cache_implementation == "static"))
+    return finish_record(record, loaded, scenario, warm, runs, graphs, profiled, peak)
+
+
+def finish_record(record: dict, loaded: LoadedModel, scenario: Scenario, warm: list[dict], runs: list[dict],
+                  graphs: list, profiled: dict, peak: dict) -> dict:
+    """`record` (base fields and environment) completed from the generates that ran: the timed `runs` summarized,
+    the allocation pass's `peak` (`allocated_pass`), what compiled (`warm`: the warm-up runs; `graphs`: dynamo's
+    counts before, after the warm-up, after the runs), the profiled steps, throughput, weights and the roofline
+    (measure() and the pytest plugin's timed rounds)."""
+    record.update(summarize(runs))
+    record.update(peak)
+    record.update(compile_record(warm, runs, graphs, compiled_cache(scenario)))
     record.update(profiled)
     record["tokens_per_s"] = record["generated_tokens"] * scenario.batch_size / record["total_s"]
-    weight_bytes = loaded.weight_bytes
     per_step = decode_bytes_per_step(loaded.config, scenario, loaded.dtype)
     record.update(
-        weight_bytes=weight_bytes,
+        weight_bytes=loaded.weight_bytes,
         decode_bytes_per_step_estimate=per_step,
         **roofline(per_step, record.get("env_gpu_bandwidth_gbps"), record["decode_step_s"],
                    record["decode_step_device_s"]),

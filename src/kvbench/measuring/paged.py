@@ -28,6 +28,7 @@ import torch
 from .. import compat
 from ..estimate.paged import paged_sizing, paged_used_bytes
 from ..estimate.roofline import roofline
+from ..inputs.decoding import sampling_kwargs
 from ..inputs.scenario import Scenario
 from .cache_bytes import cache_fields, cache_nbytes
 from .environment import environment
@@ -42,8 +43,7 @@ def paged_configs(model, scenario: Scenario):
     from transformers import GenerationConfig
     from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
-    sampling = (dict(do_sample=True, temperature=1.0, top_k=50, top_p=1.0) if scenario.decoding == "sample"
-                else dict(do_sample=False))
+    sampling = dict(do_sample=scenario.decoding == "sample", **sampling_kwargs(scenario))  # the scenario's own
     pad = getattr(model.generation_config, "pad_token_id", None)
     generation = GenerationConfig(max_new_tokens=scenario.new_tokens, eos_token_id=-1,  # -1: no EOS, N tokens
                                   pad_token_id=0 if pad is None else pad, **sampling)

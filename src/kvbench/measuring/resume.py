@@ -26,11 +26,10 @@ from types import SimpleNamespace
 
 from ..errors import UserError
 from ..inputs import axes
+from ..inputs.options import MAX_REPEATS, ON_OOM  # noqa: F401 - re-exported
 from ..inputs.scenario import Scenario
 
 DONE = ("ok", "oom", "skipped")  # statuses a resumed run does not measure again
-ON_OOM = ("continue", "skip-larger")
-MAX_REPEATS = 10_000  # timed repeats (and warm-ups) per scenario: more is a typo, not a measurement
 # run.json fields a resumed sweep must match: what tells runs apart beyond the scenario, and the timing settings.
 # The scenarios themselves are compared by id (every axis, `kvbench.inputs.axes`); what makes one scenario larger
 # than another is its size axes.
@@ -45,8 +44,9 @@ class SweepInterrupted(KeyboardInterrupt):
         self.done, self.total = done, total
 
 
-def check_sweep_args(scenarios, repeats, warmup, resume: bool, on_oom=None) -> list[Scenario] | None:
-    """run_sweep's arguments, each refused with a UserError (a ValueError) naming it; the scenarios as a list."""
+def check_sweep_args(scenarios, resume: bool) -> list[Scenario] | None:
+    """run_sweep's scenarios, refused with a UserError (a ValueError) naming what is wrong; as a list (the run
+    options check themselves: `kvbench.inputs.options.RunOptions`)."""
     if scenarios is None and not resume:
         raise UserError("scenarios: None is only allowed with resume=True (the run's own grid)")
     if scenarios is not None:
@@ -58,13 +58,6 @@ def check_sweep_args(scenarios, repeats, warmup, resume: bool, on_oom=None) -> l
         wrong = [s for s in scenarios if not isinstance(s, Scenario)]
         if wrong:
             raise UserError(f"scenarios must be kvbench.Scenario objects, got {wrong[0]!r}")
-    for name, value, least in (("repeats", repeats, 1), ("warmup", warmup, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise UserError(f"{name} must be an integer >= {least}, got {value!r}")
-        if value > MAX_REPEATS:
-            raise UserError(f"{name} must be at most {MAX_REPEATS:,} (per scenario), got {value:,}")
-    if on_oom is not None and on_oom not in ON_OOM:
-        raise UserError(f"on_oom must be one of {', '.join(ON_OOM)}, got {on_oom!r}")
     return scenarios
 
 

@@ -8,6 +8,8 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..errors import UserError
+from ..inputs.options import RunOptions
 from ..inputs.scenario import Scenario
 from ..results.schema import SCHEMA_VERSION
 from ..results.store import RunWriter
@@ -35,44 +37,49 @@ def run_sweep(
     loaded: LoadedModel,
     scenarios: list[Scenario] | None,
     out_dir: str | Path | RunWriter,
-    repeats: int = 5,
-    warmup: int = 1,
+    options: RunOptions | None = None,
+    *,
     settings: dict | None = None,
     progress=None,
     resume: bool = False,
-    profile_steps: bool = False,
-    on_oom: str | None = None,
+    **option_values,
 ) -> list[dict]:
     """Measure every scenario; a failing one becomes a record with status "error" and the sweep goes on.
 
-    `out_dir` is a run folder (a folder that already holds a run is refused unless `resume`) or an open RunWriter.
-    With `resume=True` only the scenarios without a record in the folder are measured (see `kvbench.measuring.
-    resume`); `scenarios=None` then means the run's own grid. Returns the records of all `scenarios`, in order.
-    `progress(record)` is called after each scenario (the CLI advances its bar there). A first Ctrl-C stops the
-    sweep once the scenario in flight is recorded (SweepInterrupted); a second one stops at once.
-    `on_oom`: "continue" (the default) measures every scenario; "skip-larger" records the scenarios larger than one
-    that ran out of memory (the same settings, every size at least as large) as "skipped", unmeasured. None: the
-    run's own choice when resumed (a resumed run asked for "continue" measures its skipped scenarios).
+    `options` (a `kvbench.inputs.options.RunOptions`: repeats, warm-up, profile steps, on-oom policy, ...) say how;
+    keyword arguments named like its fields (`repeats=3, warmup=0`) replace those fields (default options: 5
+    repeats, 1 warm-up). `out_dir` is a run folder (a folder that already holds a run is refused unless `resume`)
+    or an open RunWriter. With `resume=True` only the scenarios without a record in the folder are measured (see
+    `kvbench.measuring.resume`); `scenarios=None` then means the run's own grid. Returns the records of all
+    `scenarios`, in order. `progress(record)` is called after each scenario (the CLI advances its bar there). A
+    first Ctrl-C stops the sweep once the scenario in flight is recorded (SweepInterrupted); a second one stops at
+    once. `on_oom`: "continue" measures every scenario; "skip-larger" records the scenarios larger than one that ran
+    out of memory (the same settings, every size at least as large) as "skipped", unmeasured. None (the default):
+    "continue", or the run's own choice when resumed (a resumed run asked for "continue" measures its skipped
+    scenarios).
     """
-    scenarios = check_sweep_args(scenarios, repeats, warmup, resume, on_oom)
+    unknown = sorted(set(option_values) - set(RunOptions.fields()))
+    if unknown:
+        raise UserError(f"run_sweep: no option {', '.join(unknown)} (RunOptions has {', '.join(RunOptions.fields())})")
+    options = (options or RunOptions()).replace(**option_values)
+    scenarios = check_sweep_args(scenarios, resume)
     for scenario in scenarios or []:  # refuse the whole sweep before anything runs
         check_fits(loaded, scenario)
-    info = run_info(loaded, repeats, warmup, settings, profile_steps)
+    info = run_info(loaded, options, settings)
     owned = not isinstance(out_dir, RunWriter)
     writer = RunWriter(out_dir, resume=resume) if owned else out_dir
     try:
-        return sweep(loaded, scenarios, writer, info, repeats, warmup, progress, profile_steps, on_oom)
+        return sweep(loaded, scenarios, writer, info, options, progress)
     finally:
         if owned:
             writer.close()
 
 
-def sweep(loaded, scenarios, writer: RunWriter, info: dict, repeats: int, warmup: int, progress,
-          profile_steps: bool = False, on_oom: str | None = None) -> list[dict]:
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+def sweep(loaded, scenarios, writer: RunWriter, info: dict, options: RunOptions, progress) -> list[dict]:
+    started = now_utc()
     done: dict[str, dict] = {}
     todo = scenarios
-    on_oom = on_oom or (writer.info.get("on_oom") if writer.resumed else None) or "continue"
+    on_oom = options.on_oom or (writer.info.get("on_oom") if writer.resumed else None) or "continue"
     info["on_oom"] = on_oom
     kept = []
     if writer.resumed:
@@ -85,40 +92,74 @@ def sweep(loaded, scenarios, writer: RunWriter, info: dict, repeats: int, warmup
         if len(kept) < len(records):  # error (or skipped) records of scenarios measured again
             writer.rewrite(kept)
         done = {r.get("scenario_id"): r for r in kept}
-        info["resumed_utc"] = [*writer.info.get("resumed_utc", []), started]
     skips = OOMSkips(on_oom, kept, scenarios)
     info.update(scenarios=[s.id for s in scenarios], grid=[s.as_dict() for s in scenarios])
     info["started_utc"] = writer.info.get("started_utc", started)
+    invocation, invocations = start_invocation(writer, info, started)
     writer.update_info(info)
-    with stop_after_scenario() as ctrl_c, frozen_heap():
-        for scenario in todo:
-            reason = skips.reason(scenario)
-            if reason is None:
-                record = measure_or_error(loaded, scenario, repeats, warmup, profile_steps)
-            else:
-                record = error_record(loaded, scenario, reason) | {"status": "skipped"}
-            skips.saw(scenario, record)
-            writer.write(record)
-            done[scenario.id] = record
-            if progress:
-                progress(record)
-            if ctrl_c.requested and scenario is not todo[-1]:
-                raise SweepInterrupted(sum(s.id in done for s in scenarios), len(scenarios))
+    try:
+        with stop_after_scenario() as ctrl_c, frozen_heap():
+            for scenario in todo:
+                reason = skips.reason(scenario)
+                if reason is None:
+                    record = measure_or_error(loaded, scenario, options)
+                else:
+                    record = error_record(loaded, scenario, reason) | {"status": "skipped"}
+                skips.saw(scenario, record)
+                writer.write(record)
+                invocation["measured"].append(scenario.id)
+                done[scenario.id] = record
+                if progress:
+                    progress(record)
+                if ctrl_c.requested and scenario is not todo[-1]:
+                    raise SweepInterrupted(sum(s.id in done for s in scenarios), len(scenarios))
+    finally:
+        end_invocation(writer, invocation, invocations)
     return [done[s.id] for s in scenarios if s.id in done]
 
 
-def run_info(loaded: LoadedModel, repeats: int, warmup: int, settings: dict | None = None,
-             profile_steps: bool = False) -> dict:
-    """What run.json holds besides the scenarios: the model, device, dtype, repeats, extra settings, environment."""
+def now_utc() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def start_invocation(writer: RunWriter, info: dict, started: str) -> tuple[dict, list[dict]]:
+    """This invocation's entry in run.json's `invocations` (when, its environment, the scenarios it measured),
+    after those of the invocations before it. The `env_*` fields at the top of run.json stay the first
+    invocation's: a resumed run takes its own out of `info` (a run started before `invocations` existed gets an
+    entry for its first invocation from them, its scenarios unknown)."""
+    environment_now = {k: v for k, v in info.items() if k.startswith("env_")}
+    before = list(writer.info.get("invocations", [])) if writer.resumed else []
+    if writer.resumed:
+        for key in environment_now:
+            info.pop(key)
+        if not before:
+            before = [{"started_utc": writer.info.get("started_utc"), "finished_utc": None,
+                       "environment": {k: v for k, v in writer.info.items() if k.startswith("env_")},
+                       "measured": None}]
+    invocation = {"started_utc": started, "finished_utc": None, "environment": environment_now, "measured": []}
+    invocations = [*before, invocation]
+    info["invocations"] = invocations
+    return invocation, invocations
+
+
+def end_invocation(writer: RunWriter, invocation: dict, invocations: list[dict]) -> None:
+    """This invocation's end in run.json (also after an interrupt or an error; a killed process leaves it None)."""
+    invocation["finished_utc"] = now_utc()
+    writer.update_info({"invocations": invocations})
+
+
+def run_info(loaded: LoadedModel, options: RunOptions, settings: dict | None = None) -> dict:
+    """What run.json holds besides the scenarios: the model, device, dtype, the run options, extra settings, the
+    environment."""
     return {
         "schema_version": SCHEMA_VERSION,
         "model": loaded.name,
         "model_source": loaded.source,
         "device": str(loaded.device),
         "dtype": str(loaded.dtype).removeprefix("torch."),
-        "repeats": repeats,
-        "warmup": warmup,
-        "profile_steps": profile_steps,
+        "repeats": options.repeats,
+        "warmup": options.warmup,
+        "profile_steps": options.profile_steps,
         **(settings or {}),
         **environment(loaded.device),
     }
@@ -134,11 +175,11 @@ def error_record(loaded: LoadedModel, scenario: Scenario, error: str, tb: str | 
     return record
 
 
-def measure_or_error(loaded: LoadedModel, scenario: Scenario, repeats: int, warmup: int,
-                     profile_steps: bool = False) -> dict:
-    """measure(), or a record with status "error" when it raises (so a sweep goes on)."""
+def measure_or_error(loaded: LoadedModel, scenario: Scenario, options: RunOptions) -> dict:
+    """measure() with the run's options, or a record with status "error" when it raises (so a sweep goes on)."""
     try:
-        return measure(loaded, scenario, repeats=repeats, warmup=warmup, profile_steps=profile_steps)
+        return measure(loaded, scenario, repeats=options.repeats, warmup=options.warmup,
+                       profile_steps=options.profile_steps)
     except Exception as exc:  # keep the sweep going; the record says what broke
         record = error_record(loaded, scenario, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=-3))
     free_memory(loaded.device)  # out of the except block: the traceback and generate's frames are gone

@@ -16,7 +16,7 @@ from ..inputs.scenario import Scenario
 from ..results.store import RECORDS, RUN_INFO, RunWriter, read_jsonl
 
 # What differs between the shards of one sweep by design.
-SHARD_FIELDS = {"scenarios", "grid", "options", "started_utc", "resumed_utc", "shard", "merged_from",
+SHARD_FIELDS = {"scenarios", "grid", "options", "started_utc", "resumed_utc", "invocations", "shard", "merged_from",
                 "missing_scenarios"}
 
 
