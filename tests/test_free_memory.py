@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import kvbench.measuring.measure as measure_module
+import kvbench.measuring.rounds as rounds_module
 import kvbench.measuring.runner as runner_module
 from kvbench import Scenario, measure
 from kvbench.measuring.runner import run_sweep
@@ -59,6 +60,7 @@ def watch(monkeypatch):
     spy = w.spy(measure_module.free_memory)
     monkeypatch.setattr(measure_module, "free_memory", spy)
     monkeypatch.setattr(runner_module, "free_memory", spy)
+    monkeypatch.setattr(rounds_module, "free_memory", spy)  # the pytest plugin's rounds
     return w
 
 

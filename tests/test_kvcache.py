@@ -201,8 +201,7 @@ def test_specs_of_notable_configs():
 
 
 def test_custom_caches_and_unchecked_states_raise():
-    for class_name, kwargs in [("RwkvConfig", {}), ("RecurrentGemmaConfig", {}), ("ZambaConfig", {}),
-                               ("MiniMaxConfig", {})]:
+    for class_name, kwargs in [("RwkvConfig", {}), ("RecurrentGemmaConfig", {}), ("MiniMaxConfig", {})]:
         config = getattr(transformers, class_name, None)
         if config is None:
             continue

@@ -151,7 +151,7 @@ def test_gpu_info_driver_total_and_bandwidth(cuda):
     assert info == {"nvml": "ok", "gpu_memory_bytes": 150 * GiB, "memory_source": MEMORY_SOURCES[2],
                     "driver": "580.95.05"}
     # NVIDIA's datasheet: 4.8 TB/s for the H200 SXM; NVML's clock x bus width lands within 3 % of it
-    assert bandwidth == pytest.approx(4800, rel=0.03) and round(bandwidth, 1) == 4917.2
+    assert bandwidth == pytest.approx(4800, rel=0.03) and round(bandwidth, 1) == 4916.7
 
 
 def test_environment_names_torch_total_and_nvml_total(cuda):
@@ -160,7 +160,7 @@ def test_environment_names_torch_total_and_nvml_total(cuda):
     assert env["env_gpu_memory_bytes"] == Props.total_memory  # torch's figure
     assert env["env_gpu_memory_nvml_bytes"] == 150 * GiB  # the driver's, beside it
     assert env["env_nvml"] == "ok" and env["env_driver"] == "580.95.05"
-    assert env["env_gpu_bandwidth_gbps"] == 4917.2  # 2 x 3201 MHz x 6144 bits / 8
+    assert env["env_gpu_bandwidth_gbps"] == 4916.7  # 2 x 3201 MHz x 6144 bits / 8 = 4,916,736 MB/s
     assert env["env_gpu_bandwidth_source"].startswith("NVML")
 
 

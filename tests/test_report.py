@@ -215,8 +215,8 @@ def test_report_and_compare_read_pytest_benchmark_json(tmp_path):
     new = write_benchmark_json(tmp_path / "new.json", grid(prompts=(16, 64), news=(8,), batches=(1,), slow=1.5))
     assert main(["report", str(base)]) == 0
     out = tmp_path / "base-report"
-    # a new run also has the allocated peak and its estimate: the parity figure
-    assert sorted(p.stem for p in (out / "figures").glob("*.png")) == sorted(FIGURE_NAMES + ["peak_parity"])
+    # synthetic records without an allocated peak: no parity figure
+    assert sorted(p.stem for p in (out / "figures").glob("*.png")) == sorted(FIGURE_NAMES)
     speedup = pd.read_csv(out / "tables" / "speedup.csv")
     assert len(speedup) == 2 and (speedup["run"] == "base").all()
     assert main(["compare", str(base), str(new)]) == 1
