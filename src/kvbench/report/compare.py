@@ -18,6 +18,16 @@ from ..errors import UserError
 from ..results.frame import DECODING_AXES, ok_rows, with_decoding_defaults
 from .metrics import GATED, METRICS
 from .pages import fmt_ratio
+from .verdicts import (
+    CANT_TELL,
+    IMPROVEMENT,
+    NO_CHANGE,
+    REGRESSION,
+    VERDICT_FIELDS,
+    machine_scale,
+    metric_verdict,
+    verdict_inputs,
+)
 
 KEYS = ["prompt_len", "new_tokens", "batch_size", "use_cache", "decoding", "num_beams", *DECODING_AXES]
 RUN_LEVEL = ["model", "device", "dtype", "cache_implementation"]  # matched on unless they tell the runs apart
@@ -119,29 +129,29 @@ def compare_table(df: pd.DataFrame, base: str, news: list[str], threshold: float
     frames = []
     for new in news:
         new_rows = ok[ok["run"].astype(str) == new]
-        cols = keys + metrics
-        merged = base_rows[cols].merge(new_rows[cols], on=keys, suffixes=("_base", "_new"))
+        cols = keys + metrics + [c for c in verdict_inputs(metrics) if c in base_rows or c in new_rows]
+        merged = base_rows.reindex(columns=cols).merge(new_rows.reindex(columns=cols), on=keys, suffixes=("_base", "_new"))
         if merged.empty:
             continue
         merged.insert(0, "scenario", scenario_label(merged, keys))
         merged.insert(0, "new_run", new)
         merged.insert(0, "base_run", base)
-        verdicts = pd.Series("within", index=merged.index)
+        scale = machine_scale(merged)
+        verdicts = pd.Series(NO_CHANGE, index=merged.index)
         regressed = pd.Series("", index=merged.index)
         for metric in metrics:
-            b, n = merged[f"{metric}_base"], merged[f"{metric}_new"]
-            ratio = (n / b).where((b > 0) & n.notna())
-            merged[f"{metric}_ratio"] = ratio
-            verdict = pd.Series("", index=merged.index).where(ratio.isna(), "within")
-            verdict[ratio > 1 + threshold] = "regression"
-            verdict[ratio < 1 - threshold] = "improvement"
-            if metric in PEAKS:
-                verdict[ratio.notna() & ((n - b).abs() < PEAK_MEMORY_FLOOR_BYTES)] = "within"
-            merged[f"{metric}_verdict"] = verdict
+            floor = PEAK_MEMORY_FLOOR_BYTES if metric in PEAKS else 0
+            found = [metric_verdict(row, metric, base, new, threshold, scale, floor)
+                     for row in merged.to_dict("records")]
+            for field in VERDICT_FIELDS:
+                merged[f"{metric}_{field}"] = [f.get(field, math.nan) for f in found]
+            verdict = merged[f"{metric}_verdict"]
             if metric in gated:
-                verdicts[(verdict == "improvement") & (verdicts == "within")] = "improvement"
-                verdicts[verdict == "regression"] = "regression"
-                regressed[verdict == "regression"] += ", " + metric
+                verdicts[(verdict == CANT_TELL) & (verdicts == NO_CHANGE)] = CANT_TELL
+                verdicts[(verdict == IMPROVEMENT) & verdicts.isin([NO_CHANGE, CANT_TELL])] = IMPROVEMENT
+                verdicts[verdict == REGRESSION] = REGRESSION
+                regressed[verdict == REGRESSION] += ", " + metric
+        merged["machine_scale"] = scale
         merged["verdict"] = verdicts
         merged["regressed"] = regressed.str.removeprefix(", ")
         frames.append(merged)
@@ -150,8 +160,8 @@ def compare_table(df: pd.DataFrame, base: str, news: list[str], threshold: float
     table = pd.concat(frames, ignore_index=True)
     order = ["base_run", "new_run", "scenario", *[k for k in keys if k not in KEYS]]
     for metric in metrics:
-        order += [f"{metric}_base", f"{metric}_new", f"{metric}_ratio", f"{metric}_verdict"]
-    return table[order + ["verdict", "regressed"]]
+        order += [f"{metric}_base", f"{metric}_new", *(f"{metric}_{f}" for f in VERDICT_FIELDS)]
+    return table[order + ["verdict", "regressed", "machine_scale"]]
 
 
 def regression_lines(table: pd.DataFrame) -> list[str]:
@@ -232,7 +242,8 @@ def plot_compare(table: pd.DataFrame, threshold: float = 0.05):
     metrics = [m for m in METRICS if f"{m}_ratio" in table and table[f"{m}_ratio"].notna().any()]
     several = table["new_run"].nunique() > 1
     labels = table["scenario"] + ((" · " + table["new_run"].astype(str)) if several else "")
-    colors = {"regression": "#c0392b", "improvement": "#2e8b57", "within": "#8c8c8c", "": "#8c8c8c"}
+    colors = {"regression": "#c0392b", "improvement": "#2e8b57", "no change": "#8c8c8c", "can't tell": "#d4a017",
+              "": "#8c8c8c"}
     y = range(len(table))[::-1]
     with style():
         fig, axes = facets(len(metrics), ncols=len(metrics), panel=(2.6, 0.8 + 0.24 * len(table)), sharey=False)
@@ -246,7 +257,7 @@ def plot_compare(table: pd.DataFrame, threshold: float = 0.05):
             ratio_axis(ax, ratio, threshold)
             ax.set(title=metric, xlabel="new / base")
             ax.grid(axis="y", visible=False)
-        legend(fig, [("verdict", [(k if k != "within" else "within threshold", Patch(color=c))
+        legend(fig, [("verdict", [(k, Patch(color=c))
                                   for k, c in colors.items() if k]),
                      ("", [(f"±{threshold:.0%} band", Patch(color="0.9"))])])
         fig.suptitle("New run over base, per scenario (lower is better)")
