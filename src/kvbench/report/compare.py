@@ -19,10 +19,12 @@ from ..results.frame import DECODING_AXES, ok_rows, with_decoding_defaults
 from .metrics import GATED, METRICS
 from .pages import fmt_ratio
 from .verdicts import (
+    ALPHA,
     CANT_TELL,
     IMPROVEMENT,
     NO_CHANGE,
     REGRESSION,
+    TEST,
     VERDICT_FIELDS,
     machine_scale,
     metric_verdict,
@@ -181,7 +183,7 @@ def verdict_line(table: pd.DataFrame, threshold: float, gated) -> str:
     regressed = table.loc[table["verdict"] == "regression", "regressed"].str.split(", ").explode()
     if not len(regressed):
         return (f"pass: no gated metric ({', '.join(gates) or 'none'}) regressed beyond ±{threshold:.0%} "
-                f"in {len(table)} matched scenario(s)")
+                f"in {len(table)} matched scenario(s) ({TEST}, p < {ALPHA:g}, on the timed repeats)")
     counts = regressed.value_counts()
     named = ", ".join(f"{m} in {counts[m]} scenario(s)" for m in gates if m in counts)
     return (f"FAIL: {int((table['verdict'] == 'regression').sum())} of {len(table)} matched scenario(s) regressed "

@@ -161,3 +161,69 @@ def metric_verdict(row: dict, metric: str, base_run: str, new_run: str, threshol
     contention = "; ".join(c for c in (contention_of(row, "base", base_run), contention_of(row, "new", new_run))
                            if c) or None
     return timed_verdict(b, n, threshold, contention=contention, scale=scale)
+
+
+# ------------------------------------------------------------------ what compare prints
+def cant_tell_line(table, gated) -> str | None:
+    """How many scenarios a gated metric could not decide, and the commonest reason; None when all were decided."""
+    reasons = [rec[f"{m}_reason"] for rec in table.to_dict("records") for m in gated
+               if f"{m}_verdict" in table and rec[f"{m}_verdict"] == CANT_TELL]
+    if not reasons:
+        return None
+    rows = int((table["verdict"] == CANT_TELL).sum())
+    common = max(set(reasons), key=reasons.count)
+    return f"can't tell in {rows} scenario(s) ({len(reasons)} gated figure(s)); the commonest reason: {common}"
+
+
+def machine_line(table, threshold: float) -> str | None:
+    """A line when the machine itself ran at another speed for a new run than for the base (its reference)."""
+    lines = []
+    for run, scale in table.groupby("new_run", sort=False)["machine_scale"].first().items():
+        if abs(scale - 1) > threshold:
+            lines.append(f"the machine ran {scale:.2f}x {'slower' if scale > 1 else 'faster'} for {run} than for "
+                         f"the base (its reference workload); timings are divided by {scale:.2f} before comparing")
+    return "; ".join(lines) or None
+
+
+def trend_lines(table, metrics) -> list[str]:
+    """With several new runs: per scenario and metric, the ratios run by run, and the first run where a
+    significant change begins (every later run then differs significantly in the same direction)."""
+    if table["new_run"].nunique() < 2:
+        return []
+    lines = []
+    runs = list(dict.fromkeys(table["new_run"]))
+    for scenario, rows in table.groupby("scenario", sort=False):
+        rows = rows.set_index("new_run").reindex(runs)
+        for metric in metrics:
+            if f"{metric}_ratio" not in rows:
+                continue
+            verdicts = rows[f"{metric}_verdict"].fillna("").tolist()
+            start = None
+            for i, v in enumerate(verdicts):
+                if v in (REGRESSION, IMPROVEMENT) and all(w == v for w in verdicts[i:]):
+                    start = i
+                    break
+            ratios = " -> ".join("-" if r != r else f"{r:.3g}x" for r in rows[f"{metric}_ratio"])
+            if start is not None:
+                lines.append(f"{scenario} {metric}: {ratios}; a significant {verdicts[start]} begins at "
+                             f"{runs[start]}")
+    return lines
+
+
+def table_json(table, metrics, threshold: float, alpha: float = ALPHA) -> dict:
+    """`kvbench compare --format json`: every row's ratio, interval, p-value, verdict and reason, per metric."""
+    def num(v):
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else (
+            float(v) if isinstance(v, (float, np.floating)) else v)
+
+    rows = []
+    for rec in table.to_dict("records"):
+        rows.append({
+            "base_run": rec["base_run"], "new_run": rec["new_run"], "scenario": rec["scenario"],
+            "verdict": rec["verdict"], "regressed": rec["regressed"] or None,
+            "machine_scale": num(rec.get("machine_scale")),
+            "metrics": {m: {f: num(rec.get(f"{m}_{f}")) for f in ("base", "new", *VERDICT_FIELDS)}
+                        for m in metrics if f"{m}_verdict" in rec},
+        })
+    return {"test": TEST, "alpha": alpha, "threshold": threshold, "rows": rows,
+            "regressions": sum(r["verdict"] == REGRESSION for r in rows)}
