@@ -21,6 +21,8 @@ from .decode import (
 from .environment import environment
 from .forwards import eager_probes, record_forwards
 from .host_memory import pinned_host_probe
+from .load import load_probe
+from .machine_speed import machine_speed
 from .memory import memory_probe
 from .models import LoadedModel, synthetic_inputs
 from .nvml import nvml_handle
@@ -121,7 +123,7 @@ def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, profil
     if scenario.cache_implementation == "paged":  # continuous batching: an engine of its own
         return measure_paged(loaded, scenario, repeats, warmup)
     record = base_record(loaded, scenario)
-    record.update(environment(loaded.device))
+    record.update(environment(loaded.device), **machine_speed(loaded))  # the machine's speed just before, untimed
     clock, nvml = Clock(loaded.device), nvml_handle(loaded.device)
     inputs = synthetic_inputs(loaded.config, scenario.batch_size, scenario.prompt_len, loaded.device, scenario.seed)
     warmup = max(warmup, 1) if may_compile(scenario, loaded.device) else warmup
@@ -133,7 +135,8 @@ def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, profil
     free_memory(loaded.device)  # the one garbage collection of the scenario, before the warm-up, untimed
     oom = None
     try:
-        with torch.inference_mode(), eager_probes(loaded.model):  # probes on for every generate of the scenario
+        with torch.inference_mode(), eager_probes(loaded.model), load_probe(nvml) as load:  # probes on for every
+            # generate of the scenario; the load around its warm-ups and timed repeats
             warm = [generate_once(loaded, scenario, inputs, clock, nvml, **call) for _ in range(warmup)]
             graphs.append(compiled_graphs())
             runs = [generate_once(loaded, scenario, inputs, clock, nvml, **call) for _ in range(repeats)]
@@ -154,7 +157,7 @@ def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, profil
         free_memory(loaded.device)  # out of the except block: generate's tensors are gone
         record.update(status="oom", error=oom)
         return record
-    record.update(summary)
+    record.update(summary, **load.fields)
     record.update(compile_record(warm, runs, graphs, scenario.use_cache and scenario.cache_implementation == "static"))
     record.update(profiled)
     record["tokens_per_s"] = record["generated_tokens"] * scenario.batch_size / record["total_s"]
