@@ -115,6 +115,26 @@ def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, profil
     (reset) by every generate. `profile_steps` adds one profiled generate after the timed ones (measuring.profile).
     Out of memory on a GPU gives a record with status "oom" (and frees what it can); other errors raise.
     """
+    steps = measure_steps(model, scenario, repeats, warmup, profile_steps)
+    with eager_probes(as_loaded(model).model):  # probes on for every generate of the scenario
+        return finish(steps)
+
+
+def finish(steps) -> dict:
+    """Run a `measure_steps` generator to its end; its record."""
+    try:
+        while True:
+            next(steps)
+    except StopIteration as stop:
+        return stop.value
+
+
+def measure_steps(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, profile_steps: bool = False):
+    """`measure` one step at a time, so that the timed repeats of several scenarios can take turns
+    (`measuring.interleave`): a generator that yields once its warm-ups are done and after each timed repeat, and
+    returns the record. What stays loaded between its steps: the model, the scenario's inputs and its static cache.
+    Inference mode is entered around each step; the caller keeps `eager_probes` on across them (entering it per step
+    would change the hooks a compiled decode was traced with)."""
     if repeats < 1 or warmup < 0:
         raise UserError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     loaded = as_loaded(model)
@@ -135,14 +155,19 @@ def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, profil
     free_memory(loaded.device)  # the one garbage collection of the scenario, before the warm-up, untimed
     oom = None
     try:
-        with torch.inference_mode(), eager_probes(loaded.model), load_probe(nvml) as load:  # probes on for every
-            # generate of the scenario; the load around its warm-ups and timed repeats
-            warm = [generate_once(loaded, scenario, inputs, clock, nvml, **call) for _ in range(warmup)]
+        with load_probe(nvml) as load:  # the load from the first warm-up to the last timed repeat
+            with torch.inference_mode(), eager_probes(loaded.model):
+                warm = [generate_once(loaded, scenario, inputs, clock, nvml, **call) for _ in range(warmup)]
             graphs.append(compiled_graphs())
-            runs = [generate_once(loaded, scenario, inputs, clock, nvml, **call) for _ in range(repeats)]
+            runs = []
+            for _ in range(repeats):
+                yield
+                with torch.inference_mode(), eager_probes(loaded.model):
+                    runs.append(generate_once(loaded, scenario, inputs, clock, nvml, **call))
             graphs.append(compiled_graphs())
-            summary = summarize(runs)
-            if profile_steps and scenario.new_tokens > 1:
+        summary = summarize(runs)
+        if profile_steps and scenario.new_tokens > 1:
+            with torch.inference_mode(), eager_probes(loaded.model):
                 profiled = profile_decode_steps(
                     loaded.model, loaded.device, lambda: bare_generate(loaded, scenario, inputs, **call),
                     summary["decode_step_s"],

@@ -8,10 +8,12 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..errors import UserError
 from ..inputs.scenario import Scenario
 from ..results.schema import SCHEMA_VERSION
 from ..results.store import RunWriter
 from .environment import environment
+from .interleave import ORDERS, Measurer
 from .measure import base_record, check_fits, free_memory, measure
 from .models import LoadedModel
 from .resume import (
@@ -42,6 +44,8 @@ def run_sweep(
     resume: bool = False,
     profile_steps: bool = False,
     on_oom: str | None = None,
+    order: str = "interleaved",
+    order_seed: int | None = None,
 ) -> list[dict]:
     """Measure every scenario; a failing one becomes a record with status "error" and the sweep goes on.
 
@@ -53,7 +57,12 @@ def run_sweep(
     `on_oom`: "continue" (the default) measures every scenario; "skip-larger" records the scenarios larger than one
     that ran out of memory (the same settings, every size at least as large) as "skipped", unmeasured. None: the
     run's own choice when resumed (a resumed run asked for "continue" measures its skipped scenarios).
+    `order`: "interleaved" (the timed repeats of scenarios differing only in the cache take turns, round by round,
+    shuffled with `order_seed`, random when None; `kvbench.measuring.interleave`) or "grouped" (one scenario's
+    repeats after the other's).
     """
+    if order not in ORDERS:
+        raise UserError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
     scenarios = check_sweep_args(scenarios, repeats, warmup, resume, on_oom)
     for scenario in scenarios or []:  # refuse the whole sweep before anything runs
         check_fits(loaded, scenario)
@@ -61,14 +70,16 @@ def run_sweep(
     owned = not isinstance(out_dir, RunWriter)
     writer = RunWriter(out_dir, resume=resume) if owned else out_dir
     try:
-        return sweep(loaded, scenarios, writer, info, repeats, warmup, progress, profile_steps, on_oom)
+        return sweep(loaded, scenarios, writer, info, repeats, warmup, progress, profile_steps, on_oom, order,
+                     order_seed)
     finally:
         if owned:
             writer.close()
 
 
 def sweep(loaded, scenarios, writer: RunWriter, info: dict, repeats: int, warmup: int, progress,
-          profile_steps: bool = False, on_oom: str | None = None) -> list[dict]:
+          profile_steps: bool = False, on_oom: str | None = None, order: str = "interleaved",
+          order_seed: int | None = None) -> list[dict]:
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     done: dict[str, dict] = {}
     todo = scenarios
@@ -89,12 +100,16 @@ def sweep(loaded, scenarios, writer: RunWriter, info: dict, repeats: int, warmup
     skips = OOMSkips(on_oom, kept, scenarios)
     info.update(scenarios=[s.id for s in scenarios], grid=[s.as_dict() for s in scenarios])
     info["started_utc"] = writer.info.get("started_utc", started)
+    measured = Measurer(loaded, todo, repeats, warmup, order, order_seed, profile_steps=profile_steps,
+                        measure_one=lambda s: measure_or_error(loaded, s, repeats, warmup, profile_steps),
+                        on_error=lambda s, exc: failed_record(loaded, s, exc))
+    info.update(order=order, order_seed=measured.seed)
     writer.update_info(info)
     with stop_after_scenario() as ctrl_c, frozen_heap():
         for scenario in todo:
             reason = skips.reason(scenario)
             if reason is None:
-                record = measure_or_error(loaded, scenario, repeats, warmup, profile_steps)
+                record = measured(scenario)
             else:
                 record = error_record(loaded, scenario, reason) | {"status": "skipped"}
             skips.saw(scenario, record)
@@ -140,9 +155,14 @@ def measure_or_error(loaded: LoadedModel, scenario: Scenario, repeats: int, warm
     try:
         return measure(loaded, scenario, repeats=repeats, warmup=warmup, profile_steps=profile_steps)
     except Exception as exc:  # keep the sweep going; the record says what broke
-        record = error_record(loaded, scenario, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=-3))
+        record = failed_record(loaded, scenario, exc)
     free_memory(loaded.device)  # out of the except block: the traceback and generate's frames are gone
     return record
+
+
+def failed_record(loaded: LoadedModel, scenario: Scenario, exc: Exception) -> dict:
+    """The error record of a scenario whose measurement raised `exc` (call it inside the `except` block)."""
+    return error_record(loaded, scenario, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=-3))
 
 
 @contextlib.contextmanager
