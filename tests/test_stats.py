@@ -80,3 +80,34 @@ def test_repeat_statistics_of_hand_built_repeats():
     assert out["total_s_n"] == 2 and out["total_s_ci_low"] == 0.7 and out["total_s_ci_high"] == 1.0
     assert out["total_s_ci_level"] == pytest.approx(0.5)  # two draws straddle the median with chance 1/2
     assert out["decode_step_s_n"] == 2
+
+
+def test_paired_rounds_cancel_a_load_that_hits_both_sides_alike():
+    # the machine slows 1x, 3x, 1x, 2x ... in the rounds; uncached always takes 4x the cached time of its round
+    load = [1.0, 3.0, 1.0, 2.0, 1.5, 1.0, 2.5]
+    cached = [0.1 * f for f in load]
+    uncached = [0.4 * f for f in load]
+    from kvbench.results.stats import paired_ratio_interval, ratio_interval
+
+    assert paired_ratio_interval(cached, uncached) == pytest.approx((4.0, 4.0, 4.0))
+    low, high = ratio_interval(cached, uncached)  # unpaired: the rounds' load widens the interval
+    assert low < 3.0 and high > 5.0
+
+
+def test_speedups_use_the_rounds_when_both_sides_share_them():
+    import pandas as pd
+
+    from kvbench.results.frame import speedups
+
+    base = {"run": "r", "model": "m", "device": "cpu", "dtype": "float32", "prompt_len": 16, "new_tokens": 4,
+            "batch_size": 1, "decoding": "greedy", "num_beams": 1, "status": "ok"}
+    rows = [dict(base, use_cache=True, cache_implementation="dynamic", total_s=0.1,
+                 total_s_repeats=[0.1, 0.3, 0.1], order_seed=5),
+            dict(base, use_cache=False, cache_implementation="none", total_s=0.4,
+                 total_s_repeats=[0.4, 1.2, 0.4], order_seed=5)]
+    sp = speedups(pd.DataFrame(rows))
+    assert sp["speedup"].tolist() == [pytest.approx(4.0)] and sp["speedup_paired"].tolist() == [True]
+    assert sp["speedup_ci_low"].tolist() == [pytest.approx(4.0)] and sp["speedup_ci_high"].tolist() == [pytest.approx(4.0)]
+    rows[1]["order_seed"] = None  # grouped: independent samples, a bootstrap interval
+    sp = speedups(pd.DataFrame(rows))
+    assert not sp["speedup_paired"].iloc[0] and sp["speedup_ci_low"].iloc[0] < 4.0 < sp["speedup_ci_high"].iloc[0]

@@ -7,7 +7,7 @@ the threshold is "no change". Otherwise it is "can't tell", with the reason: con
 busy machine moves timings more than most changes), too few repeats for the test to ever reach the cut-off (with
 n and m repeats, the smallest two-sided p is 2 / C(n + m, n): 7 repeats each are needed for 0.002), or a
 difference inside the noise (with the repeats that would resolve a change of this size, from the repeats' spread).
-The ratio's 95% interval is a percentile bootstrap of the ratio of medians (`scipy.stats.bootstrap`, seeded).
+The ratio's 95% interval is a percentile bootstrap of the ratio of medians (`results.stats.ratio_interval`).
 
 An exact metric (cache bytes, memory peaks: one figure per scenario, no repeats) is a regression or an improvement
 when its ratio lies beyond the threshold, and "no change" otherwise.
@@ -19,12 +19,11 @@ import math
 
 import numpy as np
 
-from ..results.stats import clean
+from ..results.stats import clean, ratio_interval
 
 ALPHA = 0.002
 TEST = "Mann-Whitney U, two-sided"
 POWER = 0.8  # the chance of seeing a change of the observed size that `repeats_to_resolve` aims at
-BOOTSTRAP_SEED = 0
 REGRESSION, IMPROVEMENT, NO_CHANGE, CANT_TELL = "regression", "improvement", "no change", "can't tell"
 # The timed metrics and the record field holding their repeats.
 TIMED = {"total_s": "total_s_repeats", "ttft_s": "ttft_s_repeats", "decode_step_s": "decode_step_s_repeats"}
@@ -58,20 +57,6 @@ def repeats_to_resolve(base: np.ndarray, new: np.ndarray, alpha: float = ALPHA) 
     s2 = float(np.mean(variances))
     n = 2 * (norm.ppf(1 - alpha / 2) + norm.ppf(POWER)) ** 2 * s2 / d**2 / (3 / math.pi)
     return max(floor, math.ceil(n))
-
-
-def ratio_interval(base: np.ndarray, new: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """The percentile-bootstrap interval of median(new) / median(base) (NaNs with fewer than 2 repeats a side)."""
-    if len(base) < 2 or len(new) < 2:
-        return math.nan, math.nan
-    from scipy.stats import bootstrap
-
-    def ratio(b, n, axis=-1):
-        return np.median(n, axis=axis) / np.median(b, axis=axis)
-
-    res = bootstrap((base, new), ratio, n_resamples=2000, confidence_level=level, method="percentile",
-                    vectorized=True, rng=np.random.default_rng(BOOTSTRAP_SEED))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def timed_verdict(base, new, threshold: float, alpha: float = ALPHA, contention: str | None = None,

@@ -18,6 +18,7 @@ LEVEL = 0.95
 PERCENTILES = (50, 90, 99)
 # Enough repeats for the order statistics of the median to cover 95%: 2 · 2^-n <= 0.05.
 MIN_REPEATS_FOR_LEVEL = 6
+BOOTSTRAP_SEED = 0
 
 
 def clean(values) -> np.ndarray:
@@ -81,6 +82,34 @@ def percentiles(name: str, values) -> dict:
     """`<name>_p50`, `_p90`, `_p99` (linear interpolation between order statistics; None without values)."""
     x = clean(values)
     return {f"{name}_p{p}": (float(np.percentile(x, p)) if len(x) else None) for p in PERCENTILES}
+
+
+def ratio_interval(base, new, level: float = LEVEL) -> tuple[float, float]:
+    """The percentile-bootstrap interval of median(new) / median(base) of two independent samples
+    (`scipy.stats.bootstrap`, 2000 resamples, seeded: the same data give the same interval); NaNs with fewer than
+    2 values a side."""
+    base, new = clean(base), clean(new)
+    if len(base) < 2 or len(new) < 2:
+        return math.nan, math.nan
+    from scipy.stats import bootstrap
+
+    def ratio(b, n, axis=-1):
+        return np.median(n, axis=axis) / np.median(b, axis=axis)
+
+    res = bootstrap((base, new), ratio, n_resamples=2000, confidence_level=level, method="percentile",
+                    vectorized=True, rng=np.random.default_rng(BOOTSTRAP_SEED))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def paired_ratio_interval(base, new, level: float = LEVEL) -> tuple[float, float, float]:
+    """(median, low, high) of the per-round ratios new_i / base_i of repeats paired by round (interleaved), the
+    interval of their median from order statistics (`median_ci`); NaNs without pairs."""
+    pairs = [(b, n) for b, n in zip(base, new) if b and n and b > 0 and math.isfinite(b) and math.isfinite(n)]
+    ratios = [n / b for b, n in pairs]
+    if not ratios:
+        return math.nan, math.nan, math.nan
+    low, high, _ = median_ci(ratios, level)
+    return float(np.median(ratios)), low, high
 
 
 def tpot(total_s: float, ttft_s: float, tokens: int) -> float | None:
