@@ -18,6 +18,7 @@ from .decode import (
     may_compile,
     static_cache,
 )
+from .energy import energy_counter
 from .environment import environment
 from .forwards import eager_probes, record_forwards
 from .host_memory import pinned_host_probe
@@ -74,13 +75,16 @@ def generate_once(loaded: LoadedModel, scenario: Scenario, inputs: dict, clock: 
     kwargs = scenario.generate_kwargs() if kwargs is None else kwargs
     held = reset_cache(cache)
     torch.manual_seed(scenario.seed)  # sampling draws the same tokens every repeat
+    energy = energy_counter(loaded.device, nvml)
     with memory_probe(loaded.device, nvml) as memory, pinned_host_probe(loaded.device, scenario.cache_implementation) \
             as host, record_forwards(loaded.model, clock) as forwards:
+        joules = energy.read()
         start = clock.mark()
         out = run_generation(loaded.model, inputs, scenario, kwargs)
         end = clock.mark()
         seconds = clock.intervals([start, *forwards.marks, end])
-    generated = out.sequences.shape[1] - scenario.prompt_len
+        after = energy.read()  # after the clock's synchronize: the device has finished
+    generated, out_rows = out.sequences.shape[1] - scenario.prompt_len, out.sequences.shape[0]
     cache_record = cache_fields(cache_from_output(out) if scenario.use_cache else None)
     del out
     for key in REBASED:
@@ -94,6 +98,9 @@ def generate_once(loaded: LoadedModel, scenario: Scenario, inputs: dict, clock: 
         "positions": forwards.positions,
         "forward_compiled": forwards.compiled,
         "generated_tokens": generated,
+        "tokens_out": generated * out_rows,
+        "energy_j": None if joules is None or after is None else after - joules,
+        "energy_source": energy.source, "energy_unavailable": energy.reason,
         **cache_record,
         **memory,
         **host,

@@ -26,7 +26,8 @@ TEST = "Mann-Whitney U, two-sided"
 POWER = 0.8  # the chance of seeing a change of the observed size that `repeats_to_resolve` aims at
 REGRESSION, IMPROVEMENT, NO_CHANGE, CANT_TELL = "regression", "improvement", "no change", "can't tell"
 # The timed metrics and the record field holding their repeats.
-TIMED = {"total_s": "total_s_repeats", "ttft_s": "ttft_s_repeats", "decode_step_s": "decode_step_s_repeats"}
+TIMED = {"total_s": "total_s_repeats", "ttft_s": "ttft_s_repeats", "decode_step_s": "decode_step_s_repeats",
+         "energy_per_token_j": "energy_j_repeats"}  # joules per generate: the same tokens every repeat
 
 
 def smallest_p(n: int, m: int) -> float:
