@@ -65,3 +65,21 @@ def test_a_bad_order_is_one_line_and_exit_2(tmp_path, capsys):
 
     assert main(["run", "--order", "shuffled", "--out", str(tmp_path / "x")]) == 2
     assert "--order: 'shuffled' is not one of interleaved, grouped" in capsys.readouterr().err
+
+
+def test_repeats_auto_stops_and_says_why(tmp_path, tiny):
+    scenarios = [Scenario(prompt_len=8, new_tokens=2, use_cache=c) for c in (True, False)]
+    run_sweep(tiny, scenarios, tmp_path / "auto", repeats=8, warmup=0, target_ci=0.9)
+    df = load_results(tmp_path / "auto")
+    # a 90% target is met once the interval reaches 95% (6 repeats) unless the machine is wildly noisy; never past 8
+    assert df["total_s_n"].between(6, 8).all()
+    assert df["repeats_stop"].str.startswith(("interval within ±90%", "the cap of 8")).all()
+
+
+def test_bad_repeats_and_target_are_one_line_and_exit_2(tmp_path, capsys):
+    from kvbench.cli.app import main
+
+    assert main(["run", "--repeats", "many", "--out", str(tmp_path / "x")]) == 2
+    assert "--repeats: many is not a positive integer or auto" in capsys.readouterr().err
+    assert main(["run", "--repeats", "auto", "--target-ci", "0", "--out", str(tmp_path / "y")]) == 2
+    assert "--target-ci: '0' is not a percentage" in capsys.readouterr().err

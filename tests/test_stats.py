@@ -111,3 +111,16 @@ def test_speedups_use_the_rounds_when_both_sides_share_them():
     rows[1]["order_seed"] = None  # grouped: independent samples, a bootstrap interval
     sp = speedups(pd.DataFrame(rows))
     assert not sp["speedup_paired"].iloc[0] and sp["speedup_ci_low"].iloc[0] < 4.0 < sp["speedup_ci_high"].iloc[0]
+
+
+def test_auto_repeats_stop_at_the_target_or_the_budget():
+    from kvbench.results.stats import auto_stop
+
+    assert auto_stop([1.0, 1.0], 0.05, 0.1) is None                    # fewer than 3
+    # 3 equal repeats: a zero-width interval, but (min, max) of 3 covers only 75%: go on until 6
+    assert auto_stop([1.0] * 5, 0.05, 0.1) is None
+    assert auto_stop([1.0] * 6, 0.05, 0.1) == "interval within ±5% (±0.0% after 6 repeats)"
+    # 1..10 around 5.5: interval (2, 9), half-width 3.5 / 5.5 = 64%: only the budget stops it
+    assert auto_stop(range(1, 11), 0.05, 1.0, budget_s=30) is None
+    assert auto_stop(range(1, 11), 0.05, 31.0, budget_s=30) == ("time budget of 30 s spent "
+                                                              "(interval ±63.6% after 10 repeats)")

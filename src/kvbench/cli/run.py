@@ -37,7 +37,9 @@ def run(
     top_k: str = typer.Option("50", help="top-k values for --decoding sample, comma-separated (0: off)"),
     top_p: str = typer.Option("1.0", help="top-p values for --decoding sample, comma-separated (1.0: off)"),
     engine: str = typer.Option("generate", help="generate, reference (kvbench's plain-torch loop), comma-separated"),
-    repeats: int = typer.Option(3, help="timed generates per scenario (the median is reported)"),
+    repeats: str = typer.Option("3", help="timed generates per scenario (the median is reported), or auto: at "
+                                "least 3, until the median's 95% interval is within --target-ci or the budget"),
+    target_ci: str = typer.Option("5%", help="--repeats auto: the interval's half-width to reach (5% or 0.05)"),
     warmup: int = typer.Option(1, help="untimed generates before the timed ones (at least 1 where decode compiles)"),
     profile_steps: bool = typer.Option(
         False, "--profile-steps",
@@ -84,8 +86,7 @@ def run(
     caches = {"on": [True], "off": [False], "both": [True, False]}
     if use_cache not in caches:
         raise UserError(f"--use-cache: {use_cache!r} is not one of on, off, both")
-    if repeats < 1:
-        raise UserError(f"--repeats: {repeats} is not a positive integer")
+    repeats, _ = parse_repeats(repeats, target_ci)  # refused here, before any work; parsed again in sweep()
     if warmup < 0:
         raise UserError(f"--warmup: {warmup} must be 0 or more")
     for flag, value in (("--repeats", repeats), ("--warmup", warmup)):
@@ -169,7 +170,8 @@ def sweep(options: dict, scenarios: list, writer, settings: dict, resolved=None)
     from ..measuring.resume import split_done
     from ..measuring.runner import run_sweep
 
-    model, repeats, warmup = options["model"], options["repeats"], options["warmup"]
+    model, warmup = options["model"], options["warmup"]
+    repeats, target_ci = parse_repeats(options["repeats"], options.get("target_ci", "5%"))
     on_oom = options.get("on_oom", "continue")
     todo = split_done(writer.records(), scenarios, on_oom == "continue")[1] if writer.resumed else scenarios
     with console.status(f"loading {escape(model)}"):
@@ -186,13 +188,13 @@ def sweep(options: dict, scenarios: list, writer, settings: dict, resolved=None)
     if not todo:
         return run_sweep(loaded, scenarios, writer, repeats=repeats, warmup=warmup, settings=settings,
                          profile_steps=options["profile_steps"], on_oom=on_oom,
-                         order=options.get("order", "interleaved"))
+                         order=options.get("order", "interleaved"), target_ci=target_ci)
     with console.status("timing a probe forward for the time estimates"):
         estimate = SweepEstimate.probe(loaded, todo, repeats, warmup)
     if line := slow_line(loaded, estimate):
         console.print(line, highlight=False)
     return sweep_with_progress(loaded, scenarios, todo, writer, estimate, settings, options["profile_steps"], on_oom,
-                               order=options.get("order", "interleaved"))
+                               order=options.get("order", "interleaved"), target_ci=target_ci)
 
 
 def run_with_ray(model, load: dict, scenarios, out_dir, repeats, warmup, settings, address, gpus_per_task, workers,
@@ -313,7 +315,7 @@ def eta_text(left_s: float | None, since_s: float) -> str:
 
 
 def sweep_with_progress(loaded, scenarios, todo, writer, estimate, settings=None, profile_steps=False,
-                        on_oom="continue", order="interleaved") -> list[dict]:
+                        on_oom="continue", order="interleaved", target_ci=None) -> list[dict]:
     """`run_sweep` of `todo` (the scenarios not yet recorded) under a progress bar: the bar fills by expected work, the current scenario shows its expected
     time, and an ETA counts down the time left as the finished scenarios rescale the estimates."""
     import time
@@ -357,4 +359,26 @@ def sweep_with_progress(loaded, scenarios, todo, writer, estimate, settings=None
 
         return run_sweep(loaded, scenarios, writer, repeats=estimate.repeats, warmup=estimate.warmup,
                          settings=settings, profile_steps=profile_steps, progress=advance, on_oom=on_oom,
-                         order=order)
+                         order=order, target_ci=target_ci)
+
+
+def parse_repeats(text: str, target_ci: str) -> tuple[int, float | None]:
+    """--repeats N -> (N, None); --repeats auto -> (the cap, the target half-width from --target-ci)."""
+    from ..results.stats import AUTO_MAX_REPEATS
+
+    if str(text).strip() == "auto":
+        raw = str(target_ci).strip()
+        try:
+            target = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+        except ValueError:
+            target = -1.0
+        if not 0 < target < 1:
+            raise UserError(f"--target-ci: {target_ci!r} is not a percentage like 5% or a fraction like 0.05")
+        return AUTO_MAX_REPEATS, target
+    try:
+        repeats = int(text)
+    except ValueError:
+        repeats = 0
+    if repeats < 1:
+        raise UserError(f"--repeats: {text} is not a positive integer or auto")
+    return repeats, None

@@ -41,7 +41,8 @@ def groups(scenarios: list[Scenario]) -> list[list[Scenario]]:
 
 
 def measure_group(loaded: LoadedModel, group: list[Scenario], repeats: int, warmup: int, seed: int,
-                  profile_steps: bool = False, on_error: Callable | None = None) -> dict[str, dict]:
+                  profile_steps: bool = False, on_error: Callable | None = None,
+                  target_ci: float | None = None) -> dict[str, dict]:
     """{scenario id: record} of a group measured in interleaved rounds. A scenario that fails (or runs out of
     memory) leaves the rounds; `on_error(scenario, exc)` gives its record (None: the exception propagates)."""
     rng = random.Random(seed)
@@ -60,9 +61,9 @@ def measure_group(loaded: LoadedModel, group: list[Scenario], repeats: int, warm
 
     with eager_probes(loaded.model):
         for scenario in group:  # prepared and warmed up, one after the other
-            steps[scenario.id] = measure_steps(loaded, scenario, repeats, warmup, profile_steps)
+            steps[scenario.id] = measure_steps(loaded, scenario, repeats, warmup, profile_steps, target_ci)
             advance(scenario)
-        for _ in range(repeats):
+        while len(records) < len(group):  # a round: every scenario still measuring runs one timed repeat
             order = [s for s in group if s.id not in records]
             rng.shuffle(order)
             rounds.append([s.id for s in order])
@@ -80,10 +81,11 @@ class Measurer:
     or the scenario alone (grouped). `measure_one(scenario)` measures alone; `on_error` as in `measure_group`."""
 
     def __init__(self, loaded: LoadedModel, scenarios: list[Scenario], repeats: int, warmup: int, order: str,
-                 seed: int | None, measure_one: Callable, on_error: Callable, profile_steps: bool = False):
+                 seed: int | None, measure_one: Callable, on_error: Callable, profile_steps: bool = False,
+                 target_ci: float | None = None):
         self.loaded, self.repeats, self.warmup, self.profile_steps = loaded, repeats, warmup, profile_steps
         self.order, self.seed = order, seed if seed is not None else random.SystemRandom().randrange(2**31)
-        self.measure_one, self.on_error = measure_one, on_error
+        self.measure_one, self.on_error, self.target_ci = measure_one, on_error, target_ci
         self.group_of = {s.id: g for g in groups(scenarios) for s in g}
         self.done: dict[str, dict] = {}
 
@@ -96,5 +98,5 @@ class Measurer:
             return record
         if scenario.id not in self.done:
             self.done.update(measure_group(self.loaded, group, self.repeats, self.warmup, self.seed,
-                                           self.profile_steps, self.on_error))
+                                           self.profile_steps, self.on_error, self.target_ci))
         return self.done.pop(scenario.id)

@@ -3,12 +3,15 @@ untimed parts of the record: `kvbench.measuring.record`; continuous batching: `k
 
 from __future__ import annotations
 
+from time import perf_counter
+
 import torch
 
 from ..compat import cache_from_output, generate_call_kwargs
 from ..errors import UserError
 from ..estimate.roofline import decode_bytes_per_step, roofline
 from ..inputs.scenario import Scenario
+from ..results.stats import auto_stop
 from .cache_bytes import cache_fields, cache_nbytes
 from .clock import Clock
 from .decode import (
@@ -114,15 +117,18 @@ def bare_generate(loaded: LoadedModel, scenario: Scenario, inputs: dict, kwargs:
     run_generation(loaded.model, inputs, scenario, kwargs)
 
 
-def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, profile_steps: bool = False) -> dict:
+def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, profile_steps: bool = False,
+            target_ci: float | None = None) -> dict:
     """Measure one scenario: medians of `repeats` timed generates after `warmup` untimed ones.
 
     A scenario whose decode may compile (compile "on", or "auto" with a static cache off the CPU) gets at least one
     warm-up: the first warm-up compiles, and its wall time is `compile_s`. A static scenario builds one cache, reused
     (reset) by every generate. `profile_steps` adds one profiled generate after the timed ones (measuring.profile).
     Out of memory on a GPU gives a record with status "oom" (and frees what it can); other errors raise.
+    `target_ci` (`--repeats auto`): `repeats` is then a cap, and the repeats stop once the median's interval is
+    within ±target_ci (`results.stats.auto_stop`); `repeats_stop` says what stopped them.
     """
-    steps = measure_steps(model, scenario, repeats, warmup, profile_steps)
+    steps = measure_steps(model, scenario, repeats, warmup, profile_steps, target_ci)
     with eager_probes(as_loaded(model).model):  # probes on for every generate of the scenario
         return finish(steps)
 
@@ -136,7 +142,8 @@ def finish(steps) -> dict:
         return stop.value
 
 
-def measure_steps(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, profile_steps: bool = False):
+def measure_steps(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, profile_steps: bool = False,
+                  target_ci: float | None = None):
     """`measure` one step at a time, so that the timed repeats of several scenarios can take turns
     (`measuring.interleave`): a generator that yields once its warm-ups are done and after each timed repeat, and
     returns the record. What stays loaded between its steps: the model, the scenario's inputs and its static cache.
@@ -166,11 +173,16 @@ def measure_steps(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, 
             with torch.inference_mode(), eager_probes(loaded.model):
                 warm = [generate_once(loaded, scenario, inputs, clock, nvml, **call) for _ in range(warmup)]
             graphs.append(compiled_graphs())
-            runs = []
+            runs, started, stop = [], perf_counter(), f"{repeats} repeats asked for"
             for _ in range(repeats):
                 yield
                 with torch.inference_mode(), eager_probes(loaded.model):
                     runs.append(generate_once(loaded, scenario, inputs, clock, nvml, **call))
+                if target_ci and (why := auto_stop([r["total_s"] for r in runs], target_ci, perf_counter() - started)):
+                    stop = why
+                    break
+            else:
+                stop = f"the cap of {repeats} repeats" if target_ci else stop
             graphs.append(compiled_graphs())
         summary = summarize(runs)
         if profile_steps and scenario.new_tokens > 1:
@@ -189,7 +201,7 @@ def measure_steps(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, 
         free_memory(loaded.device)  # out of the except block: generate's tensors are gone
         record.update(status="oom", error=oom)
         return record
-    record.update(summary, **load.fields)
+    record.update(summary, **load.fields, repeats_stop=stop)
     record.update(compile_record(warm, runs, graphs, scenario.use_cache and scenario.cache_implementation == "static"))
     record.update(profiled)
     record["tokens_per_s"] = record["generated_tokens"] * scenario.batch_size / record["total_s"]

@@ -46,6 +46,7 @@ def run_sweep(
     on_oom: str | None = None,
     order: str = "interleaved",
     order_seed: int | None = None,
+    target_ci: float | None = None,
 ) -> list[dict]:
     """Measure every scenario; a failing one becomes a record with status "error" and the sweep goes on.
 
@@ -59,7 +60,7 @@ def run_sweep(
     run's own choice when resumed (a resumed run asked for "continue" measures its skipped scenarios).
     `order`: "interleaved" (the timed repeats of scenarios differing only in the cache take turns, round by round,
     shuffled with `order_seed`, random when None; `kvbench.measuring.interleave`) or "grouped" (one scenario's
-    repeats after the other's).
+    repeats after the other's). `target_ci` (`--repeats auto`): `repeats` is a cap; see `measure`.
     """
     if order not in ORDERS:
         raise UserError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
@@ -71,7 +72,7 @@ def run_sweep(
     writer = RunWriter(out_dir, resume=resume) if owned else out_dir
     try:
         return sweep(loaded, scenarios, writer, info, repeats, warmup, progress, profile_steps, on_oom, order,
-                     order_seed)
+                     order_seed, target_ci)
     finally:
         if owned:
             writer.close()
@@ -79,7 +80,7 @@ def run_sweep(
 
 def sweep(loaded, scenarios, writer: RunWriter, info: dict, repeats: int, warmup: int, progress,
           profile_steps: bool = False, on_oom: str | None = None, order: str = "interleaved",
-          order_seed: int | None = None) -> list[dict]:
+          order_seed: int | None = None, target_ci: float | None = None) -> list[dict]:
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     done: dict[str, dict] = {}
     todo = scenarios
@@ -101,9 +102,9 @@ def sweep(loaded, scenarios, writer: RunWriter, info: dict, repeats: int, warmup
     info.update(scenarios=[s.id for s in scenarios], grid=[s.as_dict() for s in scenarios])
     info["started_utc"] = writer.info.get("started_utc", started)
     measured = Measurer(loaded, todo, repeats, warmup, order, order_seed, profile_steps=profile_steps,
-                        measure_one=lambda s: measure_or_error(loaded, s, repeats, warmup, profile_steps),
-                        on_error=lambda s, exc: failed_record(loaded, s, exc))
-    info.update(order=order, order_seed=measured.seed)
+                        measure_one=lambda s: measure_or_error(loaded, s, repeats, warmup, profile_steps, target_ci),
+                        on_error=lambda s, exc: failed_record(loaded, s, exc), target_ci=target_ci)
+    info.update(order=order, order_seed=measured.seed, target_ci=target_ci)
     writer.update_info(info)
     with stop_after_scenario() as ctrl_c, frozen_heap():
         for scenario in todo:
@@ -150,10 +151,11 @@ def error_record(loaded: LoadedModel, scenario: Scenario, error: str, tb: str | 
 
 
 def measure_or_error(loaded: LoadedModel, scenario: Scenario, repeats: int, warmup: int,
-                     profile_steps: bool = False) -> dict:
+                     profile_steps: bool = False, target_ci: float | None = None) -> dict:
     """measure(), or a record with status "error" when it raises (so a sweep goes on)."""
     try:
-        return measure(loaded, scenario, repeats=repeats, warmup=warmup, profile_steps=profile_steps)
+        return measure(loaded, scenario, repeats=repeats, warmup=warmup, profile_steps=profile_steps,
+                       target_ci=target_ci)
     except Exception as exc:  # keep the sweep going; the record says what broke
         record = failed_record(loaded, scenario, exc)
     free_memory(loaded.device)  # out of the except block: the traceback and generate's frames are gone

@@ -112,6 +112,26 @@ def paired_ratio_interval(base, new, level: float = LEVEL) -> tuple[float, float
     return float(np.median(ratios)), low, high
 
 
+AUTO_MIN_REPEATS = 3
+AUTO_MAX_REPEATS = 50
+AUTO_BUDGET_S = 60.0  # per scenario, from its first timed repeat
+
+
+def auto_stop(totals, target: float, elapsed_s: float, budget_s: float = AUTO_BUDGET_S) -> str | None:
+    """Why `--repeats auto` stops after these repeats, or None to go on: at least `AUTO_MIN_REPEATS`, then the median's
+    95% interval (its level reached) within ±`target` of the median, or the time budget spent."""
+    x = clean(totals)
+    if len(x) < AUTO_MIN_REPEATS:
+        return None
+    low, high, level = median_ci(x)
+    width = (high - low) / 2 / float(np.median(x))
+    if level >= LEVEL and width <= target:
+        return f"interval within ±{target:.0%} (±{width:.1%} after {len(x)} repeats)"
+    if elapsed_s >= budget_s:
+        return f"time budget of {budget_s:g} s spent (interval ±{width:.1%} after {len(x)} repeats)"
+    return None
+
+
 def tpot(total_s: float, ttft_s: float, tokens: int) -> float | None:
     """vLLM's time per output token after the first: (E2E - TTFT) / (N - 1); None for one token."""
     return (total_s - ttft_s) / (tokens - 1) if tokens > 1 else None
