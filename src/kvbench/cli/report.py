@@ -47,7 +47,7 @@ def print_comparison(table: pd.DataFrame, threshold: float, env: pd.DataFrame, n
     from ..report.compare import regression_lines, verdict_line
     from ..report.pages import fmt_ratio
 
-    from ..report.verdicts import cant_tell_line, machine_line, trend_lines
+    from ..report.verdicts import noise_notes
 
     styles = {"regression": "red", "improvement": "green", "can't tell": "yellow"}
     metrics = [m for m in METRICS if f"{m}_ratio" in table]
@@ -65,8 +65,7 @@ def print_comparison(table: pd.DataFrame, threshold: float, env: pd.DataFrame, n
         out.add_row(escape(str(rec["new_run"])), escape(str(rec["scenario"])), *cells,
                     f"[{styles[rec['verdict']]}]{verdict}[/]" if rec["verdict"] in styles else verdict)
     console.print(out)
-    notes = [*notes, *filter(None, [machine_line(table, threshold), cant_tell_line(table, gated)]),
-             *trend_lines(table, metrics)]
+    notes = [*notes, *noise_notes(table, threshold, gated)]
     for note in notes:
         console.print(f"[yellow]note[/] {escape(note)}", markup=True, highlight=False)
     if len(env):

@@ -28,6 +28,7 @@ from .verdicts import (
     VERDICT_FIELDS,
     machine_scale,
     metric_verdict,
+    noise_notes,
     verdict_inputs,
 )
 
@@ -283,7 +284,7 @@ def compare_page(df: pd.DataFrame, base: str, news: list[str], table: pd.DataFra
         f"{PEAK_MEMORY_FLOOR_BYTES >> 20} MiB are ignored; the peak RSS gates only when --gate names it).",
         "Matched across: " + (", ".join(f"{f} ({' vs '.join(v.values())})" for f, v in compared.items())
                               if compared else "nothing (same model, device, dtype and cache implementation)") + ".",
-    ], notes=unmatched(df, base, news, table), figure="compare", tables=[
+    ], notes=unmatched(df, base, news, table) + noise_notes(table, threshold, gated), figure="compare", tables=[
         Table("Ratios new / base per scenario", table, name="compare", collapsed=False)])
     if regressions:
         summary.warning_title = "these scenarios regressed (gated metric, ratio new / base):"

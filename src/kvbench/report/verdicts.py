@@ -213,3 +213,10 @@ def table_json(table, metrics, threshold: float, alpha: float = ALPHA) -> dict:
         })
     return {"test": TEST, "alpha": alpha, "threshold": threshold, "rows": rows,
             "regressions": sum(r["verdict"] == REGRESSION for r in rows)}
+
+
+def noise_notes(table, threshold: float, gated) -> list[str]:
+    """The machine's change of speed, what could not be told and why, and the trends: the notes under the table."""
+    metrics = [m for m in TIMED if f"{m}_verdict" in table]
+    return [*filter(None, [machine_line(table, threshold), cant_tell_line(table, gated)]),
+            *trend_lines(table, metrics)]
