@@ -80,6 +80,6 @@ def test_bad_repeats_and_target_are_one_line_and_exit_2(tmp_path, capsys):
     from kvbench.cli.app import main
 
     assert main(["run", "--repeats", "many", "--out", str(tmp_path / "x")]) == 2
-    assert "--repeats: many is not a positive integer or auto" in capsys.readouterr().err
+    assert "Invalid value for '--repeats': Input should be a valid integer or auto, not 'many'" in capsys.readouterr().err
     assert main(["run", "--repeats", "auto", "--target-ci", "0", "--out", str(tmp_path / "y")]) == 2
     assert "--target-ci: '0' is not a percentage" in capsys.readouterr().err

@@ -37,8 +37,9 @@ def run(
     top_k: str = typer.Option("50", help="top-k values for --decoding sample, comma-separated (0: off)"),
     top_p: str = typer.Option("1.0", help="top-p values for --decoding sample, comma-separated (1.0: off)"),
     engine: str = typer.Option("generate", help="generate, reference (kvbench's plain-torch loop), comma-separated"),
-    repeats: str = typer.Option("3", help="timed generates per scenario (the median is reported), or auto: at "
-                                "least 3, until the median's 95% interval is within --target-ci or the budget"),
+    repeats: str = typer.Option("3", callback=lambda v: check_repeats(v),
+                                help="timed generates per scenario (the median is reported), or auto: at least 3, "
+                                     "until the median's 95% interval is within --target-ci or the budget"),
     target_ci: str = typer.Option("5%", help="--repeats auto: the interval's half-width to reach (5% or 0.05)"),
     warmup: int = typer.Option(1, help="untimed generates before the timed ones (at least 1 where decode compiles)"),
     profile_steps: bool = typer.Option(
@@ -360,6 +361,16 @@ def sweep_with_progress(loaded, scenarios, todo, writer, estimate, settings=None
         return run_sweep(loaded, scenarios, writer, repeats=estimate.repeats, warmup=estimate.warmup,
                          settings=settings, profile_steps=profile_steps, progress=advance, on_oom=on_oom,
                          order=order, target_ci=target_ci)
+
+
+def check_repeats(value):
+    """--repeats as typer parses it: a whole number or auto (refused before anything heavy is imported)."""
+    if value is not None and str(value).strip() != "auto":
+        try:
+            int(value)
+        except ValueError:
+            raise typer.BadParameter(f"Input should be a valid integer or auto, not {value!r}") from None
+    return value
 
 
 def parse_repeats(text: str, target_ci: str) -> tuple[int, float | None]:
