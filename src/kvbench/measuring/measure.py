@@ -202,6 +202,8 @@ def measure_steps(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, 
         record.update(status="oom", error=oom)
         return record
     record.update(summary, **load.fields, repeats_stop=stop)
+    record.update(order="grouped", order_seed=None, interleave_group=None, round_orders=None)  # alone; the
+    # interleaver (measuring.interleave) overwrites these for the scenarios that took turns
     record.update(compile_record(warm, runs, graphs, scenario.use_cache and scenario.cache_implementation == "static"))
     record.update(profiled)
     record["tokens_per_s"] = record["generated_tokens"] * scenario.batch_size / record["total_s"]
