@@ -101,6 +101,8 @@ def sweep(loaded, scenarios, writer: RunWriter, info: dict, repeats: int, warmup
     skips = OOMSkips(on_oom, kept, scenarios)
     info.update(scenarios=[s.id for s in scenarios], grid=[s.as_dict() for s in scenarios])
     info["started_utc"] = writer.info.get("started_utc", started)
+    if on_oom == "skip-larger":  # a scenario is skipped after a smaller one's out-of-memory: one at a time
+        order = "grouped"
     measured = Measurer(loaded, todo, repeats, warmup, order, order_seed, profile_steps=profile_steps,
                         measure_one=lambda s: measure_or_error(loaded, s, repeats, warmup, profile_steps, target_ci),
                         on_error=lambda s, exc: failed_record(loaded, s, exc), target_ci=target_ci)
