@@ -59,7 +59,7 @@ def run(
     ray_workers: Optional[int] = typer.Option(None, help="--executor ray: workers (default: one per "
                                                          "--gpus-per-task GPUs, one on a cluster without GPUs)"),
     wide: bool = typer.Option(False, "--wide", help="summary table with every column, however wide"),
-    order: str = typer.Option("interleaved", help="interleaved (the repeats of scenarios differing only in the "
+    order: str = typer.Option("grouped", help="interleaved (the repeats of scenarios differing only in the "
                               "cache take turns, round by round, shuffled; the seed is recorded) or grouped"),
     resume: Optional[Path] = typer.Option(None, help="continue the run in this folder: only its scenarios not yet "
                                                      "recorded, with the settings it was started with"),
@@ -189,13 +189,13 @@ def sweep(options: dict, scenarios: list, writer, settings: dict, resolved=None)
     if not todo:
         return run_sweep(loaded, scenarios, writer, repeats=repeats, warmup=warmup, settings=settings,
                          profile_steps=options["profile_steps"], on_oom=on_oom,
-                         order=options.get("order", "interleaved"), target_ci=target_ci)
+                         order=options.get("order", "grouped"), target_ci=target_ci)
     with console.status("timing a probe forward for the time estimates"):
         estimate = SweepEstimate.probe(loaded, todo, repeats, warmup)
     if line := slow_line(loaded, estimate):
         console.print(line, highlight=False)
     return sweep_with_progress(loaded, scenarios, todo, writer, estimate, settings, options["profile_steps"], on_oom,
-                               order=options.get("order", "interleaved"), target_ci=target_ci)
+                               order=options.get("order", "grouped"), target_ci=target_ci)
 
 
 def run_with_ray(model, load: dict, scenarios, out_dir, repeats, warmup, settings, address, gpus_per_task, workers,
@@ -316,7 +316,7 @@ def eta_text(left_s: float | None, since_s: float) -> str:
 
 
 def sweep_with_progress(loaded, scenarios, todo, writer, estimate, settings=None, profile_steps=False,
-                        on_oom="continue", order="interleaved", target_ci=None) -> list[dict]:
+                        on_oom="continue", order="grouped", target_ci=None) -> list[dict]:
     """`run_sweep` of `todo` (the scenarios not yet recorded) under a progress bar: the bar fills by expected work, the current scenario shows its expected
     time, and an ETA counts down the time left as the finished scenarios rescale the estimates."""
     import time

@@ -44,7 +44,7 @@ def run_sweep(
     resume: bool = False,
     profile_steps: bool = False,
     on_oom: str | None = None,
-    order: str = "interleaved",
+    order: str = "grouped",
     order_seed: int | None = None,
     target_ci: float | None = None,
 ) -> list[dict]:
@@ -79,7 +79,7 @@ def run_sweep(
 
 
 def sweep(loaded, scenarios, writer: RunWriter, info: dict, repeats: int, warmup: int, progress,
-          profile_steps: bool = False, on_oom: str | None = None, order: str = "interleaved",
+          profile_steps: bool = False, on_oom: str | None = None, order: str = "grouped",
           order_seed: int | None = None, target_ci: float | None = None) -> list[dict]:
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     done: dict[str, dict] = {}
