@@ -29,8 +29,10 @@ def kv_bytes(tokens: int, batch: int, kv_heads: int = KV_HEADS) -> int:
 
 def record(prompt_len: int, new_tokens: int, batch_size: int, use_cache: bool, *, model: str = "tiny-llama",
            dtype: str = "float32", cache_implementation: str = "dynamic", slow: float = 1.0, spread: float = 0.02,
-           env: dict | None = None, kv_scale: float = 1.0, peak_extra_bytes: int = 0) -> dict:
-    """One "ok" record. `slow` scales every latency; `spread` sets (max - min) / median of the repeats."""
+           env: dict | None = None, kv_scale: float = 1.0, peak_extra_bytes: int = 0, repeats: int = 3,
+           **extra) -> dict:
+    """One "ok" record. `slow` scales every latency; `spread` sets (max - min) / median of the `repeats` timed
+    repeats (evenly spaced around the median); `extra` fields are added as they are."""
     impl = cache_implementation if use_cache else None  # cache-only axes are null without the cache
     cache = f"cache-{impl}" if use_cache else "nocache"
     seq = prompt_len + new_tokens - 1
@@ -60,8 +62,10 @@ def record(prompt_len: int, new_tokens: int, batch_size: int, use_cache: bool, *
         "kv_cache_bytes_estimate": kv_bytes(seq, batch_size) if use_cache else 0,
         "kv_cache_bytes_naive": kv_bytes(seq, batch_size, HEADS) if use_cache else 0,
         **env,
-        "repeats": 3, "total_s": total, "total_s_repeats": [total * (1 - spread / 2), total, total * (1 + spread / 2)],
-        "ttft_s": ttft, "ttft_s_repeats": [ttft] * 3, "decode_step_s": step_s, "decode_step_s_repeats": [step_s] * 3,
+        "repeats": repeats, "total_s": total, "total_s_repeats": spaced(total, spread, repeats),
+        "ttft_s": ttft, "ttft_s_repeats": spaced(ttft, spread, repeats) if repeats > 3 else [ttft] * 3,
+        "decode_step_s": step_s,
+        "decode_step_s_repeats": spaced(step_s, spread, repeats) if repeats > 3 else [step_s] * 3,
         "decode_steps_s": steps, "forward_calls": new_tokens, "positions_per_call": positions,
         "positions_processed": sum(positions), "generated_tokens": new_tokens, "kv_cache_bytes": kv,
         "peak_memory_delta_bytes": kv + 4096 * batch_size + peak_extra_bytes,
@@ -71,7 +75,13 @@ def record(prompt_len: int, new_tokens: int, batch_size: int, use_cache: bool, *
         "decode_roofline_s": per_step / (peak_gbps * 1e9) if per_step and peak_gbps else None,
         "achieved_bandwidth_gbps": achieved,
         "bandwidth_fraction": achieved / peak_gbps if achieved and peak_gbps else None,
+        **extra,
     }
+
+
+def spaced(median: float, spread: float, n: int) -> list[float]:
+    """n values evenly spaced from median (1 - spread / 2) to median (1 + spread / 2)."""
+    return [median * (1 - spread / 2 + spread * i / (n - 1)) for i in range(n)] if n > 1 else [median]
 
 
 def grid(prompts=(16, 64), news=(8, 16), batches=(1, 2), caches=(True, False), **kwargs) -> list[dict]:

@@ -15,7 +15,7 @@ from kvbench.report.compare import (
 )
 from kvbench.report.report import load_runs
 
-SMALL = dict(prompts=(16, 64), news=(8,), batches=(1,))
+SMALL = dict(prompts=(16, 64), news=(8,), batches=(1,), repeats=7)  # 7: enough for p < 0.002
 
 
 def runs(tmp_path, base_kwargs=None, new_kwargs=None):
@@ -34,7 +34,7 @@ def test_identical_runs_match_every_scenario_and_pass(tmp_path, capsys):
     assert main(["compare", str(base), str(new)]) == 0
     table = table_of(base, new)
     assert len(table) == 4
-    assert (table["total_s_ratio"] == 1).all() and (table["verdict"] == "within").all()
+    assert (table["total_s_ratio"] == 1).all() and (table["verdict"] == "no change").all()
     assert set(table["scenario"]) == {"P16-N8-B1-cache-dynamic-greedy", "P16-N8-B1-nocache-greedy",
                                       "P64-N8-B1-cache-dynamic-greedy", "P64-N8-B1-nocache-greedy"}
     assert "environment differs" not in capsys.readouterr().out
@@ -72,7 +72,7 @@ def test_peak_memory_changes_below_the_floor_are_ignored(tmp_path):
     assert main(["compare", str(base), str(new), "--gate", "total_s,peak_rss_delta_bytes"]) == 0
     table = table_of(base, new)
     assert (table["peak_rss_delta_bytes_ratio"] > 1.05).any()
-    assert (table["peak_rss_delta_bytes_verdict"] == "within").all()
+    assert (table["peak_rss_delta_bytes_verdict"] == "no change").all()
     base2, new2 = runs(tmp_path / "big", new_kwargs={"peak_extra_bytes": 4 * PEAK_MEMORY_FLOOR_BYTES})
     assert main(["compare", str(base2), str(new2), "--gate", "total_s,peak_rss_delta_bytes"]) == 1
 
@@ -84,7 +84,7 @@ def test_rss_peaks_gate_only_when_asked(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "peak_rss_delta_bytes" in printed and "pass: no gated metric (total_s, kv_cache_bytes)" in printed
     table = table_of(base, new)
-    assert (table["peak_rss_delta_bytes_verdict"] == "regression").all() and (table["verdict"] == "within").all()
+    assert (table["peak_rss_delta_bytes_verdict"] == "regression").all() and (table["verdict"] == "no change").all()
     assert "peak_allocated_delta_bytes_ratio" not in table  # no CUDA allocator in a CPU run
     assert main(["compare", str(base), str(new), "--gate", "peak_rss_delta_bytes"]) == 1
     assert "FAIL: 4 of 4 matched scenario(s) regressed beyond ±5%: peak_rss_delta_bytes in 4" in capsys.readouterr().out

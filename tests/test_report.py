@@ -211,8 +211,10 @@ def test_report_and_compare_read_pytest_benchmark_json(tmp_path):
     pytest.importorskip("kvbench.results.benchjson", reason="kvbench.results.benchjson (pytest-benchmark JSON reader) not here")
     from synthetic_runs import write_benchmark_json
 
-    base = write_benchmark_json(tmp_path / "base.json", grid(prompts=(16, 64), news=(8,), batches=(1,)))
-    new = write_benchmark_json(tmp_path / "new.json", grid(prompts=(16, 64), news=(8,), batches=(1,), slow=1.5))
+    # 7 repeats a side: enough for compare's test to call the 1.5x a regression (p < 0.002)
+    base = write_benchmark_json(tmp_path / "base.json", grid(prompts=(16, 64), news=(8,), batches=(1,), repeats=7))
+    new = write_benchmark_json(tmp_path / "new.json", grid(prompts=(16, 64), news=(8,), batches=(1,), slow=1.5,
+                                                           repeats=7))
     assert main(["report", str(base)]) == 0
     out = tmp_path / "base-report"
     # synthetic records without an allocated peak: no parity figure

@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from ..errors import UserError
 from ..inputs.lists import int_list
-from ..inputs.options import RunOptions
+from ..inputs.options import ORDERS, RunOptions, parse_repeats
 from ..inputs.scenario import QUICK, choice_list
 from .common import console
 
@@ -39,7 +39,10 @@ def run(
     top_k: str = typer.Option("50", help="top-k values for --decoding sample, comma-separated (0: off)"),
     top_p: str = typer.Option("1.0", help="top-p values for --decoding sample, comma-separated (1.0: off)"),
     engine: str = typer.Option("generate", help="generate, reference (kvbench's plain-torch loop), comma-separated"),
-    repeats: int = typer.Option(3, help="timed generates per scenario (the median is reported)"),
+    repeats: str = typer.Option("3", callback=lambda v: check_repeats(v),
+                                help="timed generates per scenario (the median is reported), or auto: at least 3, "
+                                     "until the median's 95% interval is within --target-ci or the budget"),
+    target_ci: str = typer.Option("5%", help="--repeats auto: the interval's half-width to reach (5% or 0.05)"),
     warmup: int = typer.Option(1, help="untimed generates before the timed ones (at least 1 where decode compiles)"),
     profile_steps: bool = typer.Option(
         False, "--profile-steps",
@@ -58,6 +61,8 @@ def run(
     ray_workers: Optional[int] = typer.Option(None, help="--executor ray: workers (default: one per "
                                                          "--gpus-per-task GPUs, one on a cluster without GPUs)"),
     wide: bool = typer.Option(False, "--wide", help="summary table with every column, however wide"),
+    order: str = typer.Option("grouped", help="interleaved (the repeats of scenarios differing only in the "
+                              "cache take turns, round by round, shuffled; the seed is recorded) or grouped"),
     resume: Optional[Path] = typer.Option(None, help="continue the run in this folder: only its scenarios not yet "
                                                      "recorded, with the settings it was started with"),
     # the quantized cache (--cache-implementation quantized): see docs/caches.md
@@ -83,13 +88,14 @@ def run(
     caches = {"on": [True], "off": [False], "both": [True, False]}
     if use_cache not in caches:
         raise UserError(f"--use-cache: {use_cache!r} is not one of on, off, both")
-    if repeats < 1:
-        raise UserError(f"--repeats: {repeats} is not a positive integer")
+    repeats, target = parse_repeats(repeats, target_ci)  # (the cap, the target) for --repeats auto
     if warmup < 0:
         raise UserError(f"--warmup: {warmup} must be 0 or more")
     for flag, value in (("--repeats", repeats), ("--warmup", warmup)):
         if value > MAX_REPEATS:
             raise UserError(f"{flag}: {value:,} is more than the {MAX_REPEATS:,} a scenario takes")
+    if order not in ORDERS:
+        raise UserError(f"--order: {order!r} is not one of {', '.join(ORDERS)}")
     if on_oom not in ON_OOM:
         raise UserError(f"--on-oom: {on_oom!r} is not one of {', '.join(ON_OOM)}")
     implementations, notes = cache_list("--cache-implementation", cache_implementation)
@@ -104,7 +110,8 @@ def run(
     if "beam" in decodings and min(beams) < 2:
         raise UserError(f"--num-beams {min(beams)}: beam search (--decoding beam) needs num_beams >= 2")
     run_options = RunOptions(
-        repeats=repeats, warmup=warmup, profile_steps=profile_steps, on_oom=on_oom, device=device, dtype=dtype,
+        repeats=repeats, warmup=warmup, profile_steps=profile_steps, on_oom=on_oom, order=order, target_ci=target,
+        device=device, dtype=dtype,
         trust_remote_code=trust_remote_code, device_map=device_map, max_memory=max_memory,
         quant_backend=quant_backend, quant_nbits=quant_nbits, quant_residual_length=quant_residual_length)
     scenarios = grid(
@@ -360,3 +367,13 @@ def sweep_with_progress(loaded, scenarios, todo, writer, estimate, options: RunO
                        at=now)
 
         return run_sweep(loaded, scenarios, writer, options, settings=settings, progress=advance)
+
+
+def check_repeats(value):
+    """--repeats as typer parses it: a whole number or auto (refused before anything heavy is imported)."""
+    if value is not None and str(value).strip() != "auto":
+        try:
+            int(value)
+        except ValueError:
+            raise typer.BadParameter(f"Input should be a valid integer or auto, not {value!r}") from None
+    return value

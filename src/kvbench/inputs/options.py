@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from ..errors import UserError
 
 ON_OOM = ("continue", "skip-larger")
+ORDERS = ("interleaved", "grouped")  # the timed repeats' order (kvbench.measuring.interleave)
 MAX_REPEATS = 10_000  # timed repeats (and warm-ups) per scenario: more is a typo, not a measurement
+AUTO_MAX_REPEATS = 50  # --repeats auto: the cap (kvbench.results.stats.auto_stop)
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,10 @@ class RunOptions:
     warmup: int = 1  # untimed generates before them (at least 1 where decode compiles)
     profile_steps: bool = False  # one extra profiled generate: device-busy time per decode step
     on_oom: str | None = None  # "continue" or "skip-larger" (kvbench.measuring.resume)
+    order: str = "grouped"  # "interleaved": the repeats of scenarios compared with each other take turns
+    order_seed: int | None = None  # the interleaved rounds' shuffle (None: drawn at random, and recorded)
+    target_ci: float | None = None  # --repeats auto: repeats is a cap, stop once the median's 95% interval is
+    # within +-target_ci (kvbench.results.stats.auto_stop)
     # loading the model (kvbench.measuring.models.load_model)
     device: str = "auto"
     dtype: str = "auto"
@@ -44,6 +50,10 @@ class RunOptions:
                 raise UserError(f"{name} must be an integer >= {least}, got {value!r}")
             if value > MAX_REPEATS:
                 raise UserError(f"{name} must be at most {MAX_REPEATS:,} (per scenario), got {value:,}")
+        if self.order not in ORDERS:
+            raise UserError(f"order must be one of {', '.join(ORDERS)}, got {self.order!r}")
+        if self.target_ci is not None and not (isinstance(self.target_ci, float | int) and 0 < self.target_ci < 1):
+            raise UserError(f"target_ci must be a fraction between 0 and 1 (0.05 for 5%), got {self.target_ci!r}")
         if self.on_oom is not None and self.on_oom not in ON_OOM:
             raise UserError(f"on_oom must be one of {', '.join(ON_OOM)}, got {self.on_oom!r}")
 
@@ -66,3 +76,23 @@ class RunOptions:
     @classmethod
     def fields(cls) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def parse_repeats(text: str, target_ci: str) -> tuple[int, float | None]:
+    """--repeats N -> (N, None); --repeats auto -> (the cap, the target half-width from --target-ci)."""
+    if str(text).strip() == "auto":
+        raw = str(target_ci).strip()
+        try:
+            target = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+        except ValueError:
+            target = -1.0
+        if not 0 < target < 1:
+            raise UserError(f"--target-ci: {target_ci!r} is not a percentage like 5% or a fraction like 0.05")
+        return AUTO_MAX_REPEATS, target
+    try:
+        repeats = int(text)
+    except ValueError:
+        repeats = 0
+    if repeats < 1:
+        raise UserError(f"--repeats: {text} is not a positive integer or auto")
+    return repeats, None

@@ -3,12 +3,15 @@ untimed parts of the record: `kvbench.measuring.record`; continuous batching: `k
 
 from __future__ import annotations
 
+from time import perf_counter
+
 import torch
 
 from ..compat import cache_from_output, generate_call_kwargs
 from ..estimate.roofline import decode_bytes_per_step, roofline
 from ..inputs.args import check_bool, check_instance, check_int
 from ..inputs.scenario import Scenario
+from ..results.stats import auto_stop
 from .cache_bytes import cache_fields, cache_nbytes
 from .clock import Clock
 from .decode import (
@@ -20,9 +23,12 @@ from .decode import (
     static_cache,
 )
 from .alloc_peak import allocation_peak
+from .energy import energy_counter
 from .environment import environment
 from .forwards import eager_probes, record_forwards
 from .host_memory import pinned_host_probe
+from .load import load_probe
+from .machine_speed import machine_speed
 from .memory import collector_paused, memory_probe
 from .models import LoadedModel, synthetic_inputs
 from .nvml import nvml_handle
@@ -75,12 +81,15 @@ def generate_once(loaded: LoadedModel, scenario: Scenario, inputs: dict, clock: 
     kwargs = scenario.generate_kwargs() if kwargs is None else kwargs
     held = reset_cache(cache) if reset else (cache_nbytes(cache) if cache is not None else 0)
     torch.manual_seed(scenario.seed)  # sampling draws the same tokens every repeat
+    energy = energy_counter(loaded.device, nvml)
     with memory_probe(loaded.device, nvml) as memory, pinned_host_probe(loaded.device, scenario.cache_implementation) \
             as host, record_forwards(loaded.model, clock) as forwards:
+        joules = energy.read()
         start = clock.mark()
         out = run_generation(loaded.model, inputs, scenario, kwargs)
         end = clock.mark()
         seconds = clock.intervals([start, *forwards.marks, end])
+        after = energy.read()  # after the clock's synchronize: the device has finished
     generated, shape = out.sequences.shape[1] - scenario.prompt_len, tuple(out.sequences.shape)
     cache_record = cache_fields(cache_from_output(out) if scenario.use_cache else None)
     del out
@@ -96,6 +105,9 @@ def generate_once(loaded: LoadedModel, scenario: Scenario, inputs: dict, clock: 
         "forward_compiled": forwards.compiled,
         "generated_tokens": generated,
         "sequences_shape": shape,  # (not a record field: the pytest plugin's check)
+        "tokens_out": generated * shape[0],
+        "energy_j": None if joules is None or after is None else after - joules,
+        "energy_source": energy.source, "energy_unavailable": energy.reason,
         **cache_record,
         **memory,
         **host,
@@ -132,23 +144,47 @@ def allocated_pass(loaded: LoadedModel, scenario: Scenario, inputs: dict, kwargs
     return peak
 
 
-def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, profile_steps: bool = False) -> dict:
+def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, profile_steps: bool = False,
+            target_ci: float | None = None) -> dict:
     """Measure one scenario: medians of `repeats` timed generates after `warmup` untimed ones.
 
     A scenario whose decode may compile (compile "on", or "auto" with a static cache off the CPU) gets at least one
     warm-up: the first warm-up compiles, and its wall time is `compile_s`. A static scenario builds one cache, reused
     (reset) by every generate. `profile_steps` adds one profiled generate after the timed ones (measuring.profile).
     Out of memory on a GPU gives a record with status "oom" (and frees what it can); other errors raise.
+    `target_ci` (`--repeats auto`): `repeats` is then a cap, and the repeats stop once the median's interval is
+    within ±target_ci (`results.stats.auto_stop`); `repeats_stop` says what stopped them.
     """
     check_instance("scenario", scenario, Scenario, " (build one: kvbench.Scenario(**values))")
     check_int("repeats", repeats, 1), check_int("warmup", warmup, 0), check_bool("profile_steps", profile_steps)
+    steps = measure_steps(model, scenario, repeats, warmup, profile_steps, target_ci)
+    with eager_probes(as_loaded(model).model):  # probes on for every generate of the scenario
+        return finish(steps)
+
+
+def finish(steps) -> dict:
+    """Run a `measure_steps` generator to its end; its record."""
+    try:
+        while True:
+            next(steps)
+    except StopIteration as stop:
+        return stop.value
+
+
+def measure_steps(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, profile_steps: bool = False,
+                  target_ci: float | None = None):
+    """`measure` one step at a time, so that the timed repeats of several scenarios can take turns
+    (`measuring.interleave`): a generator that yields once its warm-ups are done and after each timed repeat, and
+    returns the record. What stays loaded between its steps: the model, the scenario's inputs and its static cache.
+    Inference mode is entered around each step; the caller keeps `eager_probes` on across them (entering it per step
+    would change the hooks a compiled decode was traced with)."""
     loaded = as_loaded(model)
     check_fits(loaded, scenario)
     check_compile([scenario], loaded.device)
     if scenario.cache_implementation == "paged":  # continuous batching: an engine of its own
         return measure_paged(loaded, scenario, repeats, warmup)
     record = base_record(loaded, scenario)
-    record.update(environment(loaded.device))
+    record.update(environment(loaded.device), **machine_speed(loaded))  # the machine's speed just before, untimed
     clock, nvml = Clock(loaded.device), nvml_handle(loaded.device)
     inputs = synthetic_inputs(loaded.config, scenario.batch_size, scenario.prompt_len, loaded.device, scenario.seed)
     warmup = max(warmup, 1) if may_compile(scenario, loaded.device) else warmup
@@ -162,13 +198,25 @@ def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, profil
         prepare_for_cuda_graphs(loaded.device)  # CUPTI before any CUDA graph is captured (measuring.profile)
     oom = None
     try:
-        with torch.inference_mode(), eager_probes(loaded.model):  # probes on for every generate of the scenario
-            warm = [generate_once(loaded, scenario, inputs, clock, nvml, **call) for _ in range(warmup)]
+        with load_probe(nvml) as load:  # the load from the first warm-up to the last timed repeat
+            with torch.inference_mode(), eager_probes(loaded.model):
+                warm = [generate_once(loaded, scenario, inputs, clock, nvml, **call) for _ in range(warmup)]
             graphs.append(compiled_graphs())
-            runs = [generate_once(loaded, scenario, inputs, clock, nvml, **call) for _ in range(repeats)]
+            runs, started, stop = [], perf_counter(), f"{repeats} repeats asked for"
+            for _ in range(repeats):
+                yield
+                with torch.inference_mode(), eager_probes(loaded.model):
+                    runs.append(generate_once(loaded, scenario, inputs, clock, nvml, **call))
+                if target_ci and (why := auto_stop([r["total_s"] for r in runs], target_ci, perf_counter() - started)):
+                    stop = why
+                    break
+            else:
+                stop = f"the cap of {repeats} repeats" if target_ci else stop
             graphs.append(compiled_graphs())
-            peak = allocated_pass(loaded, scenario, inputs, **call)  # untimed, after the timed repeats
-            if profile_steps and scenario.new_tokens > 1:
+            with torch.inference_mode(), eager_probes(loaded.model):
+                peak = allocated_pass(loaded, scenario, inputs, **call)  # untimed, after the timed repeats
+        if profile_steps and scenario.new_tokens > 1:
+            with torch.inference_mode(), eager_probes(loaded.model):
                 profiled = profile_decode_steps(
                     loaded.model, loaded.device, lambda: bare_generate(loaded, scenario, inputs, **call),
                     summarize(runs)["decode_step_s"],
@@ -183,6 +231,9 @@ def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, profil
         free_memory(loaded.device)  # out of the except block: generate's tensors are gone
         record.update(status="oom", error=oom)
         return record
+    record.update(**load.fields, repeats_stop=stop)
+    record.update(order="grouped", order_seed=None, interleave_group=None, round_orders=None)  # alone; the
+    # interleaver (measuring.interleave) overwrites these for the scenarios that took turns
     return finish_record(record, loaded, scenario, warm, runs, graphs, profiled, peak)
 
 

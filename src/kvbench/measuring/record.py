@@ -17,7 +17,9 @@ from ..estimate.weights import weight_bytes_estimate
 from ..inputs.scenario import Scenario
 from ..results.cache_fields import device_fields, is_cache_field, kind_fields
 from ..results.schema import SCHEMA_VERSION
+from ..results.stats import repeat_statistics
 from .caches import check_cache
+from .energy import energy_fields
 from .models import LoadedModel
 from .placement import placement_fields
 
@@ -214,4 +216,6 @@ def summarize(runs: list[dict]) -> dict:
         values = [r[key] for r in runs if r.get(key) is not None]
         out[key] = (max(values) if "peak" in key or "delta" in key else values[-1]) if values else None
     out.update((k, v) for k, v in last.items() if k.endswith("_source"))  # peak_memory_source, nvml_used_source
+    out.update(repeat_statistics(runs))  # intervals, spread, TTFT / TPOT / ITL percentiles (results.stats)
+    out.update(energy_fields(runs))  # joules per token and mean power where a counter is readable
     return out

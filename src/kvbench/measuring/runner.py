@@ -14,6 +14,7 @@ from ..inputs.scenario import Scenario
 from ..results.schema import SCHEMA_VERSION
 from ..results.store import RunWriter
 from .environment import environment
+from .interleave import Measurer
 from .measure import base_record, check_fits, free_memory, measure
 from .models import LoadedModel
 from .resume import (
@@ -56,7 +57,9 @@ def run_sweep(
     once. `on_oom`: "continue" measures every scenario; "skip-larger" records the scenarios larger than one that ran
     out of memory (the same settings, every size at least as large) as "skipped", unmeasured. None (the default):
     "continue", or the run's own choice when resumed (a resumed run asked for "continue" measures its skipped
-    scenarios).
+    scenarios). `order` "interleaved": the timed repeats of scenarios differing only in the cache take turns, round
+    by round, shuffled with `order_seed` (random when None; `kvbench.measuring.interleave`); "grouped": one
+    scenario's repeats after the other's. `target_ci` (`--repeats auto`): `repeats` is a cap; see `measure`.
     """
     unknown = sorted(set(option_values) - set(RunOptions.fields()))
     if unknown:
@@ -96,13 +99,19 @@ def sweep(loaded, scenarios, writer: RunWriter, info: dict, options: RunOptions,
     info.update(scenarios=[s.id for s in scenarios], grid=[s.as_dict() for s in scenarios])
     info["started_utc"] = writer.info.get("started_utc", started)
     invocation, invocations = start_invocation(writer, info, started)
+    # skip-larger decides each scenario after the smaller ones ran: one at a time
+    order = "grouped" if on_oom == "skip-larger" else options.order
+    measured = Measurer(loaded, todo, options.replace(order=order),
+                        measure_one=lambda s: measure_or_error(loaded, s, options),
+                        on_error=lambda s, exc: failed_record(loaded, s, exc))
+    info.update(order=order, order_seed=measured.seed, target_ci=options.target_ci)
     writer.update_info(info)
     try:
         with stop_after_scenario() as ctrl_c, frozen_heap():
             for scenario in todo:
                 reason = skips.reason(scenario)
                 if reason is None:
-                    record = measure_or_error(loaded, scenario, options)
+                    record = measured(scenario)
                 else:
                     record = error_record(loaded, scenario, reason) | {"status": "skipped"}
                 skips.saw(scenario, record)
@@ -179,11 +188,16 @@ def measure_or_error(loaded: LoadedModel, scenario: Scenario, options: RunOption
     """measure() with the run's options, or a record with status "error" when it raises (so a sweep goes on)."""
     try:
         return measure(loaded, scenario, repeats=options.repeats, warmup=options.warmup,
-                       profile_steps=options.profile_steps)
+                       profile_steps=options.profile_steps, target_ci=options.target_ci)
     except Exception as exc:  # keep the sweep going; the record says what broke
-        record = error_record(loaded, scenario, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=-3))
+        record = failed_record(loaded, scenario, exc)
     free_memory(loaded.device)  # out of the except block: the traceback and generate's frames are gone
     return record
+
+
+def failed_record(loaded: LoadedModel, scenario: Scenario, exc: Exception) -> dict:
+    """The error record of a scenario whose measurement raised `exc` (call it inside the `except` block)."""
+    return error_record(loaded, scenario, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=-3))
 
 
 @contextlib.contextmanager

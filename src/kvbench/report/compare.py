@@ -19,6 +19,19 @@ from ..inputs import axes
 from ..results.frame import ok_rows, with_axis_defaults
 from .metrics import GATED, METRICS
 from .pages import fmt_ratio
+from .verdicts import (
+    ALPHA,
+    CANT_TELL,
+    IMPROVEMENT,
+    NO_CHANGE,
+    REGRESSION,
+    TEST,
+    VERDICT_FIELDS,
+    machine_scale,
+    metric_verdict,
+    noise_notes,
+    verdict_inputs,
+)
 
 
 
@@ -113,9 +126,9 @@ def scenario_label(rows: pd.DataFrame, keys: list[str]) -> pd.Series:
 
 def matched(base_rows: pd.DataFrame, new_rows: pd.DataFrame, keys: list[str], metrics: list[str]) -> pd.DataFrame:
     """Each scenario of NEW beside the scenario of BASE equal to it on every key (null matches null: an uncached
-    row's cache-only axes), metrics suffixed _base and _new."""
+    row's cache-only axes), metrics (and the verdicts' inputs) suffixed _base and _new; a column a run lacks is null."""
     cols = keys + metrics
-    return base_rows[cols].merge(new_rows[cols], on=keys, suffixes=("_base", "_new"))
+    return base_rows.reindex(columns=cols).merge(new_rows.reindex(columns=cols), on=keys, suffixes=("_base", "_new"))
 
 
 def compare_table(df: pd.DataFrame, base: str, news: list[str], threshold: float = 0.05,
@@ -132,28 +145,30 @@ def compare_table(df: pd.DataFrame, base: str, news: list[str], threshold: float
     base_rows = ok[ok["run"].astype(str) == base]
     frames = []
     for new in news:
-        merged = matched(base_rows, ok[ok["run"].astype(str) == new], keys, metrics)
+        new_rows = ok[ok["run"].astype(str) == new]
+        extra = [c for c in verdict_inputs(metrics) if c in base_rows or c in new_rows]
+        merged = matched(base_rows, new_rows, keys, metrics + extra)
         if merged.empty:
             continue
         merged.insert(0, "scenario", scenario_label(merged, keys))
         merged.insert(0, "new_run", new)
         merged.insert(0, "base_run", base)
-        verdicts = pd.Series("within", index=merged.index)
+        scale = machine_scale(merged)
+        verdicts = pd.Series(NO_CHANGE, index=merged.index)
         regressed = pd.Series("", index=merged.index)
         for metric in metrics:
-            b, n = merged[f"{metric}_base"], merged[f"{metric}_new"]
-            ratio = (n / b).where((b > 0) & n.notna())
-            merged[f"{metric}_ratio"] = ratio
-            verdict = pd.Series("", index=merged.index).where(ratio.isna(), "within")
-            verdict[ratio > 1 + threshold] = "regression"
-            verdict[ratio < 1 - threshold] = "improvement"
-            if metric in PEAKS:
-                verdict[ratio.notna() & ((n - b).abs() < PEAK_MEMORY_FLOOR_BYTES)] = "within"
-            merged[f"{metric}_verdict"] = verdict
+            floor = PEAK_MEMORY_FLOOR_BYTES if metric in PEAKS else 0
+            found = [metric_verdict(row, metric, base, new, threshold, scale, floor)
+                     for row in merged.to_dict("records")]
+            for field in VERDICT_FIELDS:
+                merged[f"{metric}_{field}"] = [f.get(field, math.nan) for f in found]
+            verdict = merged[f"{metric}_verdict"]
             if metric in gated:
-                verdicts[(verdict == "improvement") & (verdicts == "within")] = "improvement"
-                verdicts[verdict == "regression"] = "regression"
-                regressed[verdict == "regression"] += ", " + metric
+                verdicts[(verdict == CANT_TELL) & (verdicts == NO_CHANGE)] = CANT_TELL
+                verdicts[(verdict == IMPROVEMENT) & verdicts.isin([NO_CHANGE, CANT_TELL])] = IMPROVEMENT
+                verdicts[verdict == REGRESSION] = REGRESSION
+                regressed[verdict == REGRESSION] += ", " + metric
+        merged["machine_scale"] = scale
         merged["verdict"] = verdicts
         merged["regressed"] = regressed.str.removeprefix(", ")
         frames.append(merged)
@@ -162,8 +177,8 @@ def compare_table(df: pd.DataFrame, base: str, news: list[str], threshold: float
     table = pd.concat(frames, ignore_index=True)
     order = ["base_run", "new_run", "scenario", *[k for k in keys if k not in keys_always()]]
     for metric in metrics:
-        order += [f"{metric}_base", f"{metric}_new", f"{metric}_ratio", f"{metric}_verdict"]
-    return table[order + ["verdict", "regressed"]]
+        order += [f"{metric}_base", f"{metric}_new", *(f"{metric}_{f}" for f in VERDICT_FIELDS)]
+    return table[order + ["verdict", "regressed", "machine_scale"]]
 
 
 def regression_lines(table: pd.DataFrame) -> list[str]:
@@ -183,7 +198,7 @@ def verdict_line(table: pd.DataFrame, threshold: float, gated) -> str:
     regressed = table.loc[table["verdict"] == "regression", "regressed"].str.split(", ").explode()
     if not len(regressed):
         return (f"pass: no gated metric ({', '.join(gates) or 'none'}) regressed beyond ±{threshold:.0%} "
-                f"in {len(table)} matched scenario(s)")
+                f"in {len(table)} matched scenario(s) ({TEST}, p < {ALPHA:g}, on the timed repeats)")
     counts = regressed.value_counts()
     named = ", ".join(f"{m} in {counts[m]} scenario(s)" for m in gates if m in counts)
     return (f"FAIL: {int((table['verdict'] == 'regression').sum())} of {len(table)} matched scenario(s) regressed "
@@ -244,7 +259,8 @@ def plot_compare(table: pd.DataFrame, threshold: float = 0.05):
     metrics = [m for m in METRICS if f"{m}_ratio" in table and table[f"{m}_ratio"].notna().any()]
     several = table["new_run"].nunique() > 1
     labels = table["scenario"] + ((" · " + table["new_run"].astype(str)) if several else "")
-    colors = {"regression": "#c0392b", "improvement": "#2e8b57", "within": "#8c8c8c", "": "#8c8c8c"}
+    colors = {"regression": "#c0392b", "improvement": "#2e8b57", "no change": "#8c8c8c", "can't tell": "#d4a017",
+              "": "#8c8c8c"}
     y = range(len(table))[::-1]
     with style():
         fig, axes = facets(len(metrics), ncols=len(metrics), panel=(2.6, 0.8 + 0.24 * len(table)), sharey=False)
@@ -258,7 +274,7 @@ def plot_compare(table: pd.DataFrame, threshold: float = 0.05):
             ratio_axis(ax, ratio, threshold)
             ax.set(title=metric, xlabel="new / base")
             ax.grid(axis="y", visible=False)
-        legend(fig, [("verdict", [(k if k != "within" else "within threshold", Patch(color=c))
+        legend(fig, [("verdict", [(k, Patch(color=c))
                                   for k, c in colors.items() if k]),
                      ("", [(f"±{threshold:.0%} band", Patch(color="0.9"))])])
         fig.suptitle("New run over base, per scenario (lower is better)")
@@ -282,7 +298,7 @@ def compare_page(df: pd.DataFrame, base: str, news: list[str], table: pd.DataFra
         f"{PEAK_MEMORY_FLOOR_BYTES >> 20} MiB are ignored; the peak RSS gates only when --gate names it).",
         "Matched across: " + (", ".join(f"{f} ({' vs '.join(v.values())})" for f, v in compared.items())
                               if compared else "nothing (same model, device, dtype and cache implementation)") + ".",
-    ], notes=unmatched(df, base, news, table), figure="compare", tables=[
+    ], notes=unmatched(df, base, news, table) + noise_notes(table, threshold, gated), figure="compare", tables=[
         Table("Ratios new / base per scenario", table, name="compare", collapsed=False)])
     if regressions:
         summary.warning_title = "these scenarios regressed (gated metric, ratio new / base):"

@@ -56,7 +56,10 @@ def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
     if paired.empty:
         raise NoData("speedup: no cached scenario has an uncached twin with the same prompt, tokens and batch")
     return keep(paired, SCENARIO + ["scenario_id_nocache", "total_s", "total_s_nocache", "speedup",
-                                    "ttft_s", "ttft_s_nocache", "total_s_spread", "total_s_spread_nocache"])
+                                    "speedup_ci_low", "speedup_ci_high", "speedup_paired",
+                                    "ttft_s", "ttft_s_nocache", "total_s_spread", "total_s_spread_nocache",
+                                    "contention", "contention_reason", "contention_nocache",
+                                    "contention_reason_nocache"])
 
 
 def plot_speedup(df: pd.DataFrame) -> Figure:

@@ -12,6 +12,7 @@ from ..errors import UserError
 from ..results.frame import SPREAD_LIMIT, with_spread
 from ..units import fmt_bytes
 from ..version import __version__
+from .caveats import busy_suffix, contention_summary, interval_text
 from .pages import Page, Section, Table, write_page
 
 RUN_FIELDS = ["model", "model_source", "model_type", "device", "dtype"]
@@ -247,8 +248,7 @@ def key_numbers(df: pd.DataFrame) -> pd.DataFrame:
             sp = plots.speedup_table(part)
             lo, hi = sp.loc[sp["speedup"].idxmin()], sp.loc[sp["speedup"].idxmax()]
             col["speedup (without / with cache)"] = (
-                f"{lo['speedup']:.2f}x ({_scenario_name(lo)})" if len(sp) == 1
-                else f"{lo['speedup']:.2f}x ({_scenario_name(lo)}) to {hi['speedup']:.2f}x ({_scenario_name(hi)})")
+                speedup_at(lo) if len(sp) == 1 else f"{speedup_at(lo)} to {speedup_at(hi)}")
         except plots.NoData as exc:
             col["speedup (without / with cache)"] = str(exc).split(": ", 1)[-1]
         try:
@@ -279,12 +279,20 @@ def key_numbers(df: pd.DataFrame) -> pd.DataFrame:
         spread = with_spread(part)["total_s_spread"] if "total_s_repeats" in part else pd.Series(dtype=float)
         if spread.notna().any():
             col["widest repeat spread"] = f"{spread.max():.0%} ({_scenario_name(part.loc[spread.idxmax()])})"
+        if note := contention_summary(part.to_dict("records")):
+            col["contention"] = note
         rows[run] = col
     quantities = list(dict.fromkeys(q for col in rows.values() for q in col))
     table = pd.DataFrame({"quantity": quantities})
     for run, col in rows.items():
         table[run] = [col.get(q, "-") for q in quantities]
     return table
+
+
+def speedup_at(row) -> str:
+    """"1.53x [1.42-1.61] (P16-N32-B1)", with the contention it was measured under, in words."""
+    return (f"{row['speedup']:.2f}x{interval_text(row.get('speedup_ci_low'), row.get('speedup_ci_high'))} "
+            f"({_scenario_name(row)}){busy_suffix(row)}")
 
 
 def failures_table(df: pd.DataFrame) -> pd.DataFrame:

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from ..inputs import axes
 from ..results.frame import SPREAD_LIMIT, noisy, ok_rows, speedups, with_spread
 from ..units import fmt_bytes, fmt_seconds
+from .caveats import busy, contention_summary, interval_text
 
 NOISY = "*"
+BUSY = "!"  # measured under contention (either side of a speedup)
 KEEP = 100  # priority of the columns never left out for width
 
 
@@ -102,7 +104,11 @@ def summary_columns(records: list[dict], wide: bool = False) -> tuple[list[Colum
         columns.append(Column("speedup", [
             fmt_speedup(r.get("speedup"))
             + (NOISY if noisy(r.get("total_s_spread")) or noisy(r.get("total_s_spread_nocache")) else "")
-            for r in recs]))
+            + (BUSY if busy(r) else "") for r in recs]))
+        columns.append(Column("95% interval", [interval_text(r.get("speedup_ci_low"), r.get("speedup_ci_high"))
+                                               .strip() or "-" for r in recs], priority=60))
+    elif any(busy(r) for r in recs):
+        columns.append(Column("busy", [BUSY if busy(r) else "" for r in recs]))
     suffix = "" if on else nc
     columns.append(Column("TTFT", [fmt_seconds(r.get(f"ttft_s{suffix}")) for r in recs], priority=30))
     columns.append(Column("step", [fmt_seconds(r.get(f"decode_step_s{suffix}")) for r in recs], priority=40))
@@ -170,6 +176,8 @@ def summary_table(records: list[dict], console, wide: bool = False):
     if any(NOISY in cell for c in columns for cell in c.cells):
         notes.append(f"{NOISY} timed repeats more than {SPREAD_LIMIT:.0%} apart (max - min over median): the "
                      "timing is noisy; rerun with more --repeats on an idle machine")
+    if note := contention_summary([r for r in records if r.get("status", "ok") == "ok"]):
+        notes.append(f"{BUSY} " + note)
     if dropped:
         notes.append(f"left out to fit {console.width} columns: {', '.join(dropped)} (--wide shows every column)")
     return table, notes

@@ -67,12 +67,35 @@ def speedups(df: pd.DataFrame) -> pd.DataFrame:
     keys = [k for k in pair_keys() if k in ok.columns]
     cached = ok[ok["use_cache"].astype(bool)]
     uncached = ok[~ok["use_cache"].astype(bool)]
-    cols = [c for c in ["total_s", "ttft_s", "decode_step_s", "positions_processed", "total_s_spread", "scenario_id"]
-            if c in ok.columns]
+    cols = [c for c in ["total_s", "ttft_s", "decode_step_s", "positions_processed", "total_s_spread", "scenario_id",
+                        "total_s_repeats", "order_seed", "contention", "contention_reason"] if c in ok.columns]
     merged = cached.merge(uncached[keys + cols], on=keys, suffixes=("", "_nocache"), how="left")
     merged["speedup"] = merged["total_s_nocache"] / merged["total_s"]
+    merged = with_speedup_interval(merged)
     order = keys + [name for name in axes.names(axes.CACHE_ONLY) if name in merged]
     return merged.sort_values(order).reset_index(drop=True)
+
+
+def with_speedup_interval(merged: pd.DataFrame) -> pd.DataFrame:
+    """`speedup_ci_low`, `speedup_ci_high` (95%) and `speedup_paired`: where both sides were measured interleaved in
+    the same rounds, the speedup is the median of the per-round ratios and its interval their order statistics (`results.stats.paired_ratio_interval`), else a bootstrap of the
+    ratio of the medians (`ratio_interval`); NaN without repeats on both sides."""
+    from .stats import paired_ratio_interval, ratio_interval
+
+    speedup, low, high, paired = list(merged["speedup"]), [], [], []
+    for rec in merged.to_dict("records"):
+        cached, uncached = rec.get("total_s_repeats"), rec.get("total_s_repeats_nocache")
+        if not isinstance(cached, (list, tuple)) or not isinstance(uncached, (list, tuple)):
+            low.append(float("nan")), high.append(float("nan")), paired.append(False)
+            continue
+        same_rounds = (rec.get("order_seed") is not None and rec.get("order_seed") == rec.get("order_seed_nocache")
+                       and len(cached) == len(uncached))
+        if same_rounds:  # the speedup itself is the median of the rounds' ratios
+            speedup[len(low)], *interval = paired_ratio_interval(cached, uncached)
+        else:
+            interval = ratio_interval(cached, uncached)
+        low.append(interval[0]), high.append(interval[1]), paired.append(bool(same_rounds))
+    return merged.assign(speedup=speedup, speedup_ci_low=low, speedup_ci_high=high, speedup_paired=paired)
 
 
 def spread(repeats) -> float:

@@ -1,0 +1,123 @@
+"""The noise experiment: one small sweep idle and while a bounded busy loop competes for a core, in both orders
+(interleaved, grouped), then the four checks of `kvbench compare`. Run from the repository root:
+
+    python results/noise/experiment.py            # -> results/noise/<condition>-<order>/ and results/noise/summary.md
+
+It refuses to start while the machine is busy (1-minute load average >= LOAD_LIMIT), since "idle" must be idle.
+What it writes:
+- idle-interleaved, idle-grouped, busy-interleaved, busy-grouped, idle-interleaved-again: run folders
+  (kvbench run --model tiny --device cpu --prompt-len 16,256 --new-tokens 32 --batch-size 1,4 --repeats 9
+  --order ORDER); the busy ones with `python -c 'while True: pass'` running beside them, killed after the run;
+- summary.md: each busy speedup against the idle run's interval in the same order, and the compare checks:
+  two identical idle runs (no change, exit 0), a slowdown injected into every row (every repeat x1.25: flagged on
+  every row, exit 1), a change inside the threshold (x1.02: not flagged), the busy run against the idle one
+  (contention recorded, not a regression, exit 0).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+LOAD_LIMIT = 3.0
+SWEEP = ["--model", "tiny", "--device", "cpu", "--prompt-len", "16,256", "--new-tokens", "32", "--batch-size", "1,4",
+         "--repeats", "9"]
+KVBENCH = [sys.executable, "-m", "kvbench"]
+
+
+def run(name: str, order: str, busy: bool) -> Path:
+    out = HERE / name
+    shutil.rmtree(out, ignore_errors=True)
+    loop = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+    try:
+        subprocess.run([*KVBENCH, "run", *SWEEP, "--order", order, "--out", str(out)], check=True)
+    finally:
+        if loop:
+            loop.kill()
+            loop.wait()
+    return out
+
+
+def scaled(src: Path, factor: float, name: str) -> Path:
+    """A copy of run `src` with every timing (repeats and medians) multiplied by `factor`: an injected change."""
+    out = HERE / name
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    shutil.copy(src / "run.json", out / "run.json")
+    lines = []
+    for line in (src / "records.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        for key in ("total_s", "ttft_s", "decode_step_s"):
+            if rec.get(key) is not None:
+                rec[key] *= factor
+            if rec.get(f"{key}_repeats"):
+                rec[f"{key}_repeats"] = [v * factor if v is not None else None for v in rec[f"{key}_repeats"]]
+        lines.append(json.dumps(rec))
+    (out / "records.jsonl").write_text("\n".join(lines) + "\n")
+    return out
+
+
+def compare(base: Path, new: Path) -> tuple[int, dict]:
+    proc = subprocess.run([*KVBENCH, "compare", str(base), str(new), "--format", "json"], capture_output=True,
+                          text=True)
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def speedups(path: Path):
+    sys.path.insert(0, str(HERE.parents[1] / "src"))
+    from kvbench.results.frame import speedups as table
+    from kvbench.results.store import load_results
+
+    return table(load_results(path)).set_index("scenario_id")
+
+
+def main() -> int:
+    load = os.getloadavg()[0]
+    if load >= LOAD_LIMIT and "--force" not in sys.argv:
+        print(f"the machine is busy (1-minute load average {load:.1f} >= {LOAD_LIMIT}): not an idle baseline; "
+              "rerun later (or --force)")
+        return 2
+    runs = {(cond, order): run(f"{cond}-{order}", order, cond == "busy")
+            for order in ("interleaved", "grouped") for cond in ("idle", "busy")}
+    again = run("idle-interleaved-again", "interleaved", False)
+    lines = ["# Noise experiment", "", f"Command: `python results/noise/experiment.py` (load average at start "
+             f"{load:.2f}). Sweep: `kvbench run {' '.join(SWEEP)} --order ORDER`.", ""]
+    for order in ("interleaved", "grouped"):
+        idle, busy = speedups(runs[("idle", order)]), speedups(runs[("busy", order)])
+        lines += [f"## {order}: busy speedup against the idle one's 95% interval", "",
+                  "| scenario | idle speedup [95%] | busy speedup [95%] | busy within idle interval | busy contention |",
+                  "|---|---|---|---|---|"]
+        inside = 0
+        for sid, row in idle.iterrows():
+            b = busy.loc[sid]
+            ok = row["speedup_ci_low"] <= b["speedup"] <= row["speedup_ci_high"]
+            inside += ok
+            lines.append(f"| {sid} | {row['speedup']:.2f}x [{row['speedup_ci_low']:.2f}-{row['speedup_ci_high']:.2f}] "
+                         f"| {b['speedup']:.2f}x [{b['speedup_ci_low']:.2f}-{b['speedup_ci_high']:.2f}] | "
+                         f"{'yes' if ok else 'no'} | {b.get('contention_reason') or b.get('contention')} |")
+        lines += ["", f"{inside} of {len(idle)} busy speedups within the idle interval ({order}).", ""]
+    checks = [("two identical idle runs", runs[("idle", "interleaved")], again, "no change, exit 0"),
+              ("slowdown x1.25 injected into every row", runs[("idle", "interleaved")],
+               scaled(runs[("idle", "interleaved")], 1.25, "injected-slowdown"), "flagged on every row, exit 1"),
+              ("change x1.02 inside the 5% threshold", runs[("idle", "interleaved")],
+               scaled(runs[("idle", "interleaved")], 1.02, "injected-2pc"), "not flagged, exit 0"),
+              ("busy run against the idle one", runs[("idle", "interleaved")], runs[("busy", "interleaved")],
+               "contention recorded, not a regression, exit 0")]
+    lines += ["## kvbench compare", "", "| situation | expected | exit | total_s verdicts |", "|---|---|---|---|"]
+    for name, base, new, expected in checks:
+        code, doc = compare(base, new)
+        verdicts = [r["metrics"]["total_s"]["verdict"] for r in doc["rows"]]
+        counts = ", ".join(f"{verdicts.count(v)} {v}" for v in dict.fromkeys(verdicts))
+        lines.append(f"| {name} | {expected} | {code} | {counts} |")
+    (HERE / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

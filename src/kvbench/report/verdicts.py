@@ -1,0 +1,222 @@
+"""Change or noise: the verdict of one metric of one scenario between two runs, from the raw repeats.
+
+A timed metric (`total_s`, `ttft_s`, `decode_step_s`) is compared on its repeats, as asv does: it is a
+"regression" or an "improvement" only when the Mann-Whitney U test (two-sided, `scipy.stats.mannwhitneyu`) gives
+p < `ALPHA` (0.002, asv's cut-off) *and* the ratio of the medians new / base lies beyond the threshold. A ratio within
+the threshold is "no change". Otherwise it is "can't tell", with the reason: contention recorded on either side (a
+busy machine moves timings more than most changes), too few repeats for the test to ever reach the cut-off (with
+n and m repeats, the smallest two-sided p is 2 / C(n + m, n): 7 repeats each are needed for 0.002), or a
+difference inside the noise (with the repeats that would resolve a change of this size, from the repeats' spread).
+The ratio's 95% interval is a percentile bootstrap of the ratio of medians (`results.stats.ratio_interval`).
+
+An exact metric (cache bytes, memory peaks: one figure per scenario, no repeats) is a regression or an improvement
+when its ratio lies beyond the threshold, and "no change" otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..results.stats import clean, ratio_interval
+
+ALPHA = 0.002
+TEST = "Mann-Whitney U, two-sided"
+POWER = 0.8  # the chance of seeing a change of the observed size that `repeats_to_resolve` aims at
+REGRESSION, IMPROVEMENT, NO_CHANGE, CANT_TELL = "regression", "improvement", "no change", "can't tell"
+# The timed metrics and the record field holding their repeats.
+TIMED = {"total_s": "total_s_repeats", "ttft_s": "ttft_s_repeats", "decode_step_s": "decode_step_s_repeats",
+         "energy_per_token_j": "energy_j_repeats"}  # joules per generate: the same tokens every repeat
+
+
+def smallest_p(n: int, m: int) -> float:
+    """The smallest two-sided p-value the exact Mann-Whitney U test can give with n and m repeats (no ties)."""
+    return min(1.0, 2 / math.comb(n + m, n)) if n and m else 1.0
+
+
+def repeats_for_test(alpha: float = ALPHA) -> int:
+    """The fewest repeats per side (equal sides) whose smallest p-value is below `alpha`."""
+    n = 1
+    while smallest_p(n, n) >= alpha:
+        n += 1
+    return n
+
+
+def repeats_to_resolve(base: np.ndarray, new: np.ndarray, alpha: float = ALPHA) -> int:
+    """Repeats per side that would resolve a change of the observed size with chance `POWER`: the normal
+    approximation on log times, n = 2 (z_(1-alpha/2) + z_power)^2 s^2 / d^2, over the Mann-Whitney test's
+    efficiency 3/pi; at least `repeats_for_test(alpha)`."""
+    from scipy.stats import norm
+
+    floor = repeats_for_test(alpha)
+    logs = [np.log(v[v > 0]) for v in (base, new)]
+    d = abs(float(np.median(logs[1]) - np.median(logs[0])))
+    variances = [x.var(ddof=1) for x in logs if len(x) > 1]
+    if d == 0 or not variances:
+        return floor
+    s2 = float(np.mean(variances))
+    n = 2 * (norm.ppf(1 - alpha / 2) + norm.ppf(POWER)) ** 2 * s2 / d**2 / (3 / math.pi)
+    return max(floor, math.ceil(n))
+
+
+def timed_verdict(base, new, threshold: float, alpha: float = ALPHA, contention: str | None = None,
+                  scale: float = 1.0) -> dict:
+    """The verdict on two lists of repeats: {ratio, ci_low, ci_high, p, verdict, reason}.
+
+    `contention`: why either side was measured on a busy machine (None: neither was). `scale`: how much slower the
+    machine itself ran for `new` than for `base` (its reference workload); new's repeats are divided by it."""
+    b, n = clean(base), clean(new) / scale
+    if not len(b) or not len(n) or np.median(b) <= 0:
+        return {"ratio": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan, "verdict": CANT_TELL,
+                "reason": "no repeats recorded"}
+    from scipy.stats import mannwhitneyu
+
+    ratio = float(np.median(n) / np.median(b))
+    low, high = ratio_interval(b, n)
+    same = np.all(b == b[0]) and np.all(n == b[0])
+    p = 1.0 if same else float(mannwhitneyu(b, n, alternative="two-sided").pvalue)
+    out = {"ratio": ratio, "ci_low": low, "ci_high": high, "p": p}
+    beyond = abs(ratio - 1) > threshold
+    if contention:
+        return out | {"verdict": CANT_TELL, "reason": f"contention: {contention}"}
+    if not beyond:
+        return out | {"verdict": NO_CHANGE, "reason": f"ratio within ±{threshold:.0%}"}
+    if p < alpha:
+        return out | {"verdict": REGRESSION if ratio > 1 else IMPROVEMENT,
+                      "reason": f"p = {p:.2g} < {alpha:g} ({TEST})"}
+    need = repeats_to_resolve(b, n, alpha)
+    if smallest_p(len(b), len(n)) >= alpha:
+        reason = (f"too few repeats ({len(b)} and {len(n)}): {TEST} cannot reach p < {alpha:g}; "
+                  f"{need} each would resolve it")
+    else:
+        reason = f"within the noise (p = {p:.2g} >= {alpha:g}, {TEST}); about {need} repeats each would resolve it"
+    return out | {"verdict": CANT_TELL, "reason": reason}
+
+
+def exact_verdict(base: float, new: float, threshold: float, floor: float = 0) -> dict:
+    """The verdict on one figure per side (bytes): beyond the threshold (and changed by at least `floor`) or not."""
+    if base is None or new is None or not (base > 0) or math.isnan(new):
+        return {"ratio": math.nan, "verdict": "", "reason": ""}
+    ratio = new / base
+    if abs(ratio - 1) <= threshold or abs(new - base) < floor:
+        return {"ratio": ratio, "verdict": NO_CHANGE, "reason": f"ratio within ±{threshold:.0%}"
+                if abs(ratio - 1) <= threshold else f"changed by less than {floor:,.0f} bytes"}
+    return {"ratio": ratio, "verdict": REGRESSION if ratio > 1 else IMPROVEMENT,
+            "reason": f"ratio beyond ±{threshold:.0%} (an exact figure)"}
+
+
+def contention_of(row: dict, side: str, run: str) -> str | None:
+    """Why `run` (the `side` "base" or "new" of a merged row) was measured under contention, or None."""
+    flag = row.get(f"contention_{side}")
+    if flag is True or (isinstance(flag, (bool, np.bool_)) and bool(flag)):
+        return f"{run}: {row.get(f'contention_reason_{side}') or 'recorded'}"
+    return None
+
+
+# ------------------------------------------------------------------ rows of `compare_table`
+VERDICT_FIELDS = ("ratio", "ci_low", "ci_high", "p", "verdict", "reason")
+REFERENCE = "machine_reference_s"  # the machine's speed: its fixed reference workload, timed between scenarios
+
+
+def verdict_inputs(metrics) -> list[str]:
+    """The record fields the verdicts read besides the metrics: repeats, contention, the machine's reference."""
+    return [TIMED[m] for m in metrics if m in TIMED] + ["contention", "contention_reason", REFERENCE]
+
+
+def machine_scale(merged) -> float:
+    """How much slower the machine itself ran for the new run than for the base: the median over matched rows of
+    new / base of the reference workload's time; 1 where either run lacks it."""
+    if f"{REFERENCE}_base" not in merged or f"{REFERENCE}_new" not in merged:
+        return 1.0
+    ratio = (merged[f"{REFERENCE}_new"] / merged[f"{REFERENCE}_base"]).dropna()
+    ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
+    return float(np.median(ratio)) if len(ratio) else 1.0
+
+
+def metric_verdict(row: dict, metric: str, base_run: str, new_run: str, threshold: float, scale: float = 1.0,
+                   floor: float = 0) -> dict:
+    """The verdict of `metric` on one merged row (fields suffixed `_base` and `_new`)."""
+    if metric not in TIMED:
+        return exact_verdict(row.get(f"{metric}_base"), row.get(f"{metric}_new"), threshold, floor)
+    b, n = (row.get(f"{TIMED[metric]}_{side}") for side in ("base", "new"))
+    if not isinstance(b, (list, tuple, np.ndarray)) or not isinstance(n, (list, tuple, np.ndarray)):
+        b, n = [row.get(f"{metric}_base")], [row.get(f"{metric}_new")]  # medians only: one value a side
+    if all(v is None or (isinstance(v, float) and math.isnan(v)) for v in [*b, *n]):
+        return {}
+    contention = "; ".join(c for c in (contention_of(row, "base", base_run), contention_of(row, "new", new_run))
+                           if c) or None
+    return timed_verdict(b, n, threshold, contention=contention, scale=scale)
+
+
+# ------------------------------------------------------------------ what compare prints
+def cant_tell_line(table, gated) -> str | None:
+    """How many scenarios a gated metric could not decide, and the commonest reason; None when all were decided."""
+    reasons = [rec[f"{m}_reason"] for rec in table.to_dict("records") for m in gated
+               if f"{m}_verdict" in table and rec[f"{m}_verdict"] == CANT_TELL]
+    if not reasons:
+        return None
+    rows = int((table["verdict"] == CANT_TELL).sum())
+    common = max(set(reasons), key=reasons.count)
+    return f"can't tell in {rows} scenario(s) ({len(reasons)} gated figure(s)); the commonest reason: {common}"
+
+
+def machine_line(table, threshold: float) -> str | None:
+    """A line when the machine itself ran at another speed for a new run than for the base (its reference)."""
+    lines = []
+    for run, scale in table.groupby("new_run", sort=False)["machine_scale"].first().items():
+        if abs(scale - 1) > threshold:
+            lines.append(f"the machine ran {scale:.2f}x {'slower' if scale > 1 else 'faster'} for {run} than for "
+                         f"the base (its reference workload); timings are divided by {scale:.2f} before comparing")
+    return "; ".join(lines) or None
+
+
+def trend_lines(table, metrics) -> list[str]:
+    """With several new runs: per scenario and metric, the ratios run by run, and the first run where a
+    significant change begins (every later run then differs significantly in the same direction)."""
+    if table["new_run"].nunique() < 2:
+        return []
+    lines = []
+    runs = list(dict.fromkeys(table["new_run"]))
+    for scenario, rows in table.groupby("scenario", sort=False):
+        rows = rows.set_index("new_run").reindex(runs)
+        for metric in metrics:
+            if f"{metric}_ratio" not in rows:
+                continue
+            verdicts = rows[f"{metric}_verdict"].fillna("").tolist()
+            start = None
+            for i, v in enumerate(verdicts):
+                if v in (REGRESSION, IMPROVEMENT) and all(w == v for w in verdicts[i:]):
+                    start = i
+                    break
+            ratios = " -> ".join("-" if r != r else f"{r:.3g}x" for r in rows[f"{metric}_ratio"])
+            if start is not None:
+                lines.append(f"{scenario} {metric}: {ratios}; a significant {verdicts[start]} begins at "
+                             f"{runs[start]}")
+    return lines
+
+
+def table_json(table, metrics, threshold: float, alpha: float = ALPHA) -> dict:
+    """`kvbench compare --format json`: every row's ratio, interval, p-value, verdict and reason, per metric."""
+    def num(v):
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else (
+            float(v) if isinstance(v, (float, np.floating)) else v)
+
+    rows = []
+    for rec in table.to_dict("records"):
+        rows.append({
+            "base_run": rec["base_run"], "new_run": rec["new_run"], "scenario": rec["scenario"],
+            "verdict": rec["verdict"], "regressed": rec["regressed"] or None,
+            "machine_scale": num(rec.get("machine_scale")),
+            "metrics": {m: {f: num(rec.get(f"{m}_{f}")) for f in ("base", "new", *VERDICT_FIELDS)}
+                        for m in metrics if f"{m}_verdict" in rec},
+        })
+    return {"test": TEST, "alpha": alpha, "threshold": threshold, "rows": rows,
+            "regressions": sum(r["verdict"] == REGRESSION for r in rows)}
+
+
+def noise_notes(table, threshold: float, gated) -> list[str]:
+    """The machine's change of speed, what could not be told and why, and the trends: the notes under the table."""
+    metrics = [m for m in TIMED if f"{m}_verdict" in table]
+    return [*filter(None, [machine_line(table, threshold), cant_tell_line(table, gated)]),
+            *trend_lines(table, metrics)]

@@ -1,0 +1,69 @@
+"""`kvbench compare` tells change from noise: contention, too few repeats, the machine's own speed, JSON, trends."""
+
+from __future__ import annotations
+
+import json
+
+from synthetic_runs import grid, write_run
+
+from kvbench.cli.app import main
+from kvbench.report.compare import compare_table
+from kvbench.report.report import load_runs
+
+SMALL = dict(prompts=(16, 64), news=(8,), batches=(1,))
+
+
+def test_a_slower_run_measured_under_contention_is_not_a_regression(tmp_path, capsys):
+    base = write_run(tmp_path / "base", grid(**SMALL, repeats=7))
+    busy = write_run(tmp_path / "busy", grid(**SMALL, repeats=7, slow=1.5, contention=True,
+                                             contention_reason="load average 2.9 on 2 CPUs"))
+    assert main(["compare", str(base), str(busy)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "contention: busy: load average 2.9 on 2 CPUs" in out
+    table = compare_table(load_runs([base, busy], one_run_per_path=True), "base", ["busy"])
+    assert (table["total_s_verdict"] == "can't tell").all() and (table["verdict"] == "can't tell").all()
+
+
+def test_three_repeats_cannot_tell_a_large_slowdown_and_say_seven_would(tmp_path, capsys):
+    base = write_run(tmp_path / "base", grid(**SMALL))
+    new = write_run(tmp_path / "new", grid(**SMALL, slow=2.0))
+    assert main(["compare", str(base), str(new)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "too few repeats (3 and 3)" in out and "7 each would resolve it" in out
+
+
+def test_a_machine_that_ran_slower_is_named_and_divided_out(tmp_path, capsys):
+    base = write_run(tmp_path / "base", grid(**SMALL, repeats=7, machine_reference_s=0.010))
+    new = write_run(tmp_path / "new", grid(**SMALL, repeats=7, slow=1.3, machine_reference_s=0.013))
+    assert main(["compare", str(base), str(new)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "the machine ran 1.30x slower for new than for the base" in out
+
+
+def test_json_holds_every_rows_ratio_interval_p_value_and_verdict(tmp_path, capsys):
+    base = write_run(tmp_path / "base", grid(**SMALL, repeats=7))
+    new = write_run(tmp_path / "new", grid(**SMALL, repeats=7, slow=1.2))
+    assert main(["compare", str(base), str(new), "--format", "json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["test"] == "Mann-Whitney U, two-sided" and doc["alpha"] == 0.002 and doc["regressions"] == 4
+    total = doc["rows"][0]["metrics"]["total_s"]
+    assert total["verdict"] == "regression" and abs(total["ratio"] - 1.2) < 1e-9
+    assert total["ci_low"] <= total["ratio"] <= total["ci_high"] and total["p"] < 0.002
+    # seven evenly spaced repeats a side, every new one above every base one: the exact two-sided p is 2 / C(14, 7)
+    assert abs(total["p"] - 2 / 3432) < 1e-12
+    assert doc["rows"][0]["metrics"]["kv_cache_bytes"]["p"] is None
+
+
+def test_a_bad_format_is_one_line_and_exit_2(tmp_path, capsys):
+    base = write_run(tmp_path / "base", grid(**SMALL))
+    assert main(["compare", str(base), str(base), "--format", "yaml"]) == 2
+    assert "--format: 'yaml' is not table or json" in capsys.readouterr().err
+
+
+def test_several_runs_show_where_a_significant_change_begins(tmp_path, capsys):
+    paths = [write_run(tmp_path / name, grid(**SMALL, repeats=7, slow=slow))
+             for name, slow in (("r1", 1.0), ("r2", 1.01), ("r3", 1.3), ("r4", 1.31))]
+    assert main(["compare", *map(str, paths)]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "P16-N8-B1-cache-dynamic-greedy total_s: 1.01x -> 1.3x -> 1.31x; a significant regression begins at r3" \
+        in out
