@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from kvbench import Scenario, measure
-from kvbench.measuring.models import synthetic_inputs
-from kvbench.measuring.rounds import synchronize
+from kvbench.measuring.loading.models import synthetic_inputs
+from kvbench.measuring.harness.rounds import synchronize
 
 SCENARIOS = [Scenario(64, 32, 1, use_cache=True), Scenario(64, 32, 1, use_cache=False), Scenario(256, 32, 4)]
 

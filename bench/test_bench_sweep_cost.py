@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from kvbench import Scenario, grid, run_sweep
-from kvbench.measuring.models import synthetic_inputs
-from kvbench.measuring.rounds import synchronize
+from kvbench.measuring.loading.models import synthetic_inputs
+from kvbench.measuring.harness.rounds import synchronize
 
 REPEATS, WARMUP = 3, 1  # per scenario, as `kvbench run` does by default
 QUICK_CHECK = grid([8], [4], [1, 2])  # cache on and off: the --benchmark-disable pass

@@ -70,9 +70,9 @@ def transformers_imported():
 
     from kvbench.inputs.configs import config_from_dict
     from kvbench.inputs.scenario import Scenario
-    from kvbench.measuring.environment import environment
+    from kvbench.measuring.instruments.environment import environment
     from kvbench.measuring.measure import as_loaded, measure
-    from kvbench.measuring.models import random_model
+    from kvbench.measuring.loading.models import random_model
 
     loaded = as_loaded(random_model(config_from_dict(dict(TINY)), torch.device("cpu"), torch.float32).eval())
     for scenario in (Scenario(4, 2), Scenario(4, 2, use_cache=False), Scenario(4, 2, cache_implementation="static")):

@@ -1,4 +1,4 @@
-"""The allocation-event instrument (`kvbench.measuring.alloc_peak`) against allocations known by hand: tensors of
+"""The allocation-event instrument (`kvbench.measuring.instruments.alloc_peak`) against allocations known by hand: tensors of
 known sizes made and freed in a known order, a module whose forward allocates a known pattern (phase and parts),
 and generate's peak: deterministic, above the cache it holds, a reused static cache counted as the call's."""
 
@@ -8,10 +8,10 @@ import torch
 
 import kvbench
 from kvbench.inputs.scenario import Scenario
-from kvbench.measuring.alloc_peak import SOURCE, allocation_peak
+from kvbench.measuring.instruments.alloc_peak import SOURCE, allocation_peak
 from kvbench.measuring.measure import allocated_pass
-from kvbench.measuring.models import synthetic_inputs
-from kvbench.measuring.decode import generate_kwargs, static_cache
+from kvbench.measuring.loading.models import synthetic_inputs
+from kvbench.measuring.engines.decode import generate_kwargs, static_cache
 
 MiB = 2**20
 

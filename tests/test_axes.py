@@ -27,7 +27,7 @@ from kvbench.inputs.scenario import (
     cache_list,
     grid,
 )
-from kvbench.measuring.resume import larger_than, split_done
+from kvbench.measuring.harness.resume import larger_than, split_done
 from kvbench.report.compare import compare_table
 from kvbench.report.summary import summary_columns
 from kvbench.results.frame import speedups

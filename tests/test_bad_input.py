@@ -22,7 +22,7 @@ def one_error_line(capsys, *needles):
 
 @pytest.fixture
 def no_model_load(monkeypatch):
-    import kvbench.measuring.models as models
+    import kvbench.measuring.loading.models as models
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the bad input was refused")

@@ -17,7 +17,7 @@ from kvbench.estimate.kvcache import (
 from kvbench.estimate.ssm import StateSpec
 from kvbench import compat
 from kvbench.compat import cache_from_output
-from kvbench.measuring.cache_bytes import (
+from kvbench.measuring.instruments.cache_bytes import (
     cache_nbytes,
     cache_nbytes_by_device,
     cache_nbytes_by_kind,

@@ -1,5 +1,5 @@
 """Every cache implementation of the installed transformers: the options, the class generate really builds, and
-what cannot run refused before a sweep in one line (kvbench.inputs.scenario, kvbench.measuring.caches)."""
+what cannot run refused before a sweep in one line (kvbench.inputs.scenario, kvbench.measuring.engines.caches)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from kvbench.cli.app import main
 from kvbench.inputs.scenario import CACHE_IMPLEMENTATIONS, DEPRECATED_CACHES
 from kvbench.measuring import caches
 from kvbench.compat import cache_from_output
-from kvbench.measuring.cache_bytes import cache_class
-from kvbench.measuring.models import LoadedModel
+from kvbench.measuring.instruments.cache_bytes import cache_class
+from kvbench.measuring.loading.models import LoadedModel
 from kvbench.results.cache_fields import by_device, by_kind
 
 

@@ -85,7 +85,7 @@ def test_calibrated_plan_uses_the_fit():
 def test_cpu_records_cannot_calibrate(tmp_path):
     from kvbench.inputs.scenario import Scenario
     from kvbench.measuring.measure import measure
-    from kvbench.measuring.models import load_model
+    from kvbench.measuring.loading.models import load_model
 
     loaded = load_model("tiny", device="cpu", dtype="float32")
     record = measure(loaded, Scenario(prompt_len=8, new_tokens=3), repeats=1, warmup=0)

@@ -17,10 +17,10 @@ from kvbench import Scenario, UserError, grid
 from kvbench.cli.app import main
 from kvbench.measuring import decode
 from kvbench.measuring import measure as measure_module
-from kvbench.measuring.cache_bytes import cache_nbytes
-from kvbench.measuring.clock import Clock
-from kvbench.measuring.forwards import eager_probes, record_forwards
-from kvbench.measuring.models import synthetic_inputs
+from kvbench.measuring.instruments.cache_bytes import cache_nbytes
+from kvbench.measuring.instruments.clock import Clock
+from kvbench.measuring.instruments.forwards import eager_probes, record_forwards
+from kvbench.measuring.loading.models import synthetic_inputs
 
 pytest_plugins = ["pytester"]
 # the in-process pytester runs below need transformers and torch imported before the first of them
@@ -307,7 +307,7 @@ def test_compiled_caches_are_those_generate_compiles(tiny_loaded):
     from transformers import GenerationConfig
 
     from kvbench import compat
-    from kvbench.measuring.caches import installed_implementations
+    from kvbench.measuring.engines.caches import installed_implementations
 
     config = GenerationConfig()
     config.compile_config = decode.forced_compile_config()

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from kvbench.inputs.configs import config_from_dict
-from kvbench.measuring.clock import Clock
-from kvbench.measuring.models import bf16_supported, resolve_dtype
+from kvbench.measuring.instruments.clock import Clock
+from kvbench.measuring.loading.models import bf16_supported, resolve_dtype
 from kvbench.plan.plan import local_gpu
 
 BF16_CONFIG = config_from_dict({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 1,

@@ -12,7 +12,7 @@ from bench_support import copy_bench
 import kvbench
 from kvbench import Scenario, UserError, grid
 from kvbench.cli.app import main
-from kvbench.measuring.models import synthetic_inputs
+from kvbench.measuring.loading.models import synthetic_inputs
 
 pytest_plugins = ["pytester"]
 

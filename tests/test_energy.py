@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from kvbench.measuring.energy import energy_counter, energy_fields, nvml_counter, rapl_counter
+from kvbench.measuring.instruments.energy import energy_counter, energy_fields, nvml_counter, rapl_counter
 
 
 def zone(root, name, uj, max_uj=None):

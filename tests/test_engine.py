@@ -13,7 +13,7 @@ import kvbench
 from kvbench import Scenario, UserError, grid
 from kvbench.cli.app import main
 from kvbench.measuring.measure import run_generation
-from kvbench.measuring.models import synthetic_inputs
+from kvbench.measuring.loading.models import synthetic_inputs
 
 pytest_plugins = ["pytester"]
 

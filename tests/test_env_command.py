@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from kvbench.cli.app import main
-from kvbench.measuring.environment import environment
-from kvbench.measuring.nvml import nvml_status
+from kvbench.measuring.instruments.environment import environment
+from kvbench.measuring.instruments.nvml import nvml_status
 from kvbench.version import __version__
 
 NEW_KEYS = ("env_accelerate", "env_nvidia_ml_py", "env_torch_cuda", "env_nvml_status", "env_gpu_table_name",
@@ -117,7 +117,7 @@ def test_extras_are_those_whose_packages_are_all_installed(monkeypatch):
 def test_cpu_count_is_the_machines_and_torch_threads_a_field_of_their_own():
     """env_cpu_count is the CPUs the process may use (what `nproc` says, the affinity mask under taskset), not
     torch's thread count: OMP_NUM_THREADS=1 on a many-core machine once recorded a 1-CPU machine."""
-    code = ("import json, torch; from kvbench.measuring.environment import environment; e = environment('cpu'); "
+    code = ("import json, torch; from kvbench.measuring.instruments.environment import environment; e = environment('cpu'); "
             "print(json.dumps([e['env_cpu_count'], e['env_torch_threads']]))")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     nproc = int(subprocess.run(["nproc"], capture_output=True, text=True, env={"PATH": os.environ["PATH"]},

@@ -11,7 +11,7 @@ import torch
 from kvbench.cli.app import main
 from kvbench.cli.run import eta_text, fmt_clock, fmt_duration, slow_line
 from kvbench.inputs.scenario import Scenario
-from kvbench.measuring.eta import SweepEstimate, probe_rates, scenario_work
+from kvbench.measuring.harness.eta import SweepEstimate, probe_rates, scenario_work
 from kvbench.measuring.measure import measure
 
 SCENARIOS = [Scenario(8, 4, 2, True), Scenario(8, 4, 2, False), Scenario(6, 3, 1, True, decoding="beam", num_beams=2)]

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import kvbench.measuring.measure as measure_module
-import kvbench.measuring.rounds as rounds_module
-import kvbench.measuring.runner as runner_module
+import kvbench.measuring.harness.rounds as rounds_module
+import kvbench.measuring.harness.runner as runner_module
 from kvbench import Scenario, measure
-from kvbench.measuring.runner import run_sweep
+from kvbench.measuring.harness.runner import run_sweep
 from kvbench.plan.frontier import search_longest_context
 from kvbench.pytest_plugin import benchmark_generate
 

@@ -160,7 +160,7 @@ def test_frontier_refuses_without_cuda(monkeypatch, capsys):
 def test_cuda_probe_glue_runs_one_generate_on_any_device(monkeypatch):
     """The probe used on a GPU, run on the CPU with the tiny preset: one generate, a `measure` record; allocation
     failures that are not torch.OutOfMemoryError (cuBLAS near a cap) become "oom" records too."""
-    from kvbench.measuring.models import load_model
+    from kvbench.measuring.loading.models import load_model
     from kvbench.plan.frontier import cuda_probe
 
     loaded = load_model("tiny", device="cpu", dtype="float32")

@@ -63,7 +63,7 @@ def test_device_time_agrees_with_the_profiler_on_the_cpu():
 
 def test_device_time_fails_for_a_clock_that_misses_the_work(monkeypatch):
     """The check can fail: a clock that sees a third of the queued work (marks on the wrong stream, say)."""
-    from kvbench.measuring.clock import Clock
+    from kvbench.measuring.instruments.clock import Clock
 
     real = Clock.intervals
     monkeypatch.setattr(Clock, "intervals", lambda self, marks: [t / 3 for t in real(self, marks)])

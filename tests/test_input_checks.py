@@ -11,12 +11,12 @@ import huggingface_hub.constants as hub_constants
 import pytest
 import torch
 
-import kvbench.measuring.models as models_module
+import kvbench.measuring.loading.models as models_module
 from kvbench.cli.app import main
 from kvbench.errors import UserError
 from kvbench.inputs.lists import int_list
 from kvbench.inputs.scenario import grid
-from kvbench.measuring.models import resolve_device
+from kvbench.measuring.loading.models import resolve_device
 
 
 def one_error_line(capsys, *needles) -> str:

@@ -8,8 +8,8 @@ import pytest
 from tiny_models import llama_config
 
 from kvbench.inputs.scenario import Scenario
-from kvbench.measuring.interleave import groups
-from kvbench.measuring.runner import run_sweep
+from kvbench.measuring.harness.interleave import groups
+from kvbench.measuring.harness.runner import run_sweep
 from kvbench.results.store import load_results
 
 
@@ -23,7 +23,7 @@ def test_groups_are_the_scenarios_differing_only_in_the_cache():
 
 @pytest.fixture(scope="module")
 def tiny():
-    from kvbench.measuring.models import load_model
+    from kvbench.measuring.loading.models import load_model
 
     return load_model(llama_config())
 

@@ -1,4 +1,4 @@
-"""kvbench.estimate.kvcache (and kvbench.measuring.cache_bytes) against the caches transformers really builds.
+"""kvbench.estimate.kvcache (and kvbench.measuring.instruments.cache_bytes) against the caches transformers really builds.
 
 Tiny random-weights models (2 layers, hidden 64) of a dozen architectures run ``generate`` for exactly N new
 tokens; the bytes their cache holds must equal the estimate from the config alone, to the byte.
@@ -22,7 +22,7 @@ from kvbench.estimate.kvcache import (
     kv_layer_specs,
     naive_kv_cache_bytes,
 )
-from kvbench.measuring.cache_bytes import cache_nbytes, cache_visible_nbytes
+from kvbench.measuring.instruments.cache_bytes import cache_nbytes, cache_visible_nbytes
 
 warnings.filterwarnings("ignore")
 transformers.logging.set_verbosity_error()

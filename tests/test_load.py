@@ -13,7 +13,7 @@ import pytest
 from tiny_models import llama_config
 
 from kvbench.measuring import load as load_module
-from kvbench.measuring.load import contention_reason, gpu_state, load_fields, parse_proc_stat
+from kvbench.measuring.instruments.load import contention_reason, gpu_state, load_fields, parse_proc_stat
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -95,7 +95,7 @@ def test_an_older_binding_names_them_throttle_reasons_and_a_failing_call_is_null
 
 @pytest.fixture(scope="module")
 def tiny():
-    from kvbench.measuring.models import load_model
+    from kvbench.measuring.loading.models import load_model
 
     return load_model(llama_config())
 

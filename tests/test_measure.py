@@ -7,7 +7,7 @@ import torch
 
 import kvbench
 from kvbench.compat import cache_from_output
-from kvbench.measuring.models import synthetic_inputs
+from kvbench.measuring.loading.models import synthetic_inputs
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
@@ -56,8 +56,8 @@ def test_one_new_token_has_no_decode_steps(tiny_loaded):
 
 def test_instruments_do_not_change_generation(tiny_loaded):
     """The hooks only observe: the same tokens come out as from a bare generate."""
-    from kvbench.measuring.clock import Clock
-    from kvbench.measuring.forwards import record_forwards
+    from kvbench.measuring.instruments.clock import Clock
+    from kvbench.measuring.instruments.forwards import record_forwards
 
     scenario = kvbench.Scenario(9, 4, batch_size=2)
     inputs = synthetic_inputs(tiny_loaded.config, 2, 9, "cpu")

@@ -13,11 +13,11 @@ from test_nvml import Props, fake_pynvml
 
 import kvbench
 from kvbench.measuring import environment as environment_module
-from kvbench.measuring.clock import Clock
+from kvbench.measuring.instruments.clock import Clock
 from kvbench.measuring.measure import generate_once, summarize
-from kvbench.measuring.memory import collector_paused, memory_probe
-from kvbench.measuring.nvml import MEMORY_SOURCES, nvml_handle
-from kvbench.measuring.runner import run_sweep
+from kvbench.measuring.instruments.memory import collector_paused, memory_probe
+from kvbench.measuring.instruments.nvml import MEMORY_SOURCES, nvml_handle
+from kvbench.measuring.harness.runner import run_sweep
 
 MiB = 2**20
 CONTEXT = 500 * MiB  # what NVML counts beyond torch's reservation: the CUDA context
@@ -168,7 +168,7 @@ def test_cpu_peak_is_still_measured_at_every_repeat(tiny_loaded, monkeypatch):
     seen, block = [], 64 * MiB
     spy_generate(tiny_loaded, monkeypatch, seen, allocate_bytes=block)
     scenario = kvbench.Scenario(8, 4)
-    inputs = kvbench.measuring.models.synthetic_inputs(tiny_loaded.config, 1, 8, tiny_loaded.device)
+    inputs = kvbench.measuring.loading.models.synthetic_inputs(tiny_loaded.config, 1, 8, tiny_loaded.device)
     clock = Clock(tiny_loaded.device)
     with torch.inference_mode():
         runs = [generate_once(tiny_loaded, scenario, inputs, clock) for _ in range(3)]

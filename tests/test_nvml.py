@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from kvbench.measuring import environment as environment_module
-from kvbench.measuring.nvml import (
+from kvbench.measuring.instruments.nvml import (
     MEMORY_SOURCES,
     nvml_gpu_info,
     nvml_handle,

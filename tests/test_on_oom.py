@@ -11,13 +11,13 @@ import json
 import pytest
 import torch
 
-import kvbench.measuring.models as models_module
+import kvbench.measuring.loading.models as models_module
 from kvbench import Scenario
 from kvbench.cli.app import main
 from kvbench.errors import UserError
 from kvbench.inputs.scenario import grid
-from kvbench.measuring.resume import larger_than
-from kvbench.measuring.runner import run_sweep
+from kvbench.measuring.harness.resume import larger_than
+from kvbench.measuring.harness.runner import run_sweep
 from kvbench.results.store import load_results
 
 OOM = "CUDA out of memory. Tried to allocate 2.00 GiB"

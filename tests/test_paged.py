@@ -1,4 +1,4 @@
-"""Paged attention through continuous batching (kvbench.measuring.paged, kvbench.estimate.paged): the pool reserved
+"""Paged attention through continuous batching (kvbench.measuring.engines.paged, kvbench.estimate.paged): the pool reserved
 and the blocks used, equal to the estimate; tokens equal to generate's in float32 greedy; per-request timings."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from cache_models import build
 from kvbench import Scenario, UserError, compat
 from kvbench.estimate.paged import paged_pool_bytes, paged_sizing, paged_used_bytes
 from kvbench.measuring import caches
-from kvbench.measuring.cache_bytes import cache_nbytes_by_kind
+from kvbench.measuring.instruments.cache_bytes import cache_nbytes_by_kind
 from kvbench.measuring.measure import measure, measure_paged
-from kvbench.measuring.models import LoadedModel
-from kvbench.measuring.paged import manager_cache, paged_configs
+from kvbench.measuring.loading.models import LoadedModel
+from kvbench.measuring.engines.paged import manager_cache, paged_configs
 
 # 4.x has no ContinuousBatchingConfig: paged is refused there (the refusal: tests/test_caches.py)
 pytestmark = pytest.mark.skipif(compat.paged_layout() is None,

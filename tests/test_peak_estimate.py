@@ -1,5 +1,5 @@
 """The planner's memory model (`estimate.peak`, over `estimate.capacity` and `estimate.activations`) against the
-peaks the allocation events measure (`measuring.alloc_peak`), family by family: never against its own formula.
+peaks the allocation events measure (`measuring.instruments.alloc_peak`), family by family: never against its own formula.
 Each model is small (a few MiB at its peak) so the suite stays fast; results/cpu-memory holds the larger run."""
 
 from __future__ import annotations

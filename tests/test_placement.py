@@ -7,7 +7,7 @@ import pytest
 
 from kvbench.cli.app import main
 from kvbench.errors import UserError
-from kvbench.measuring.placement import parse_device_map, parse_max_memory
+from kvbench.measuring.loading.placement import parse_device_map, parse_max_memory
 from kvbench.results.cache_fields import by_device
 
 

@@ -287,7 +287,7 @@ def test_param_count_equals_the_instantiated_model(model_type, extra):
 
 def test_local_gpu_detection(monkeypatch):
     """No --gpu and no --memory: the local GPU, its memory as torch sees it, its bandwidth from NVML or the table."""
-    import kvbench.measuring.nvml
+    import kvbench.measuring.instruments.nvml
 
     class Props:
         name, total_memory = "Tesla T4", 15_835_660_288
@@ -296,11 +296,11 @@ def test_local_gpu_detection(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props())
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
-    monkeypatch.setattr(kvbench.measuring.nvml, "nvml_gpu_info", lambda device: {})
+    monkeypatch.setattr(kvbench.measuring.instruments.nvml, "nvml_gpu_info", lambda device: {})
     local = resolve_target(None)
     assert (local.name, local.usable_bytes, local.bandwidth_gbps, local.bf16) == ("Tesla T4", 15_835_660_288, 320,
                                                                                    False)
-    monkeypatch.setattr(kvbench.measuring.nvml, "nvml_gpu_info", lambda device: {"gpu_bandwidth_gbps": 320.064})
+    monkeypatch.setattr(kvbench.measuring.instruments.nvml, "nvml_gpu_info", lambda device: {"gpu_bandwidth_gbps": 320.064})
     assert resolve_target("local").bandwidth_gbps == 320.064
     plan = plan_capacity("phi-3-mini-4k", batch_sizes=[1], contexts=[1024])
     assert set(plan["gpu"]) == {"Tesla T4"} and set(plan["dtype"]) == {"float16"}  # bf16 model, no bf16 here

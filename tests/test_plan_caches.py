@@ -9,7 +9,7 @@ import torch
 
 from kvbench import compat
 from kvbench.estimate import quant_peak
-from kvbench.measuring.caches import needs
+from kvbench.measuring.engines.caches import needs
 from kvbench.estimate.quantized import split_tokens, tensor_bytes
 
 BACKENDS = [("fp8", None), ("quanto", 4), ("quanto", 2), ("hqq", 4), ("hqq", 3), ("hqq", 8)]

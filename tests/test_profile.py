@@ -9,7 +9,7 @@ import pytest
 
 import kvbench
 from kvbench.estimate.roofline import roofline
-from kvbench.measuring.profile import NOT_PROFILED, step_figures
+from kvbench.measuring.instruments.profile import NOT_PROFILED, step_figures
 
 
 def test_profiled_record_on_the_cpu(tiny_loaded):

@@ -22,7 +22,7 @@ from bench_support import (  # noqa: F401
 from kvbench import Scenario, measure
 from kvbench.inputs.configs import config_from_dict
 from kvbench.measuring.measure import as_loaded
-from kvbench.measuring.models import random_model
+from kvbench.measuring.loading.models import random_model
 from kvbench.pytest_plugin import (
     BENCHMARK_OWNED,
     expected_positions,
@@ -151,11 +151,11 @@ def test_unknown_model_stops_the_session(pytester):
 
 
 def test_model_is_loaded_once_per_session(pytester, tiny, monkeypatch):
-    import kvbench.measuring.models
+    import kvbench.measuring.loading.models
 
     loads = []
-    real = kvbench.measuring.models.load_model
-    monkeypatch.setattr(kvbench.measuring.models, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
+    real = kvbench.measuring.loading.models.load_model
+    monkeypatch.setattr(kvbench.measuring.loading.models, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
     copy_bench(pytester, "test_bench_sweep")
     pytester.makepyfile(test_same="""
         seen = []

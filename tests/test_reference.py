@@ -13,10 +13,10 @@ import transformers
 from kvbench.estimate.kvcache import estimate_kv_cache_bytes
 from kvbench.estimate.positions import positions_per_call
 from kvbench.compat import cache_from_output
-from kvbench.measuring.cache_bytes import cache_nbytes
-from kvbench.measuring.clock import Clock
-from kvbench.measuring.forwards import record_forwards
-from kvbench.measuring.reference import decode, process_logits, reference_generate
+from kvbench.measuring.instruments.cache_bytes import cache_nbytes
+from kvbench.measuring.instruments.clock import Clock
+from kvbench.measuring.instruments.forwards import record_forwards
+from kvbench.measuring.engines.reference import decode, process_logits, reference_generate
 
 warnings.filterwarnings("ignore")
 transformers.logging.set_verbosity_error()

@@ -69,7 +69,7 @@ def test_a_refused_run_leaves_its_working_folder_empty(case, tmp_path, monkeypat
 
 def test_a_refusal_after_the_run_folder_was_made_removes_its_parents_too(tmp_path, monkeypatch, capsys):
     """A failure once the run folder exists (the model fails to load) removes the folder and the results/ it made."""
-    import kvbench.measuring.models as models
+    import kvbench.measuring.loading.models as models
     from kvbench.errors import UserError
 
     def refuse(*args, **kwargs):

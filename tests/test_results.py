@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import kvbench
-from kvbench.measuring.runner import run_sweep
+from kvbench.measuring.harness.runner import run_sweep
 from kvbench.results.schema import SCHEMA_VERSION
 from kvbench.results.store import RunWriter, json_safe
 
@@ -34,7 +34,7 @@ def test_sweep_round_trips_to_dataframe(tiny_loaded, tmp_path):
 
 
 def test_a_failing_scenario_keeps_the_finished_records(tiny_loaded, tmp_path, monkeypatch):
-    import kvbench.measuring.runner as runner
+    import kvbench.measuring.harness.runner as runner
 
     real = runner.measure
 

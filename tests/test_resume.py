@@ -13,7 +13,7 @@ import kvbench
 from kvbench import UserError
 from kvbench.cli.app import main
 from kvbench.measuring import runner
-from kvbench.measuring.resume import SweepInterrupted
+from kvbench.measuring.harness.resume import SweepInterrupted
 from kvbench.results.store import PartialLineWarning
 
 GRID = kvbench.grid([4, 6], [2], [1])  # four scenarios: two prompts, with and without the cache

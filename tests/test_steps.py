@@ -1,4 +1,4 @@
-"""kvbench.measuring.steps and `kvbench steps`: per-step probabilities are the softmax of the model's logits, greedy
+"""kvbench.measuring.engines.steps and `kvbench steps`: per-step probabilities are the softmax of the model's logits, greedy
 picks the argmax, the cache bytes are the estimator's; text prompts through a small tokenizer built here."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import torch
 
 from kvbench.cli.app import main
 from kvbench.estimate.kvcache import kv_cache_bytes_at
-from kvbench.measuring.reference import eos_ids, process_logits
-from kvbench.measuring.steps import step_table
+from kvbench.measuring.engines.reference import eos_ids, process_logits
+from kvbench.measuring.engines.steps import step_table
 
 WORDS = "la capital de argentina es buenos aires y el asado del domingo se quemó".split()
 SPECIALS = ["[PAD]", "[BOS]", "[EOS]", "[UNK]"]  # ids 0, 1, 2, 3: the tiny llama's pad, bos and eos

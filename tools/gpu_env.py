@@ -129,8 +129,8 @@ def environment_facts(device_name: str) -> dict:
 
     import torch
 
-    from kvbench.measuring.environment import environment
-    from kvbench.measuring.models import resolve_device
+    from kvbench.measuring.instruments.environment import environment
+    from kvbench.measuring.loading.models import resolve_device
 
     device = resolve_device(device_name)
     facts = {"python": platform.python_version(), "torch": str(torch.__version__), **environment(device)}

@@ -136,7 +136,7 @@ def live_device_time(device, nbytes: int | None = None, launches: int = 8) -> tu
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    from kvbench.measuring.clock import Clock
+    from kvbench.measuring.instruments.clock import Clock
 
     device = torch.device(device)
     cuda = device.type == "cuda"
@@ -310,7 +310,7 @@ LIVE_CHECKS = ("device-time", "kv-bytes-live", "peak-vs-estimate", "step-busy-li
 
 def live_checks(args) -> list[tuple[str, str, str]]:
     """The live checks on --model, loaded once; a check that breaks is a failed check, and the others still run."""
-    from kvbench.measuring.models import load_model
+    from kvbench.measuring.loading.models import load_model
 
     def broken(exc):
         return "FAIL", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"

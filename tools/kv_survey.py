@@ -32,7 +32,7 @@ from kvbench.estimate.kvcache import (
     estimate_kv_cache_bytes_by_kind,
 )
 from kvbench.compat import cache_from_output
-from kvbench.measuring.cache_bytes import (
+from kvbench.measuring.instruments.cache_bytes import (
     cache_nbytes,
     cache_nbytes_by_kind,
     cache_visible_nbytes,

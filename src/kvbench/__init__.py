@@ -31,15 +31,15 @@ _LAZY = {
     "RunOptions": ".inputs.options",
     "Scenario": ".inputs.scenario",
     "grid": ".inputs.scenario",
-    "cache_nbytes": ".measuring.cache_bytes",
+    "cache_nbytes": ".measuring.instruments.cache_bytes",
     "measure": ".measuring.measure",
-    "LoadedModel": ".measuring.models",
-    "load_model": ".measuring.models",
-    "run_sweep": ".measuring.runner",
+    "LoadedModel": ".measuring.loading.models",
+    "load_model": ".measuring.loading.models",
+    "run_sweep": ".measuring.harness.runner",
     "plan_capacity": ".plan.plan",
     "load_results": ".results.store",
     "inspect_model": ".estimate.inspect",
-    "reference_generate": ".measuring.reference",
+    "reference_generate": ".measuring.engines.reference",
 }
 
 __all__ = ["UserError", "__version__", *_LAZY]

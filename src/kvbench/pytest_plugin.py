@@ -153,9 +153,9 @@ def kv_settings_from(config) -> KVSettings:
             compiles=choice_list("--kv-compile", opt("kv_compile"), COMPILE_MODES),
             **sampling_axes(opt),
         )
-        from .measuring.decode import check_compile
+        from .measuring.engines.decode import check_compile
         from .inputs.names import check_model_name
-        from .measuring.models import check_before_load, resolve_device, resolve_dtype
+        from .measuring.loading.models import check_before_load, resolve_device, resolve_dtype
 
         device = resolve_device(opt("kv_device"))
         if opt("kv_dtype") != "auto":
@@ -164,7 +164,7 @@ def kv_settings_from(config) -> KVSettings:
         check_model_name(opt("kv_model"))  # before pytest-benchmark (configured after this plugin) makes .benchmarks/
         if opt("kv_model") != "tiny":  # its config read where one is asked for (a test too long for it skips)
             check_before_load(opt("kv_model"), opt("kv_device"), opt("kv_dtype"))
-        from .measuring.resume import ON_OOM
+        from .measuring.harness.resume import ON_OOM
 
         if opt("kv_on_oom") not in ON_OOM:
             raise UserError(f"--kv-on-oom: {opt('kv_on_oom')!r} is not one of {', '.join(ON_OOM)}")
@@ -213,7 +213,7 @@ def kv_settings(pytestconfig) -> KVSettings:
 @pytest.fixture(scope="session")
 def kv_model(kv_settings):
     """The model of --kv-model on --kv-device in --kv-dtype, loaded once per session (a `kvbench.LoadedModel`)."""
-    from .measuring.models import load_model
+    from .measuring.loading.models import load_model
 
     try:
         return load_model(kv_settings.model, **kv_settings.run_options().load_kwargs())
@@ -230,8 +230,8 @@ def kv_scenario(request) -> Scenario:
 
 @pytest.fixture(scope="session")
 def kv_oom_skips(kv_settings):
-    """The session's out-of-memory scenarios (kvbench.measuring.resume.OOMSkips) under --kv-on-oom skip-larger."""
-    from .measuring.resume import OOMSkips
+    """The session's out-of-memory scenarios (kvbench.measuring.harness.resume.OOMSkips) under --kv-on-oom skip-larger."""
+    from .measuring.harness.resume import OOMSkips
 
     return OOMSkips(kv_settings.on_oom)
 
@@ -278,14 +278,14 @@ def kv_benchmark(benchmark, kv_model, kv_settings, kv_oom_skips, request):
 def benchmark_generate(benchmark, loaded, scenario: Scenario, rounds: int = 5, warmup_rounds: int = 1,
                        check: bool = True, profile_steps: bool = False, say=None) -> dict:
     """Time `generate` for one scenario with pytest-benchmark, and record it with kvbench from those same rounds
-    (`kvbench.measuring.rounds`). Where decode may compile, at least one warm-up round runs (`say(line)` tells,
+    (`kvbench.measuring.harness.rounds`). Where decode may compile, at least one warm-up round runs (`say(line)` tells,
     default: a warning). Skips (with the reason) a scenario longer than the model's context, or one that runs out
     of memory. Under --benchmark-disable the target runs once, untimed, and the record and checks still happen.
     """
     import warnings
 
-    from .measuring.record import check_fits
-    from .measuring.rounds import measure_in_rounds, warmup_needed
+    from .measuring.harness.record import check_fits
+    from .measuring.harness.rounds import measure_in_rounds, warmup_needed
 
     try:
         check_fits(loaded, scenario)
@@ -357,8 +357,8 @@ def pair_id(scenario: Scenario) -> str:
 # ---------------------------------------------------------------- machine_info
 def machine_info_from(config) -> dict:
     """The stable facts about the machine and software kvbench measures on (no clocks, memory in use, commits)."""
-    from .measuring.environment import environment
-    from .measuring.models import resolve_device
+    from .measuring.instruments.environment import environment
+    from .measuring.loading.models import resolve_device
 
     env = environment(resolve_device(kv_settings_from(config).device))
     return {key.removeprefix("env_"): env.get(key) for key in STABLE_ENV}

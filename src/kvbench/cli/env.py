@@ -1,6 +1,6 @@
 """`kvbench env`: what kvbench sees -- versions, devices, NVML, the GPU table's entry, a C compiler, the extras.
 
-It prints the `env_*` block that every record of a run on that device carries (`measuring.environment`), and the
+It prints the `env_*` block that every record of a run on that device carries (`measuring.instruments.environment`), and the
 devices torch sees. `kvbench --version` prints the version lines of the same block.
 """
 
@@ -24,8 +24,8 @@ def env_command(
     """Show what kvbench sees: versions, devices, NVML, the GPU's table entry, C compiler, extras (as in records)."""
     if fmt not in FORMATS:
         raise UserError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
-    from ..measuring.environment import devices, environment
-    from ..measuring.models import resolve_device
+    from ..measuring.instruments.environment import devices, environment
+    from ..measuring.loading.models import resolve_device
     from ..units import fmt_bytes
 
     env, found = environment(resolve_device(device)), devices()
@@ -50,7 +50,7 @@ def env_command(
 
 def version_line() -> str:
     """`kvbench --version`: kvbench's version, then Python's and the main packages' (read without importing them)."""
-    from ..measuring.environment import versions
+    from ..measuring.instruments.environment import versions
 
     found = versions()
     rest = ", ".join(f"{key.removeprefix('env_').replace('_', '-')} {value or 'not installed'}"

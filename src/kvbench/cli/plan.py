@@ -344,9 +344,9 @@ def frontier_command(
     if not torch.cuda.is_available():
         raise UserError("kvbench frontier measures out-of-memory on a CUDA GPU, and torch sees none "
                         "(predict without measuring: kvbench plan)")
-    from ..measuring.environment import environment
-    from ..measuring.models import load_model
-    from ..measuring.runner import default_run_dir
+    from ..measuring.instruments.environment import environment
+    from ..measuring.loading.models import load_model
+    from ..measuring.harness.runner import default_run_dir
     from ..results.store import RunWriter
 
     out_dir = out or default_run_dir(f"frontier-{Path(model).name}")

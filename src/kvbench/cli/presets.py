@@ -14,7 +14,7 @@ def presets(dtype: str = typer.Option("float16", help="dtype for the byte figure
     from ..estimate.kvcache import dtype_nbytes, kv_bytes_per_token
     from ..estimate.weights import param_count
     from ..inputs.configs import list_presets, preset_config, preset_info
-    from ..measuring.models import resolve_dtype
+    from ..measuring.loading.models import resolve_dtype
     from ..units import fmt_bytes, fmt_bytes_exact
 
     dt = resolve_dtype(dtype, torch.device("cpu"))

@@ -83,7 +83,7 @@ def run(
     from ..inputs.decoding import ENGINES, float_list, top_k_list
     from ..inputs.scenario import COMPILE_MODES, DECODINGS, cache_list, grid
     from ..inputs.names import check_dtype_name, check_model_name
-    from ..measuring.resume import MAX_REPEATS, ON_OOM
+    from ..measuring.harness.resume import MAX_REPEATS, ON_OOM
 
     caches = {"on": [True], "off": [False], "both": [True, False]}
     if use_cache not in caches:
@@ -140,7 +140,7 @@ def run(
             return
     check_model_name(model)  # a name that names nothing, and the options' values above: refused before torch loads
     check_dtype_name(dtype)
-    from ..measuring.runner import default_run_dir
+    from ..measuring.harness.runner import default_run_dir
     from ..results.store import RunWriter
 
     out_dir = Path(resume or out or default_run_dir(model + (f"-shard{index}of{count}" if shard else "")))
@@ -151,7 +151,7 @@ def run(
             raise UserError("--resume: runs of --executor ray are resumed with --executor local, or run again")
         return run_with_ray(model, run_options, scenarios, out_dir, settings, address, gpus_per_task, ray_workers,
                             wide)
-    from ..measuring.models import check_before_load
+    from ..measuring.loading.models import check_before_load
     from .common import check_writable_folder
 
     # Check first, then create: the device, the model spec, lengths beyond its context and a run folder that cannot
@@ -179,11 +179,11 @@ def run(
 
 def sweep(model: str, options: RunOptions, scenarios: list, writer, settings: dict, resolved=None) -> list[dict]:
     """Load the model, then measure the scenarios not yet recorded in `writer`'s run under a progress bar."""
-    from ..measuring.decode import check_compile
-    from ..measuring.eta import SweepEstimate
-    from ..measuring.models import load_model
-    from ..measuring.resume import split_done
-    from ..measuring.runner import run_sweep
+    from ..measuring.engines.decode import check_compile
+    from ..measuring.harness.eta import SweepEstimate
+    from ..measuring.loading.models import load_model
+    from ..measuring.harness.resume import split_done
+    from ..measuring.harness.runner import run_sweep
 
     repeats, warmup = options.repeats, options.warmup
     todo = (split_done(writer.records(), scenarios, options.on_oom in (None, "continue"))[1] if writer.resumed
@@ -338,7 +338,7 @@ def sweep_with_progress(loaded, scenarios, todo, writer, estimate, options: RunO
     )
     from rich.text import Text
 
-    from ..measuring.runner import run_sweep
+    from ..measuring.harness.runner import run_sweep
 
     class ETAColumn(ProgressColumn):
         def render(self, task):

@@ -1,5 +1,5 @@
 """`kvbench steps`: generation step by step -- the chosen token, its probability, the top candidates, the positions
-each forward processed, each step's latency and the cache bytes after it (kvbench.measuring.steps)."""
+each forward processed, each step's latency and the cache bytes after it (kvbench.measuring.engines.steps)."""
 
 from __future__ import annotations
 
@@ -41,9 +41,9 @@ def steps_command(
     import torch
 
     from ..inputs.configs import resolve_spec
-    from ..measuring.models import load_model, synthetic_inputs
-    from ..measuring.reference import check_sampling
-    from ..measuring.steps import load_tokenizer, step_table
+    from ..measuring.loading.models import load_model, synthetic_inputs
+    from ..measuring.engines.reference import check_sampling
+    from ..measuring.engines.steps import load_tokenizer, step_table
 
     if format not in FORMATS:
         raise UserError(f"--format: {format!r} is not one of {', '.join(FORMATS)}")

@@ -1,6 +1,6 @@
 """The activations of one `generate` call at its two candidate peaks (the planner's memory model, beside the cache's
 exact bytes in `plan_kv`): what torch tensors hold besides the weights and the cache, modelled from what the
-allocation events of transformers' forwards show on the CPU (`kvbench.measuring.alloc_peak`, results/cpu-memory).
+allocation events of transformers' forwards show on the CPU (`kvbench.measuring.instruments.alloc_peak`, results/cpu-memory).
 
 The prefill's peak is inside the last layer, at the larger of two moments:
 

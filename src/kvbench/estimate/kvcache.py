@@ -2,7 +2,7 @@
 
 Two sides that must agree to the byte (tests/test_kvcache.py checks them on real caches):
 
-* measured -- ``cache_nbytes(cache)`` (``kvbench.measuring.cache_bytes``): the memory the cache object really holds.
+* measured -- ``cache_nbytes(cache)`` (``kvbench.measuring.instruments.cache_bytes``): the memory the cache object really holds.
   Every tensor reachable from it (keys, values, quantized states, SSM/conv states, ...) is counted by its *storage*,
   each storage once. Unlike the visible ``numel * element_size`` (``cache_visible_nbytes``), a dynamic sliding layer
   counts the whole tensor its last ``window - 1`` tokens are a view of (``window`` tokens, or a long prefill's all).
@@ -34,7 +34,7 @@ last sampled token is never fed back; the forward calls feed [P, 1, 1, ...] toke
   ``offloaded_hybrid*`` the static ones (5.x: one StaticCache whose layers follow the config); ``quantized`` its
   own (``kvbench.estimate.quantized``). Offloading moves bytes between devices, it does not change them.
 
-``estimate_kv_cache_bytes_by_kind`` splits the estimate as ``kvbench.measuring.cache_bytes.cache_nbytes_by_kind``
+``estimate_kv_cache_bytes_by_kind`` splits the estimate as ``kvbench.measuring.instruments.cache_bytes.cache_nbytes_by_kind``
 splits the measurement: key_value, conv_state, recurrent_state, quantized_data / _scales / _zero_points /
 _residual, beam_index (kinds with no bytes left out).
 """

@@ -16,7 +16,7 @@ Rules found by experiment (transformers 5.24, optimum-quanto 0.2.7, hqq 0.2.8; t
   64: 64 * bits / 8 rows of uint8, or for 3 bits ceil(64 / 10) rows of int32 (ten 3-bit values in 32 bits);
   scale and zero one value per column, in the model dtype.
 * Before 5.20 the step right after a requantization never requantizes (``compat.quantized_requantize_period``):
-  R = 1 then requantizes every other step. fp8 needs 5.21, beam search 5.19 (``kvbench.measuring.caches`` refuses
+  R = 1 then requantizes every other step. fp8 needs 5.21, beam search 5.19 (``kvbench.measuring.engines.caches`` refuses
   them on older releases).
 * fp8 (per tensor, float8_e4m3fn): every position stored at one byte, no residual, no requantization, and one
   float32 scale per tensor (keys and values: 8 bytes a layer), frozen at the prefill.

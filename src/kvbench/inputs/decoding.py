@@ -18,7 +18,7 @@ from .lists import MAX_DIGITS, list_parts, shown
 
 SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}
 ENGINES = ("generate", "reference")
-# What the reference loop decodes (kvbench.measuring.reference): no beam search, no static cache.
+# What the reference loop decodes (kvbench.measuring.engines.reference): no beam search, no static cache.
 REFERENCE_DECODINGS = ("greedy", "sample")
 REFERENCE_CACHES = ("dynamic", None)  # None: without the cache
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ..errors import UserError
 
 ON_OOM = ("continue", "skip-larger")
-ORDERS = ("interleaved", "grouped")  # the timed repeats' order (kvbench.measuring.interleave)
+ORDERS = ("interleaved", "grouped")  # the timed repeats' order (kvbench.measuring.harness.interleave)
 MAX_REPEATS = 10_000  # timed repeats (and warm-ups) per scenario: more is a typo, not a measurement
 AUTO_MAX_REPEATS = 50  # --repeats auto: the cap (kvbench.results.stats.auto_stop)
 
@@ -27,12 +27,12 @@ class RunOptions:
     repeats: int = 5  # timed generates per scenario (the median is reported)
     warmup: int = 1  # untimed generates before them (at least 1 where decode compiles)
     profile_steps: bool = False  # one extra profiled generate: device-busy time per decode step
-    on_oom: str | None = None  # "continue" or "skip-larger" (kvbench.measuring.resume)
+    on_oom: str | None = None  # "continue" or "skip-larger" (kvbench.measuring.harness.resume)
     order: str = "grouped"  # "interleaved": the repeats of scenarios compared with each other take turns
     order_seed: int | None = None  # the interleaved rounds' shuffle (None: drawn at random, and recorded)
     target_ci: float | None = None  # --repeats auto: repeats is a cap, stop once the median's 95% interval is
     # within +-target_ci (kvbench.results.stats.auto_stop)
-    # loading the model (kvbench.measuring.models.load_model)
+    # loading the model (kvbench.measuring.loading.models.load_model)
     device: str = "auto"
     dtype: str = "auto"
     trust_remote_code: bool = False

@@ -170,7 +170,7 @@ class Scenario:
     def generate_kwargs(self) -> dict:
         """Keyword arguments for `model.generate` that produce exactly `new_tokens` tokens.
 
-        compile="on" needs a transformers object as well (`kvbench.measuring.decode.generate_kwargs` adds it).
+        compile="on" needs a transformers object as well (`kvbench.measuring.engines.decode.generate_kwargs` adds it).
         """
         kwargs = dict(
             max_new_tokens=self.new_tokens,

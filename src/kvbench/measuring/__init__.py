@@ -1,6 +1,7 @@
-"""The measuring side: a model on a device (`models`), the instruments (`clock`, `forwards`, `memory`, `nvml`,
-`cache_bytes`), the environment block (`environment`), one scenario measured into one record (`measure`), and a
-sweep that appends each record as it finishes (`runner`).
+"""The measuring side, in four rooms around one function: `measure.measure(model, scenario)` runs a scenario on an
+engine (`engines`: generate, the plain-torch reference loop, paged batching) with the instruments (`instruments`:
+clock, forwards, memory, cache bytes, ...) around each run, on a model from `loading`, into one record; the
+`harness` sweeps many scenarios into a run folder.
 
 May import: `kvbench.errors`, `kvbench.units`, `kvbench.inputs`, `kvbench.estimate` (estimates beside each
 measurement), `kvbench.results` (the record schema and the run-folder store). Never report, plan or cli.

@@ -1,5 +1,5 @@
 """measure(model, scenario) -> one flat, JSON-safe record: measurements beside their analytic estimates (the
-untimed parts of the record: `kvbench.measuring.record`; continuous batching: `kvbench.measuring.paged`)."""
+untimed parts of the record: `kvbench.measuring.harness.record`; continuous batching: `kvbench.measuring.engines.paged`)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from ..estimate.roofline import decode_bytes_per_step, roofline
 from ..inputs.args import check_bool, check_instance, check_int
 from ..inputs.scenario import Scenario
 from ..results.stats import auto_stop
-from .cache_bytes import cache_fields, cache_nbytes
-from .clock import Clock
-from .decode import (
+from .instruments.cache_bytes import cache_fields, cache_nbytes
+from .instruments.clock import Clock
+from .engines.decode import (
     check_compile,
     compiled_cache,
     compiled_graphs,
@@ -22,20 +22,20 @@ from .decode import (
     may_compile,
     static_cache,
 )
-from .alloc_peak import allocation_peak
-from .energy import energy_counter
-from .environment import environment
-from .forwards import eager_probes, record_forwards
-from .host_memory import pinned_host_probe
-from .load import load_probe
-from .machine_speed import machine_speed
-from .memory import collector_paused, memory_probe
-from .models import LoadedModel, synthetic_inputs
-from .nvml import nvml_handle
-from .paged import measure_paged
-from .profile import NOT_PROFILED, prepare_for_cuda_graphs
-from .profile import profile_steps as profile_decode_steps
-from .record import (  # noqa: F401 - is_oom, error_line, kv_estimate: part of this module's API
+from .instruments.alloc_peak import allocation_peak
+from .instruments.energy import energy_counter
+from .instruments.environment import environment
+from .instruments.forwards import eager_probes, record_forwards
+from .instruments.host_memory import pinned_host_probe
+from .instruments.load import load_probe
+from .instruments.machine_speed import machine_speed
+from .instruments.memory import collector_paused, memory_probe
+from .loading.models import LoadedModel, synthetic_inputs
+from .instruments.nvml import nvml_handle
+from .engines.paged import measure_paged
+from .instruments.profile import NOT_PROFILED, prepare_for_cuda_graphs
+from .instruments.profile import profile_steps as profile_decode_steps
+from .harness.record import (  # noqa: F401 - is_oom, error_line, kv_estimate: part of this module's API
     as_loaded,
     base_record,
     check_fits,
@@ -46,7 +46,7 @@ from .record import (  # noqa: F401 - is_oom, error_line, kv_estimate: part of t
     kv_estimate,
     summarize,
 )
-from .reference import reference_run
+from .engines.reference import reference_run
 
 
 REBASED = ("peak_allocated_delta_bytes", "peak_memory_delta_bytes")
@@ -150,7 +150,7 @@ def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, profil
 
     A scenario whose decode may compile (compile "on", or "auto" with a static cache off the CPU) gets at least one
     warm-up: the first warm-up compiles, and its wall time is `compile_s`. A static scenario builds one cache, reused
-    (reset) by every generate. `profile_steps` adds one profiled generate after the timed ones (measuring.profile).
+    (reset) by every generate. `profile_steps` adds one profiled generate after the timed ones (measuring.instruments.profile).
     Out of memory on a GPU gives a record with status "oom" (and frees what it can); other errors raise.
     `target_ci` (`--repeats auto`): `repeats` is then a cap, and the repeats stop once the median's interval is
     within ±target_ci (`results.stats.auto_stop`); `repeats_stop` says what stopped them.
@@ -174,7 +174,7 @@ def finish(steps) -> dict:
 def measure_steps(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, profile_steps: bool = False,
                   target_ci: float | None = None):
     """`measure` one step at a time, so that the timed repeats of several scenarios can take turns
-    (`measuring.interleave`): a generator that yields once its warm-ups are done and after each timed repeat, and
+    (`measuring.harness.interleave`): a generator that yields once its warm-ups are done and after each timed repeat, and
     returns the record. What stays loaded between its steps: the model, the scenario's inputs and its static cache.
     Inference mode is entered around each step; the caller keeps `eager_probes` on across them (entering it per step
     would change the hooks a compiled decode was traced with)."""
@@ -195,7 +195,7 @@ def measure_steps(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, 
     profiled = dict(NOT_PROFILED)
     free_memory(loaded.device)  # the one garbage collection of the scenario, before the warm-up, untimed
     if profile_steps:
-        prepare_for_cuda_graphs(loaded.device)  # CUPTI before any CUDA graph is captured (measuring.profile)
+        prepare_for_cuda_graphs(loaded.device)  # CUPTI before any CUDA graph is captured (measuring.instruments.profile)
     oom = None
     try:
         with load_probe(nvml) as load:  # the load from the first warm-up to the last timed repeat
@@ -233,7 +233,7 @@ def measure_steps(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, 
         return record
     record.update(**load.fields, repeats_stop=stop)
     record.update(order="grouped", order_seed=None, interleave_group=None, round_orders=None)  # alone; the
-    # interleaver (measuring.interleave) overwrites these for the scenarios that took turns
+    # interleaver (measuring.harness.interleave) overwrites these for the scenarios that took turns
     return finish_record(record, loaded, scenario, warm, runs, graphs, profiled, peak)
 
 

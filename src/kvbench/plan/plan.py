@@ -35,8 +35,8 @@ def local_gpu() -> Target | None:
     if not torch.cuda.is_available():
         return None
     from ..estimate.gpus import match_device_name
-    from ..measuring.models import bf16_supported
-    from ..measuring.nvml import nvml_gpu_info
+    from ..measuring.loading.models import bf16_supported
+    from ..measuring.instruments.nvml import nvml_gpu_info
 
     device = torch.device("cuda", torch.cuda.current_device())
     props = torch.cuda.get_device_properties(device)

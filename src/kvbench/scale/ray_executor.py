@@ -15,9 +15,9 @@ from pathlib import Path
 from ..errors import UserError
 from ..inputs.options import RunOptions
 from ..inputs.scenario import Scenario
-from ..measuring.models import load_model
-from ..measuring.resume import OOMSkips
-from ..measuring.runner import end_invocation, error_record, measure_or_error, now_utc, run_info, start_invocation
+from ..measuring.loading.models import load_model
+from ..measuring.harness.resume import OOMSkips
+from ..measuring.harness.runner import end_invocation, error_record, measure_or_error, now_utc, run_info, start_invocation
 from ..results.store import RunWriter
 
 

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ..results.cache_fields import device_fields, kind_fields
+from ...results.cache_fields import device_fields, kind_fields
 
 _QUANTIZED = {"_data": "quantized_data", "_scale": "quantized_scales", "scale": "quantized_scales",
               "_shift": "quantized_zero_points", "zero": "quantized_zero_points", "_zeropoint": "quantized_zero_points"}

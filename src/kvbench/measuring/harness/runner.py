@@ -8,15 +8,15 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import UserError
-from ..inputs.options import RunOptions
-from ..inputs.scenario import Scenario
-from ..results.schema import SCHEMA_VERSION
-from ..results.store import RunWriter
-from .environment import environment
+from ...errors import UserError
+from ...inputs.options import RunOptions
+from ...inputs.scenario import Scenario
+from ...results.schema import SCHEMA_VERSION
+from ...results.store import RunWriter
+from ..instruments.environment import environment
 from .interleave import Measurer
-from .measure import base_record, check_fits, free_memory, measure
-from .models import LoadedModel
+from ..measure import base_record, check_fits, free_memory, measure
+from ..loading.models import LoadedModel
 from .resume import (
     OOMSkips,
     SweepInterrupted,
@@ -51,14 +51,14 @@ def run_sweep(
     keyword arguments named like its fields (`repeats=3, warmup=0`) replace those fields (default options: 5
     repeats, 1 warm-up). `out_dir` is a run folder (a folder that already holds a run is refused unless `resume`)
     or an open RunWriter. With `resume=True` only the scenarios without a record in the folder are measured (see
-    `kvbench.measuring.resume`); `scenarios=None` then means the run's own grid. Returns the records of all
+    `kvbench.measuring.harness.resume`); `scenarios=None` then means the run's own grid. Returns the records of all
     `scenarios`, in order. `progress(record)` is called after each scenario (the CLI advances its bar there). A
     first Ctrl-C stops the sweep once the scenario in flight is recorded (SweepInterrupted); a second one stops at
     once. `on_oom`: "continue" measures every scenario; "skip-larger" records the scenarios larger than one that ran
     out of memory (the same settings, every size at least as large) as "skipped", unmeasured. None (the default):
     "continue", or the run's own choice when resumed (a resumed run asked for "continue" measures its skipped
     scenarios). `order` "interleaved": the timed repeats of scenarios differing only in the cache take turns, round
-    by round, shuffled with `order_seed` (random when None; `kvbench.measuring.interleave`); "grouped": one
+    by round, shuffled with `order_seed` (random when None; `kvbench.measuring.harness.interleave`); "grouped": one
     scenario's repeats after the other's. `target_ci` (`--repeats auto`): `repeats` is a cap; see `measure`.
     """
     unknown = sorted(set(option_values) - set(RunOptions.fields()))

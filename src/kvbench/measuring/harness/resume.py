@@ -24,10 +24,10 @@ import threading
 from contextlib import contextmanager
 from types import SimpleNamespace
 
-from ..errors import UserError
-from ..inputs import axes
-from ..inputs.options import MAX_REPEATS, ON_OOM  # noqa: F401 - re-exported
-from ..inputs.scenario import Scenario
+from ...errors import UserError
+from ...inputs import axes
+from ...inputs.options import MAX_REPEATS, ON_OOM  # noqa: F401 - re-exported
+from ...inputs.scenario import Scenario
 
 DONE = ("ok", "oom", "skipped")  # statuses a resumed run does not measure again
 # run.json fields a resumed sweep must match: what tells runs apart beyond the scenario, and the timing settings.

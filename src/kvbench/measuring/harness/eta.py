@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..estimate.positions import positions_processed_estimate
-from ..inputs.scenario import Scenario
-from .clock import Clock
-from .models import LoadedModel, synthetic_inputs
+from ...estimate.positions import positions_processed_estimate
+from ...inputs.scenario import Scenario
+from ..instruments.clock import Clock
+from ..loading.models import LoadedModel, synthetic_inputs
 
 PROBE_MAX_POSITIONS = 512  # the long probe forward processes at most this many positions
 

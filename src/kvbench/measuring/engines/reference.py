@@ -38,8 +38,8 @@ from typing import Any, Iterator
 
 import torch
 
-from ..errors import UserError
-from ..compat import cache_from_output
+from ...errors import UserError
+from ...compat import cache_from_output
 
 
 @dataclass

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import UserError
-from ..inputs.configs import DTYPES, gpu_half_dtype, resolve_spec
+from ...errors import UserError
+from ...inputs.configs import DTYPES, gpu_half_dtype, resolve_spec
 from .fits import check_weights_fit
 
 
@@ -29,7 +29,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     source: str  # "preset (random weights)", "config.json (random weights)", "local weights", "hub"
-    device_map: dict | None = None  # module -> device, for a model placed across devices (measuring.placement)
+    device_map: dict | None = None  # module -> device, for a model placed across devices (measuring.loading.placement)
 
     @property
     def weight_bytes(self) -> int:
@@ -123,7 +123,7 @@ def load_model(spec, device: str = "auto", dtype: str = "auto", trust_remote_cod
     """Load a preset name, a config.json path, a local model folder, a Hub model id, or a config object.
 
     `device_map` (a strategy such as "auto", or {module: device}) and `max_memory` ({device: bytes}, or their
-    --device-map / --max-memory text) place the model across devices with accelerate (`measuring.placement`).
+    --device-map / --max-memory text) place the model across devices with accelerate (`measuring.loading.placement`).
     `resolved`: what `check_before_load` returned for this spec."""
     from transformers import AutoModelForCausalLM
 

@@ -7,7 +7,7 @@
   MLP-only layers), needs its backend's package (quanto: ``optimum-quanto``, hqq: ``hqq``; fp8 nothing) and a
   cache whose tensors its group size divides at every quantization (``kvbench.estimate.quantized``);
 * paged attention runs through continuous batching (``generate_batch``): greedy or sampling, no beams, full
-  and sliding attention layers only (`kvbench.measuring.paged`).
+  and sliding attention layers only (`kvbench.measuring.engines.paged`).
 * what the installed transformers cannot do (`kvbench.compat`), named with the release it needs: fp8 (5.21), beam
   search with a quantized cache (5.19), paged attention (5.17), and in 4.x a static cache of a model whose values
   are narrower than its keys.
@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import importlib.util
 
-from .. import compat
-from ..errors import UserError
-from ..estimate import quantized as quant
-from ..estimate.kvcache import cache_rules, kv_layer_specs
-from ..inputs.scenario import CACHE_IMPLEMENTATIONS, Scenario
+from ... import compat
+from ...errors import UserError
+from ...estimate import quantized as quant
+from ...estimate.kvcache import cache_rules, kv_layer_specs
+from ...inputs.scenario import CACHE_IMPLEMENTATIONS, Scenario
 
 OFFLOADED = tuple(name for name in CACHE_IMPLEMENTATIONS if name.startswith("offloaded"))
 # backend -> (module that must import, what brings it)

@@ -13,9 +13,9 @@ import json
 
 import torch
 
-from ..errors import UserError
-from ..results.cache_fields import device_fields
-from ..units import parse_bytes
+from ...errors import UserError
+from ...results.cache_fields import device_fields
+from ...units import parse_bytes
 
 STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 

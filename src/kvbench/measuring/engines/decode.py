@@ -17,9 +17,9 @@ import inspect
 import os
 import shutil
 
-from .. import compat
-from ..errors import UserError
-from ..inputs.scenario import Scenario
+from ... import compat
+from ...errors import UserError
+from ...inputs.scenario import Scenario
 
 # The backend of compile="on" (transformers' default); tests swap in a backend that counts the graphs it compiles.
 COMPILE_BACKEND = "inductor"

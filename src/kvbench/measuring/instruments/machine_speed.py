@@ -53,7 +53,7 @@ def matmul_reference_s(device: torch.device) -> float:
 
 def machine_speed(loaded) -> dict:
     """`machine_reference_s` and `machine_reference_forward_s` (None where the forward fails, with the reason)."""
-    from .models import synthetic_inputs
+    from ..loading.models import synthetic_inputs
 
     device = torch.device(loaded.device)
     out = {"machine_reference_s": matmul_reference_s(device),

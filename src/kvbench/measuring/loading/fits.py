@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import UserError
-from ..units import fmt_bytes
+from ...errors import UserError
+from ...units import fmt_bytes
 
 
 def free_memory_bytes(device: torch.device) -> tuple[int, str]:
@@ -27,7 +27,7 @@ def free_memory_bytes(device: torch.device) -> tuple[int, str]:
 def check_weights_fit(name: str, config, device: torch.device, dtype: torch.dtype) -> int | None:
     """Raise UserError when the weights of `config` in `dtype` exceed the free memory of `device`; returns the
     weights' bytes (None where the config cannot be built to count them: the load itself will say why)."""
-    from ..estimate.weights import weight_bytes_estimate
+    from ...estimate.weights import weight_bytes_estimate
 
     try:
         weights = weight_bytes_estimate(config, dtype)

@@ -20,9 +20,9 @@ from pathlib import Path
 import psutil
 import torch
 
-from .. import compat
-from ..estimate.gpus import match_device_name
-from ..version import __version__
+from ... import compat
+from ...estimate.gpus import match_device_name
+from ...version import __version__
 from .nvml import nvml_gpu_info, nvml_status
 
 # env_* key -> (distribution, module): the packages whose versions every record keeps.

@@ -18,12 +18,12 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from ..inputs import axes
-from ..inputs.options import RunOptions
-from ..inputs.scenario import Scenario
-from .forwards import eager_probes
-from .measure import measure_steps
-from .models import LoadedModel
+from ...inputs import axes
+from ...inputs.options import RunOptions
+from ...inputs.scenario import Scenario
+from ..instruments.forwards import eager_probes
+from ..measure import measure_steps
+from ..loading.models import LoadedModel
 
 CACHE_FIELDS = ("use_cache", *axes.names(axes.CACHE_ONLY))  # what the members of a group differ in
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import torch
 
-from ..inputs.scenario import Scenario
-from .clock import Clock
-from .decode import compiled_graphs, generate_kwargs, may_compile, static_cache
-from .environment import environment
-from .forwards import eager_probes
-from .measure import allocated_pass, bare_generate, finish_record, generate_once, reset_cache
-from .models import LoadedModel, synthetic_inputs
-from .nvml import nvml_handle
-from .profile import NOT_PROFILED
-from .profile import profile_steps as profile_decode_steps
+from ...inputs.scenario import Scenario
+from ..instruments.clock import Clock
+from ..engines.decode import compiled_graphs, generate_kwargs, may_compile, static_cache
+from ..instruments.environment import environment
+from ..instruments.forwards import eager_probes
+from ..measure import allocated_pass, bare_generate, finish_record, generate_once, reset_cache
+from ..loading.models import LoadedModel, synthetic_inputs
+from ..instruments.nvml import nvml_handle
+from ..instruments.profile import NOT_PROFILED
+from ..instruments.profile import profile_steps as profile_decode_steps
 from .record import base_record, error_line, free_memory, is_oom, summarize
 
 

@@ -14,7 +14,7 @@ import contextlib
 
 import torch
 
-from .caches import OFFLOADED
+from ..engines.caches import OFFLOADED
 
 SOURCE = "torch.cuda.host_memory_stats"
 

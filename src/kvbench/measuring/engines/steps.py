@@ -1,7 +1,7 @@
 """Generation one step at a time, as a table: per new token the chosen token and its probability, the top
 candidates, the positions that step's forward processed, its latency and the cache bytes after it.
 
-Built on the reference loop (`kvbench.measuring.reference.decode`), so the tokens are generate's. Probabilities are
+Built on the reference loop (`kvbench.measuring.engines.reference.decode`), so the tokens are generate's. Probabilities are
 the model's -- ``softmax`` of the last position's logits -- and ``draw_prob`` is the chosen token's probability in
 the distribution the choice was made from (EOS removed, as kvbench always generates exactly N tokens; when sampling,
 after temperature, top-k and top-p). The step latency runs from the start of the step's forward to its chosen token
@@ -15,10 +15,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ..errors import UserError
-from .cache_bytes import cache_nbytes
-from .clock import Clock
-from .models import LoadedModel
+from ...errors import UserError
+from ..instruments.cache_bytes import cache_nbytes
+from ..instruments.clock import Clock
+from ..loading.models import LoadedModel
 from .reference import decode
 
 COLUMNS = ["step", "positions", "token_id", "token", "prob", "draw_prob", "top_ids", "top_tokens", "top_probs",

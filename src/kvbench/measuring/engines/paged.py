@@ -25,17 +25,17 @@ import dataclasses
 
 import torch
 
-from .. import compat
-from ..estimate.paged import paged_sizing, paged_used_bytes
-from ..estimate.roofline import roofline
-from ..inputs.decoding import sampling_kwargs
-from ..inputs.scenario import Scenario
-from .cache_bytes import cache_fields, cache_nbytes
-from .environment import environment
-from .memory import memory_probe
-from .models import LoadedModel, synthetic_inputs
-from .nvml import nvml_handle
-from .record import base_record, error_line, free_memory, is_oom, summarize
+from ... import compat
+from ...estimate.paged import paged_sizing, paged_used_bytes
+from ...estimate.roofline import roofline
+from ...inputs.decoding import sampling_kwargs
+from ...inputs.scenario import Scenario
+from ..instruments.cache_bytes import cache_fields, cache_nbytes
+from ..instruments.environment import environment
+from ..instruments.memory import memory_probe
+from ..loading.models import LoadedModel, synthetic_inputs
+from ..instruments.nvml import nvml_handle
+from ..harness.record import base_record, error_line, free_memory, is_oom, summarize
 
 
 def paged_configs(model, scenario: Scenario):
@@ -160,7 +160,7 @@ def paged_fields(loaded, scenario: Scenario, runs: list[dict], reference_tokens:
 
 def measure_paged(loaded: LoadedModel, scenario: Scenario, repeats: int, warmup: int,
                   check_tokens: bool = False) -> dict:
-    """`measure` for ``cache_implementation="paged"``: the same record from continuous batching (measuring.paged).
+    """`measure` for ``cache_implementation="paged"``: the same record from continuous batching (measuring.engines.paged).
     ``check_tokens``: also compare greedy tokens with ``generate``'s on the same inputs (equal in float32)."""
     record = base_record(loaded, scenario) | environment(loaded.device)
     nvml = nvml_handle(loaded.device)
