@@ -92,7 +92,7 @@ def skip_if_refused(config, model, impl: str = "dynamic", *, prompt_len: int = 1
     test_caches.py tests themselves. Any other refusal is left to fail the test."""
     from kvbench import Scenario
     from kvbench.estimate.kvcache import kv_layer_specs
-    from kvbench.measuring import caches
+    from kvbench.measuring.engines import caches
 
     try:
         kv_layer_specs(config)

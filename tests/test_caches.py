@@ -12,7 +12,7 @@ from cache_models import build, generate
 from kvbench import Scenario, UserError, compat, grid
 from kvbench.cli.app import main
 from kvbench.inputs.scenario import CACHE_IMPLEMENTATIONS, DEPRECATED_CACHES
-from kvbench.measuring import caches
+from kvbench.measuring.engines import caches
 from kvbench.compat import cache_from_output
 from kvbench.measuring.instruments.cache_bytes import cache_class
 from kvbench.measuring.loading.models import LoadedModel
@@ -202,7 +202,7 @@ def test_cli_runs_dynamic_static_and_fp8_quantized(tiny_config_file, tmp_path, c
 def test_pinned_host_peaks_of_offloaded_caches_on_cuda(monkeypatch):
     """The probe reads torch's pinned host allocator around the call (a fake allocator here: no CUDA needed), and
     only for offloaded caches on a CUDA device."""
-    from kvbench.measuring import host_memory
+    from kvbench.measuring.instruments import host_memory
     from kvbench.measuring.measure import summarize
 
     stats = {"allocated_bytes.current": 1000, "allocated_bytes.peak": 5000, "active_bytes.current": 0,

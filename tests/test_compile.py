@@ -15,7 +15,7 @@ from tiny_models import llama_config
 import kvbench
 from kvbench import Scenario, UserError, grid
 from kvbench.cli.app import main
-from kvbench.measuring import decode
+from kvbench.measuring.engines import decode
 from kvbench.measuring import measure as measure_module
 from kvbench.measuring.instruments.cache_bytes import cache_nbytes
 from kvbench.measuring.instruments.clock import Clock

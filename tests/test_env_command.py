@@ -98,7 +98,7 @@ def test_on_a_machine_without_a_gpu_driver_nvml_is_unavailable(capsys):
 
 
 def test_extras_are_those_whose_packages_are_all_installed(monkeypatch):
-    from kvbench.measuring import environment as env_module
+    from kvbench.measuring.instruments import environment as env_module
 
     requirements = ["torch>=2.11", 'pytest>=8; extra == "a"', "rich>=13 ; extra == 'a'",
                     'no-such-dist-xyz>=1; python_version >= "3.8" and extra == "b"', 'pytest; extra == "b"']

@@ -9,7 +9,7 @@ import torch
 from kvbench.cli.app import main
 from kvbench.errors import UserError
 from kvbench.estimate.weights import param_count
-from kvbench.measuring import fits, models
+from kvbench.measuring.loading import fits, models
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import types
 import pytest
 from tiny_models import llama_config
 
-from kvbench.measuring import load as load_module
+from kvbench.measuring.instruments import load as load_module
 from kvbench.measuring.instruments.load import contention_reason, gpu_state, load_fields, parse_proc_stat
 
 TICK = os.sysconf("SC_CLK_TCK")

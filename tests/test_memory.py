@@ -12,7 +12,7 @@ import torch
 from test_nvml import Props, fake_pynvml
 
 import kvbench
-from kvbench.measuring import environment as environment_module
+from kvbench.measuring.instruments import environment as environment_module
 from kvbench.measuring.instruments.clock import Clock
 from kvbench.measuring.measure import generate_once, summarize
 from kvbench.measuring.instruments.memory import collector_paused, memory_probe

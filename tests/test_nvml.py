@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from kvbench.measuring import environment as environment_module
+from kvbench.measuring.instruments import environment as environment_module
 from kvbench.measuring.instruments.nvml import (
     MEMORY_SOURCES,
     nvml_gpu_info,

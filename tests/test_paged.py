@@ -11,7 +11,7 @@ from cache_models import build
 
 from kvbench import Scenario, UserError, compat
 from kvbench.estimate.paged import paged_pool_bytes, paged_sizing, paged_used_bytes
-from kvbench.measuring import caches
+from kvbench.measuring.engines import caches
 from kvbench.measuring.instruments.cache_bytes import cache_nbytes_by_kind
 from kvbench.measuring.measure import measure, measure_paged
 from kvbench.measuring.loading.models import LoadedModel

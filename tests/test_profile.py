@@ -75,7 +75,7 @@ def test_cupti_is_initialised_once_before_cuda_graphs(monkeypatch):
     capture, once per process; nothing on the CPU."""
     from torch.profiler import _utils
 
-    from kvbench.measuring import profile
+    from kvbench.measuring.instruments import profile
 
     calls = []
     monkeypatch.setattr(_utils, "_init_for_cuda_graphs", lambda: calls.append(1))

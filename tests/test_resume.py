@@ -12,7 +12,7 @@ import pytest
 import kvbench
 from kvbench import UserError
 from kvbench.cli.app import main
-from kvbench.measuring import runner
+from kvbench.measuring.harness import runner
 from kvbench.measuring.harness.resume import SweepInterrupted
 from kvbench.results.store import PartialLineWarning
 
