@@ -9,6 +9,7 @@ import torch
 import kvbench
 from kvbench.inputs.scenario import Scenario
 from kvbench.measuring.instruments.alloc_peak import SOURCE, allocation_peak
+from kvbench.measuring.engines.engine import GenerateEngine
 from kvbench.measuring.measure import allocated_pass
 from kvbench.measuring.loading.models import synthetic_inputs
 from kvbench.measuring.engines.decode import generate_kwargs, static_cache
@@ -91,12 +92,12 @@ def test_a_module_with_a_known_pattern_its_phase_and_parts():
 
 
 def _pass(loaded, scenario):
-    inputs = synthetic_inputs(loaded.config, scenario.batch_size, scenario.prompt_len, loaded.device, scenario.seed)
-    cache = static_cache(loaded.model, scenario)
+    engine = GenerateEngine()
+    prepared = engine.prepare(loaded, scenario)
     with torch.inference_mode():
-        if cache is not None:  # the cache is made by the first generate; the measured one reuses it
-            allocated_pass(loaded, scenario, inputs, generate_kwargs(scenario, cache), cache)
-        return allocated_pass(loaded, scenario, inputs, generate_kwargs(scenario, cache), cache)
+        if prepared.cache is not None:  # the cache is made by the first generate; the measured one reuses it
+            allocated_pass(loaded, engine, prepared)
+        return allocated_pass(loaded, engine, prepared)
 
 
 def test_generate_peak_is_deterministic_and_holds_the_cache(tiny_loaded):

@@ -16,6 +16,7 @@ import kvbench
 from kvbench import Scenario, UserError, grid
 from kvbench.cli.app import main
 from kvbench.measuring.engines import decode
+from kvbench.measuring.engines.engine import GenerateEngine
 from kvbench.measuring import measure as measure_module
 from kvbench.measuring.instruments.cache_bytes import cache_nbytes
 from kvbench.measuring.instruments.clock import Clock
@@ -255,13 +256,13 @@ def test_memory_deltas_count_the_reused_cache(monkeypatch, tiny_loaded):
 
     monkeypatch.setattr(measure_module, "memory_probe", fixed_probe)
     scenario = Scenario(6, 3, cache_implementation="static")
-    cache = decode.static_cache(tiny_loaded.model, scenario)
-    kwargs = decode.generate_kwargs(scenario, cache)
-    inputs = synthetic_inputs(tiny_loaded.config, 1, 6, "cpu")
+    engine = GenerateEngine()
+    prepared = engine.prepare(tiny_loaded, scenario)
+    cache = prepared.cache
     clock = Clock(torch.device("cpu"))
     with torch.inference_mode():
-        first = measure_module.generate_once(tiny_loaded, scenario, inputs, clock, kwargs=kwargs, cache=cache)
-        second = measure_module.generate_once(tiny_loaded, scenario, inputs, clock, kwargs=kwargs, cache=cache)
+        first = measure_module.run_once(tiny_loaded, engine, prepared, clock)
+        second = measure_module.run_once(tiny_loaded, engine, prepared, clock)
     assert first["peak_memory_delta_bytes"] == 1000  # allocated during this generate: measured as it is
     assert second["peak_memory_delta_bytes"] == 1000 + cache_nbytes(cache) and cache_nbytes(cache) > 0
     assert second["rss_before_bytes"] == 7 and second["peak_reserved_delta_bytes"] == 50  # left as read

@@ -14,7 +14,8 @@ from test_nvml import Props, fake_pynvml
 import kvbench
 from kvbench.measuring.instruments import environment as environment_module
 from kvbench.measuring.instruments.clock import Clock
-from kvbench.measuring.measure import generate_once, summarize
+from kvbench.measuring.engines.engine import GenerateEngine
+from kvbench.measuring.measure import run_once, summarize
 from kvbench.measuring.instruments.memory import collector_paused, memory_probe
 from kvbench.measuring.instruments.nvml import MEMORY_SOURCES, nvml_handle
 from kvbench.measuring.harness.runner import run_sweep
@@ -168,10 +169,11 @@ def test_cpu_peak_is_still_measured_at_every_repeat(tiny_loaded, monkeypatch):
     seen, block = [], 64 * MiB
     spy_generate(tiny_loaded, monkeypatch, seen, allocate_bytes=block)
     scenario = kvbench.Scenario(8, 4)
-    inputs = kvbench.measuring.loading.models.synthetic_inputs(tiny_loaded.config, 1, 8, tiny_loaded.device)
+    engine = GenerateEngine()
+    prepared = engine.prepare(tiny_loaded, scenario)
     clock = Clock(tiny_loaded.device)
     with torch.inference_mode():
-        runs = [generate_once(tiny_loaded, scenario, inputs, clock) for _ in range(3)]
+        runs = [run_once(tiny_loaded, engine, prepared, clock) for _ in range(3)]
     if runs[0]["peak_rss_source"] == "unavailable":
         pytest.skip("this kernel does not let a process reset its peak RSS (/proc/self/clear_refs)")
     for run in runs:

@@ -13,7 +13,8 @@ from kvbench import Scenario, UserError, compat
 from kvbench.estimate.paged import paged_pool_bytes, paged_sizing, paged_used_bytes
 from kvbench.measuring.engines import caches
 from kvbench.measuring.instruments.cache_bytes import cache_nbytes_by_kind
-from kvbench.measuring.measure import measure, measure_paged
+from kvbench.measuring.engines.paged import PagedEngine
+from kvbench.measuring.measure import measure
 from kvbench.measuring.loading.models import LoadedModel
 from kvbench.measuring.engines.paged import manager_cache, paged_configs
 
@@ -28,12 +29,12 @@ def _loaded(arch: str) -> LoadedModel:
                        source="test")
 
 
-@pytest.mark.parametrize("batch, prompt, new, decoding", [(3, 12, 6, "greedy"), (1, 250, 8, "greedy"),
+@pytest.mark.parametrize("batch, prompt, new, decoding", [(3, 12, 6, "greedy"), (1, 245, 8, "greedy"),
                                                           (2, 12, 4, "sample")])
 def test_paged_record_matches_the_estimate_and_generate(batch, prompt, new, decoding):
     loaded = _loaded("llama")
-    record = measure_paged(loaded, Scenario(prompt, new, batch, cache_implementation="paged", decoding=decoding),
-                           repeats=2, warmup=1, check_tokens=True)
+    record = measure(loaded, Scenario(prompt, new, batch, cache_implementation="paged", decoding=decoding),
+                     repeats=2, warmup=1, engine=PagedEngine(check_tokens=True))
     assert record["status"] == "ok" and record["cache_class"] == "PagedAttentionCache"
     sizing = paged_sizing(batch, prompt, new)
     pool = paged_pool_bytes(loaded.config, dtype=torch.float32, num_blocks=sizing.num_blocks)

@@ -89,9 +89,9 @@ def test_a_profiled_scenario_prepares_before_its_first_generate(tiny_loaded, mon
     from kvbench.measuring import measure as measure_module
 
     order = []
-    real = measure_module.generate_once
+    real = measure_module.run_once
     monkeypatch.setattr(measure_module, "prepare_for_cuda_graphs", lambda device: order.append("prepare"))
-    monkeypatch.setattr(measure_module, "generate_once", lambda *a, **k: order.append("generate") or real(*a, **k))
+    monkeypatch.setattr(measure_module, "run_once", lambda *a, **k: order.append("generate") or real(*a, **k))
     kvbench.measure(tiny_loaded, kvbench.Scenario(6, 3), repeats=1, warmup=1, profile_steps=True)
     assert order == ["prepare", "generate", "generate"]
     order.clear()

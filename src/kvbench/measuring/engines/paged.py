@@ -27,15 +27,11 @@ import torch
 
 from ... import compat
 from ...estimate.paged import paged_sizing, paged_used_bytes
-from ...estimate.roofline import roofline
 from ...inputs.decoding import sampling_kwargs
 from ...inputs.scenario import Scenario
-from ..instruments.cache_bytes import cache_fields, cache_nbytes
-from ..instruments.environment import environment
-from ..instruments.memory import memory_probe
+from ..instruments.cache_bytes import cache_nbytes
 from ..loading.models import LoadedModel, synthetic_inputs
-from ..instruments.nvml import nvml_handle
-from ..harness.record import base_record, error_line, free_memory, is_oom, summarize
+from .engine import Prepared, Ran
 
 
 def paged_configs(model, scenario: Scenario):
@@ -92,47 +88,74 @@ def watch_blocks(cache, held: list[int]) -> None:
     cache._kvbench_watched = True
 
 
-def generate_paged_once(loaded, scenario: Scenario, prompts: list[list[int]], configs, nvml=None,
-                        expected: list[list[int]] | None = None) -> dict:
-    """One timed ``generate_batch``: per-request timings, pool bytes, blocks used, memory; the tokens it made."""
-    generation, batching = configs
-    cache = manager_cache(loaded.model)
-    held: list[int] = []
-    if cache is not None:
-        watch_blocks(cache, held)
-    torch.manual_seed(scenario.seed)
-    with memory_probe(loaded.device, nvml) as memory, _quiet():
-        start = time.perf_counter()
-        outputs = loaded.model.generate_batch(inputs=prompts, generation_config=generation,
-                                              continuous_batching_config=batching, record_timestamps=True,
-                                              persistent_manager=True, progress_bar=False)
-        call_s = time.perf_counter() - start
-    results = list(outputs.values())
-    failed = [r for r in results if r.error is not None]
-    if len(results) != len(prompts) or failed:
-        raise RuntimeError(f"continuous batching lost requests: {failed[0].error if failed else 'missing results'}")
-    tokens = [list(r.generated_tokens) for r in results]
-    if any(len(t) != scenario.new_tokens or len(r.timestamps or []) != scenario.new_tokens
-           for t, r in zip(tokens, results)):
-        raise RuntimeError("continuous batching preempted or stopped a request early: the pool was too small")
-    if cache is not None:
-        for key, value in memory.items():  # the reused pool counts as this call's (module docstring)
-            if key.endswith("_delta_bytes") and value is not None:
-                memory[key] = value + cache_nbytes(cache)
-    cache = manager_cache(loaded.model)
-    gaps = [[b - a for a, b in zip(r.timestamps, r.timestamps[1:])] for r in results]
-    return {
-        "total_s": max(r.lifespan[1] for r in results) - min(r.created_time for r in results),
-        "ttft_s": statistics.median(r.timestamps[0] - r.created_time for r in results),
-        "decode_steps_s": [statistics.median(step) for step in zip(*gaps)],
-        "positions": [],  # forward calls pack every request's tokens: not per-sequence positions
-        "generated_tokens": scenario.new_tokens,
-        "paged_call_s": call_s,
-        "tokens": tokens,
-        **cache_fields(cache),
-        "kv_cache_paged_used_bytes": sum(held) if held else None,
-        **memory,
-    }
+class PagedEngine:
+    """Continuous batching (``generate_batch``) as an engine (`engines.engine`): the scenario's batch as requests,
+    timed by their own timestamps (forward calls pack every request's tokens: not per-sequence steps)."""
+
+    name = "paged"
+    per_forward = False  # no forward probes, labels or profiled steps: the calls run in the manager's thread
+
+    def __init__(self, check_tokens: bool = False):
+        self.check_tokens = check_tokens  # also compare greedy tokens with generate's (equal in float32)
+
+    def prepare(self, loaded: LoadedModel, scenario: Scenario) -> Prepared:
+        inputs = synthetic_inputs(loaded.config, scenario.batch_size, scenario.prompt_len, loaded.device,
+                                  scenario.seed)
+        state = {"prompts": inputs["input_ids"].tolist(), "configs": paged_configs(loaded.model, scenario),
+                 "model": loaded.model}
+        return Prepared(scenario, inputs, state=state)
+
+    def reset(self, prepared: Prepared) -> int:
+        """The pool the persistent manager reserved (0 before the first call, which reserves it)."""
+        cache = manager_cache(prepared.state["model"])
+        return cache_nbytes(cache) if cache is not None else 0
+
+    def run_once(self, loaded: LoadedModel, prepared: Prepared) -> Ran:
+        """One ``generate_batch``: per-request timings, the pool and the blocks used; the tokens it made."""
+        scenario, (generation, batching) = prepared.scenario, prepared.state["configs"]
+        prompts = prepared.state["prompts"]
+        held: list[int] = []
+        if (cache := manager_cache(loaded.model)) is not None:
+            watch_blocks(cache, held)
+        with _quiet():
+            start = time.perf_counter()
+            outputs = loaded.model.generate_batch(inputs=prompts, generation_config=generation,
+                                                  continuous_batching_config=batching, record_timestamps=True,
+                                                  persistent_manager=True, progress_bar=False)
+            call_s = time.perf_counter() - start
+        results = list(outputs.values())
+        failed = [r for r in results if r.error is not None]
+        if len(results) != len(prompts) or failed:
+            raise RuntimeError(f"continuous batching lost requests: {failed[0].error if failed else 'missing results'}")
+        tokens = [list(r.generated_tokens) for r in results]
+        if any(len(t) != scenario.new_tokens or len(r.timestamps or []) != scenario.new_tokens
+               for t, r in zip(tokens, results)):
+            raise RuntimeError("continuous batching preempted or stopped a request early: the pool was too small")
+        gaps = [[b - a for a, b in zip(r.timestamps, r.timestamps[1:])] for r in results]
+        timings = {"total_s": max(r.lifespan[1] for r in results) - min(r.created_time for r in results),
+                   "ttft_s": statistics.median(r.timestamps[0] - r.created_time for r in results),
+                   "decode_steps_s": [statistics.median(step) for step in zip(*gaps)]}
+        fields = {"paged_call_s": call_s, "tokens": tokens, "kv_cache_paged_used_bytes": sum(held) if held else None}
+        return Ran((len(prompts), scenario.prompt_len + scenario.new_tokens), manager_cache(loaded.model), timings,
+                   fields)
+
+    def grad_mode(self):
+        return compat.paged_grad_mode()
+
+    def close(self, loaded: LoadedModel, prepared: Prepared) -> None:
+        destroy_manager(loaded.model)
+        prepared.release()
+
+    def fields(self, loaded: LoadedModel, scenario: Scenario, runs: list[dict]) -> dict:
+        reference = None
+        if self.check_tokens and scenario.decoding == "greedy":
+            plain = dataclasses.replace(scenario, cache_implementation="dynamic")
+            inputs = synthetic_inputs(loaded.config, scenario.batch_size, scenario.prompt_len, loaded.device,
+                                      scenario.seed)
+            with torch.inference_mode():
+                out = loaded.model.generate(**inputs, **plain.generate_kwargs())
+            reference = out.sequences[:, scenario.prompt_len:].tolist()
+        return paged_fields(loaded, scenario, runs, reference)
 
 
 def destroy_manager(model) -> None:
@@ -156,38 +179,3 @@ def paged_fields(loaded, scenario: Scenario, runs: list[dict], reference_tokens:
     if reference_tokens is not None:
         out["paged_tokens_match_generate"] = reference_tokens == runs[-1]["tokens"]
     return out
-
-
-def measure_paged(loaded: LoadedModel, scenario: Scenario, repeats: int, warmup: int,
-                  check_tokens: bool = False) -> dict:
-    """`measure` for ``cache_implementation="paged"``: the same record from continuous batching (measuring.engines.paged).
-    ``check_tokens``: also compare greedy tokens with ``generate``'s on the same inputs (equal in float32)."""
-    record = base_record(loaded, scenario) | environment(loaded.device)
-    nvml = nvml_handle(loaded.device)
-    inputs = synthetic_inputs(loaded.config, scenario.batch_size, scenario.prompt_len, loaded.device, scenario.seed)
-    prompts, configs = inputs["input_ids"].tolist(), paged_configs(loaded.model, scenario)
-    free_memory(loaded.device)
-    oom, reference = None, None
-    try:
-        with compat.paged_grad_mode():
-            for _ in range(warmup):
-                generate_paged_once(loaded, scenario, prompts, configs, nvml)
-            runs = [generate_paged_once(loaded, scenario, prompts, configs, nvml) for _ in range(repeats)]
-            if check_tokens and scenario.decoding == "greedy":
-                plain = dataclasses.replace(scenario, cache_implementation="dynamic")
-                out = loaded.model.generate(**inputs, **plain.generate_kwargs())
-                reference = out.sequences[:, scenario.prompt_len:].tolist()
-    except RuntimeError as exc:
-        if not is_oom(exc):
-            raise
-        oom = error_line(exc)
-    finally:
-        destroy_manager(loaded.model)
-    if oom is not None:
-        free_memory(loaded.device)
-        return record | {"status": "oom", "error": oom}
-    record.update(summarize(runs), **paged_fields(loaded, scenario, runs, reference))
-    record["tokens_per_s"] = scenario.new_tokens * scenario.batch_size / record["total_s"]
-    record.update(weight_bytes=loaded.weight_bytes, decode_bytes_per_step_estimate=None,
-                  **roofline(None, record.get("env_gpu_bandwidth_gbps"), record["decode_step_s"]))
-    return record

@@ -21,16 +21,18 @@ from collections.abc import Callable
 from ...inputs import axes
 from ...inputs.options import RunOptions
 from ...inputs.scenario import Scenario
-from ..instruments.forwards import eager_probes
-from ..measure import measure_steps
+from ..engines.engine import engine_for
+from ..measure import measure_steps, probes
 from ..loading.models import LoadedModel
 
 CACHE_FIELDS = ("use_cache", *axes.names(axes.CACHE_ONLY))  # what the members of a group differ in
 
 
 def group_key(scenario: Scenario) -> tuple:
-    """What a scenario's group shares: every setting but the cache's."""
-    return tuple(sorted((k, str(v)) for k, v in scenario.as_dict().items() if k not in CACHE_FIELDS))
+    """What a scenario's group shares: every setting but the cache's, and the engine's kind (paged batching runs its
+    forward calls in a thread of its own, without the forward probes: it takes no turns with the others)."""
+    own = scenario.id if engine_for(scenario).per_forward is False else None
+    return (own, *sorted((k, str(v)) for k, v in scenario.as_dict().items() if k not in CACHE_FIELDS))
 
 
 def groups(scenarios: list[Scenario]) -> list[list[Scenario]]:
@@ -60,7 +62,7 @@ def measure_group(loaded: LoadedModel, group: list[Scenario], repeats: int, warm
                 raise
             records[scenario.id] = on_error(scenario, exc)
 
-    with eager_probes(loaded.model):
+    with probes(engine_for(group[0]), loaded.model):  # (a group's members share the engine's kind)
         for scenario in group:  # prepared and warmed up, one after the other
             steps[scenario.id] = measure_steps(loaded, scenario, repeats, warmup, profile_steps, target_ci)
             advance(scenario)

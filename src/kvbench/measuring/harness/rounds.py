@@ -1,6 +1,6 @@
 """A scenario measured in rounds that someone else times: the pytest plugin's pytest-benchmark rounds.
 
-Each round is kvbench's instrumented generate (`measure.generate_once`: the same clock, forward probes and memory
+Each round is kvbench's instrumented run (`measure.run_once`: the same clock, forward probes and memory
 probe as `kvbench run`'s repeats), and the record is summarized from those very rounds (`measure.finish_record`):
 no extra generate after them. Where decode may compile, at least one warm-up round runs, so compilation is never
 timed.
@@ -12,10 +12,10 @@ import torch
 
 from ...inputs.scenario import Scenario
 from ..instruments.clock import Clock
-from ..engines.decode import compiled_graphs, generate_kwargs, may_compile, static_cache
+from ..engines.decode import compiled_graphs, may_compile
+from ..engines.engine import engine_for
 from ..instruments.environment import environment
-from ..instruments.forwards import eager_probes
-from ..measure import allocated_pass, bare_generate, finish_record, generate_once, reset_cache
+from ..measure import allocated_pass, bare_run, finish_record, probes, run_once
 from ..loading.models import LoadedModel, synthetic_inputs
 from ..instruments.nvml import nvml_handle
 from ..instruments.profile import NOT_PROFILED
@@ -37,54 +37,52 @@ def measure_in_rounds(loaded: LoadedModel, scenario: Scenario, timer, warmup_rou
     pedantic: `setup()` untimed before each round, returning the target's (args, kwargs); the first
     `warmup_rounds` calls of the target are warm-ups). Out of memory gives a record with status "oom"."""
     device = loaded.device
-    cache = static_cache(loaded.model, scenario)  # one static cache for all rounds
-    call = {"kwargs": generate_kwargs(scenario, cache), "cache": cache, "reset": False}
-    del cache
+    engine = engine_for(scenario)
+    prepared = engine.prepare(loaded, scenario)  # one static cache for all rounds
     clock, nvml, done = Clock(device), nvml_handle(device), []
     graphs = [compiled_graphs()]
 
     def setup():
-        inputs = synthetic_inputs(loaded.config, scenario.batch_size, scenario.prompt_len, device, scenario.seed)
-        with torch.inference_mode():  # where the cache's tensors were made; reset untimed
-            reset_cache(call["cache"])
+        prepared.inputs = synthetic_inputs(loaded.config, scenario.batch_size, scenario.prompt_len, device,
+                                           scenario.seed)
+        with engine.grad_mode():  # where the cache's tensors were made; reset untimed
+            engine.reset(prepared)
         synchronize(device)
-        return (), inputs
+        return (), {}
 
-    def target(**inputs):
+    def target():
         if len(done) == warmup_rounds:
             graphs.append(compiled_graphs())  # after the warm-up rounds, before the first timed one
-        with torch.inference_mode():
-            run = generate_once(loaded, scenario, inputs, clock, nvml, **call)
+        with engine.grad_mode():
+            run = run_once(loaded, engine, prepared, clock, nvml, reset=False)
         synchronize(device)  # the round's wall clock stops after the device has finished
         done.append(run)
 
     record = base_record(loaded, scenario) | environment(device)
     free_memory(device)  # untimed, before the rounds
     oom, profiled = None, dict(NOT_PROFILED)
-    with eager_probes(loaded.model):  # probes on for every generate of the scenario, as in measure()
+    with probes(engine, loaded.model):  # probes on for every run of the scenario, as in measure()
         try:
             timer(setup, target, warmup_rounds)
             graphs.append(compiled_graphs())
             runs = done[warmup_rounds:]
-            with torch.inference_mode():  # untimed, after the rounds: the allocated peak (measure.allocated_pass)
-                peak = allocated_pass(loaded, scenario, setup()[1], call["kwargs"], call["cache"])
-            if profile_steps and scenario.new_tokens > 1:
-                with torch.inference_mode():
-                    profiled = profile_decode_steps(
-                        loaded.model, device,
-                        lambda: bare_generate(loaded, scenario, setup()[1], call["kwargs"], call["cache"]),
-                        summarize(runs)["decode_step_s"])
+            with engine.grad_mode():  # untimed, after the rounds: the allocated peak (measure.allocated_pass)
+                peak = allocated_pass(loaded, engine, prepared)
+            if profile_steps and scenario.new_tokens > 1 and engine.per_forward:
+                with engine.grad_mode():
+                    profiled = profile_decode_steps(loaded.model, device, lambda: bare_run(loaded, engine, prepared),
+                                                    summarize(runs)["decode_step_s"])
         except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError too
             if not is_oom(exc):
                 raise
             oom = error_line(exc)  # the message only: the exception's traceback holds generate's frames
         finally:
-            call.clear()  # drops the cache
+            engine.close(loaded, prepared)  # drops the cache
     if oom is not None:
         done.clear()
         free_memory(device)  # out of the except block: generate's tensors are gone
         return record | {"status": "oom", "error": oom}
-    record = finish_record(record, loaded, scenario, done[:warmup_rounds], runs, graphs, profiled, peak)
+    record = finish_record(record, loaded, engine, scenario, (done[:warmup_rounds], runs, graphs), profiled, peak)
     record["sequences_shapes"] = [r["sequences_shape"] for r in runs]
     return record
 

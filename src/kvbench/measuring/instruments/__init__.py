@@ -7,6 +7,6 @@ peak, NVML, RSS), `alloc_peak` (allocated bytes at the peak from allocation even
 decode step), `energy` (joules), `load` (the CPU time the process got, other processes' load, clocks), `machine_speed`
 (a fixed reference workload), `nvml` (the NVML handle), `environment` (versions, device, driver: the env_* fields).
 
-A new instrument (an energy meter, a power sampler) goes here, and `measuring.measure.generate_once` wraps it around
+A new instrument (an energy meter, a power sampler) goes here, and `measuring.measure.run_once` wraps it around
 every engine's run.
 """
