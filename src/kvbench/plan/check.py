@@ -142,18 +142,24 @@ def _signed_bytes(n) -> str:
     return "-" if missing(n) else ("+" if n >= 0 else "-") + fmt_bytes(abs(n))
 
 
+def _phase(measured, predicted) -> str:
+    """"prefill" where both say so, else "decode (model: prefill)"."""
+    measured, predicted = measured or "-", predicted or "-"
+    return measured if measured == predicted else f"{measured} (model: {predicted})"
+
+
 def check_sections(table: pd.DataFrame) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, columns, rows of text) for the CLI's table printer."""
     rows = []
     for r in table.to_dict("records"):
         stored = ("-" if missing(r["stored_estimate_bytes"]) else "same" if r["stored_matches"]
                   else fmt_bytes(r["stored_estimate_bytes"]))
-        rows.append([str(r["run"]), str(r["scenario_id"]), Path(str(r["model"])).name, str(r["dtype"]),
+        rows.append([str(r["run"]), str(r["scenario_id"]), Path(str(r["model"])).stem, str(r["dtype"]),
                      fmt_bytes(r["measured_bytes"]), fmt_bytes(r["predicted_bytes"]), _signed_bytes(r["error_bytes"]),
                      "-" if missing(r["error"]) else f"{r['error']:+.2%}",
-                     f"{r['measured_phase'] or '-'} / {r['predicted_phase'] or '-'}", stored, r["note"] or "-"])
-    columns = ["run", "scenario", "model", "dtype", "measured", "predicted", "error", "error %",
-               "peak at (measured / predicted)", "stored estimate", "note"]
+                     _phase(r["measured_phase"], r["predicted_phase"]), stored, r["note"] or "-"])
+    columns = ["run", "scenario", "model", "dtype", "measured", "predicted", "error", "error %", "peak at",
+               "stored", "note"]
     return [("Peak allocated above the level before generate: measured against the planner's model", columns, rows)]
 
 
