@@ -159,17 +159,18 @@ def print_frontier_comparison(comparison, markdown: bool = False) -> None:
 def calibration_sections(calibration, report):
     from ..plan.calibration import fit_quality
 
-    fitted = [["activation scale", f"{calibration.activation_scale:.3g}"],
-              ["activation offset", _bytes(calibration.activation_offset_bytes)],
-              ["overhead", _bytes(calibration.overhead_bytes)],
+    how = lambda term: "fitted" if term in calibration.fitted else "default"  # noqa: E731
+    fitted = [["activation scale", f"{calibration.activation_scale:.3g}", how("activations")],
+              ["activation offset", _bytes(calibration.activation_offset_bytes), how("activations")],
+              ["overhead", _bytes(calibration.overhead_bytes), how("overhead")],
               ["bandwidth fraction", f"{calibration.bandwidth_fraction:.1%}" if calibration.bandwidth_fraction
-               else "not calibrated"],
-              ["fixed cost per decode step", _step(calibration.step_overhead_s)]]
+               else "not calibrated", how("decode speed")],
+              ["fixed cost per decode step", _step(calibration.step_overhead_s), how("decode speed")]]
     quality = fit_quality(report)
     pct = lambda v: f"{v:.1%}" if _known(v) else "-"  # noqa: E731
     rows = [[q["term"], str(q["records"]), pct(q["median_abs_error"]), pct(q["max_abs_error"]),
              pct(q.get("analytic_median_abs_error"))] for q in quality.to_dict("records")]
-    return [(f"Calibration ({calibration.source})", ["term", "value"], fitted),
+    return [(f"Calibration ({calibration.source})", ["term", "value", "source"], fitted),
             ("How well the fit matches its records", ["term", "records", "median |error|", "max |error|",
                                                       "median |error| before calibration"], rows)]
 

@@ -112,6 +112,7 @@ def summarize(table: pd.DataFrame, run: str, skipped: int = 0) -> dict:
         "median_abs_error": float(errors.abs().median()) if len(compared) else None,
         "worst_run": None if worst is None else worst["run"],
         "worst_scenario_id": None if worst is None else worst["scenario_id"],
+        "worst_model": None if worst is None else Path(str(worst["model"])).stem,
         "worst_error": None if worst is None else float(worst["error"]),
         "stored_differs": int((table["stored_matches"] == False).sum()),  # noqa: E712 - None is neither
         "stored_missing": int(table["predicted_bytes"].notna().sum() - table["stored_matches"].notna().sum()),
@@ -123,8 +124,9 @@ def summary_line(s: dict) -> str:
     if not s["rows"]:
         line = f"{s['run']}: 0 rows compared"
     else:
+        model = "" if s["worst_model"] in (None, s["worst_run"]) else f" ({s['worst_model']})"
         line = (f"{s['run']}: {s['rows']} rows, median |error| {s['median_abs_error']:.2%}, worst "
-                f"{s['worst_run']} {s['worst_scenario_id']} {s['worst_error']:+.2%}")
+                f"{s['worst_run']} {s['worst_scenario_id']}{model} {s['worst_error']:+.2%}")
     if s["stored_differs"]:
         line += f"; the recomputed estimate differs from the record's stored one in {s['stored_differs']} rows"
     elif s["rows"] and not s["stored_missing"]:
