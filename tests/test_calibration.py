@@ -1,4 +1,7 @@
-"""Calibration: the fit recovers known terms from records, reports its residuals, and refuses CPU-only runs."""
+"""Calibration: the fit recovers known terms from records, reports its residuals, and fits what CPU runs measured
+(the activations) while saying which terms kept their defaults."""
+
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -10,6 +13,7 @@ from kvbench.plan.calibration import calibrate, fit_quality
 from kvbench.plan.plan import plan_capacity
 from kvbench.results.store import RunWriter, load_results
 
+ROOT = Path(__file__).resolve().parents[1]
 TRUE = dict(scale=1.7, offset=3_000_000, overhead=400_000_000, fraction=0.6, step_s=2e-4, bandwidth=2000.0)
 SCENARIOS = [(1, 16, 8), (4, 256, 8), (8, 512, 4), (1, 4, 300), (2, 8, 400), (16, 1024, 2), (2, 128, 64)]
 
@@ -82,17 +86,42 @@ def test_calibrated_plan_uses_the_fit():
     assert row["calibration"].startswith("calibrated on 7 records")
 
 
-def test_cpu_records_cannot_calibrate(tmp_path):
+def cpu_like(records):
+    """The same records as a CPU run writes them: the profiler's allocator peak, no NVML, no GPU bandwidth."""
+    drop = ("nvml_used_after_bytes", "allocated_before_bytes", "env_gpu_bandwidth_gbps")
+    return [{k: v for k, v in r.items() if k not in drop} | {"device": "cpu",
+            "peak_memory_source": "torch.profiler allocation events"} for r in records]
+
+
+def test_cpu_records_fit_the_activations_and_say_the_rest_kept_defaults():
+    cal, report = calibrate(pd.DataFrame(cpu_like(cuda_like_records())).assign(run="cpu-synthetic"))
+    assert cal.activation_scale == pytest.approx(TRUE["scale"], rel=1e-9)
+    assert cal.activation_offset_bytes == pytest.approx(TRUE["offset"], rel=1e-6)
+    assert cal.overhead_bytes == 500 * 2**20 and cal.bandwidth_fraction is None  # the defaults
+    assert cal.fitted == ("activations",)
+    assert cal.source == ("calibrated on 7 records (cpu-synthetic); fitted: activations; defaults kept: overhead "
+                          "(no NVML readings), decode speed (no GPU bandwidth)")
+    assert list(report["term"].unique()) == ["peak memory"]
+
+
+def test_records_with_nothing_to_fit_are_refused():
+    rss_only = [r | {"peak_memory_source": "process peak RSS (VmHWM)"} for r in cpu_like(cuda_like_records())]
+    with pytest.raises(UserError, match="7 records with the cache on, none with an allocator peak"):
+        calibrate(pd.DataFrame(rss_only))
+
+
+def test_a_measured_cpu_record_calibrates(tmp_path):
     from kvbench.inputs.scenario import Scenario
     from kvbench.measuring.measure import measure
     from kvbench.measuring.loading.models import load_model
 
     loaded = load_model("tiny", device="cpu", dtype="float32")
-    record = measure(loaded, Scenario(prompt_len=8, new_tokens=3), repeats=1, warmup=0)
     with RunWriter(tmp_path / "cpu", {"model": "tiny"}) as writer:
-        writer.write(record)
-    with pytest.raises(UserError, match="no record measured on a CUDA GPU"):
-        calibrate(load_results(tmp_path / "cpu"))
+        for p in (8, 64):
+            writer.write(measure(loaded, Scenario(prompt_len=p, new_tokens=3), repeats=1, warmup=0))
+    cal, report = calibrate(load_results(tmp_path / "cpu"))
+    assert cal.fitted == ("activations",) and "defaults kept: overhead" in cal.source
+    assert len(report) == 2 and report["error"].abs().max() < 0.05
 
 
 def test_cli_calibrate_prints_the_fit(tmp_path, capsys):
@@ -103,13 +132,24 @@ def test_cli_calibrate_prints_the_fit(tmp_path, capsys):
                "--calibrate", str(tmp_path / "gpu-run"), "--format", "markdown"])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "Calibration (calibrated on 7 records (gpu-run))" in out and "How well the fit matches" in out
-    assert "| bandwidth fraction | 60.0% |" in out
+    assert ("Calibration (calibrated on 7 records (gpu-run); fitted: activations, overhead, decode speed)" in out
+            and "How well the fit matches" in out)
+    assert "| bandwidth fraction | 60.0% | fitted |" in out
     assert "decode step (calibrated)" in out
     assert main(["plan", "--model", "tiny", "--gpu", "t4", "--calibrate", str(tmp_path / "gpu-run"),
                  "--format", "csv", "--batch-sizes", "1", "--contexts", "1024"]) == 0
     captured = capsys.readouterr()
-    assert captured.err.startswith("calibrated on 7 records (gpu-run): peak memory: 7 records, median |error| 0.0%")
+    assert captured.err.startswith("calibrated on 7 records (gpu-run); fitted: activations, overhead, decode speed: "
+                                   "peak memory: 7 records, median |error| 0.0%")
     assert "decode_step_s" in captured.out.splitlines()[0]
     rc = main(["plan", "--model", "tiny", "--memory", "1GiB", "--calibrate", str(tmp_path / "missing")])
     assert rc == 2
+
+
+def test_cli_calibrates_from_the_committed_cpu_run_and_names_the_terms_kept(capsys):
+    rc = main(["plan", "--model", "tiny", "--memory", "1GiB", "--batch-sizes", "1", "--contexts", "1024",
+               "--calibrate", str(ROOT / "results/cpu-memory/runs/tiny"), "--format", "markdown"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "calibrated on 4 records (tiny); fitted: activations; defaults kept: overhead" in out
+    assert "| overhead | 500.0 MiB | default |" in out and "| activation scale |" in out

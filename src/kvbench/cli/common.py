@@ -1,4 +1,5 @@
-"""What every command shares: the console, the command-line parser's error type, and Table.
+"""What every command shares: the console, the command-line parser's error type, Table, and titled tables printed
+as rich tables or Markdown (`print_sections`).
 
 Command modules import this one; nothing here imports a command module.
 """
@@ -61,3 +62,36 @@ def check_writable_file(option: str, path, formats=None) -> None:
     if path.is_dir():
         raise UserError(f"{option} {path}: is a folder, not a file")
     check_writable_folder(option, path.parent, shown=path)
+
+
+def _drop_empty_columns(columns: list[str], rows: list[list[str]]):
+    """Leave out columns with nothing to show (the calibrated step time of an uncalibrated plan)."""
+    keep = [i for i in range(len(columns)) if not rows or any(row[i] != "-" for row in rows)]
+    return [columns[i] for i in keep], [[row[i] for i in keep] for row in rows]
+
+
+def print_sections(sections, markdown: bool, header: list[str] | None = None) -> None:
+    """Titled tables ((title, columns, rows of text) each) under header lines: rich tables, or Markdown."""
+    sections = [(title, *_drop_empty_columns(columns, rows)) for title, columns, rows in sections]
+
+    if markdown:  # names from the user's data (model paths, run names) escaped: no HTML, no table breaks
+        from ..report.pages import md_cell
+
+        out = [*(f"{md_cell(line)}  " for line in header or [])]
+        for title, columns, rows in sections:
+            out += ["", f"**{title}**", "", "| " + " | ".join(columns) + " |",
+                    "|" + "|".join("---:" for _ in columns) + "|",
+                    *("| " + " | ".join(md_cell(c) for c in r) + " |" for r in rows)]
+        print("\n".join(out) + "\n")
+        return
+    from rich.markup import escape
+
+    for line in header or []:
+        console.print(line, highlight=False, markup=False)
+    for title, columns, rows in sections:
+        table = Table(title=title)
+        for col in columns:
+            table.add_column(col, justify="right")
+        for row in rows:
+            table.add_row(*(escape(str(c)) for c in row))
+        console.print(table)

@@ -129,40 +129,10 @@ def plan_header(plan) -> list[str]:
     return lines
 
 
-def _drop_empty_columns(columns: list[str], rows: list[list[str]]):
-    """Leave out columns with nothing to show (the calibrated step time of an uncalibrated plan)."""
-    keep = [i for i in range(len(columns)) if not rows or any(row[i] != "-" for row in rows)]
-    return [columns[i] for i in keep], [[row[i] for i in keep] for row in rows]
-
-
 def print_sections(sections, markdown: bool, header: list[str] | None = None) -> None:
-    from rich.table import Table
+    from .common import print_sections as show  # rich loads when a command prints
 
-    from .common import console
-
-    sections = [(title, *_drop_empty_columns(columns, rows)) for title, columns, rows in sections]
-
-    if markdown:  # names from the user's data (model paths, run names) escaped: no HTML, no table breaks
-        from ..report.pages import md_cell
-
-        out = [*(f"{md_cell(line)}  " for line in header or [])]
-        for title, columns, rows in sections:
-            out += ["", f"**{title}**", "", "| " + " | ".join(columns) + " |",
-                    "|" + "|".join("---:" for _ in columns) + "|",
-                    *("| " + " | ".join(md_cell(c) for c in r) + " |" for r in rows)]
-        print("\n".join(out) + "\n")
-        return
-    from rich.markup import escape
-
-    for line in header or []:
-        console.print(line, highlight=False, markup=False)
-    for title, columns, rows in sections:
-        table = Table(title=title)
-        for col in columns:
-            table.add_column(col, justify="right")
-        for row in rows:
-            table.add_row(*(escape(str(c)) for c in row))
-        console.print(table)
+    show(sections, markdown, header)
 
 
 def comparison_sections(comparison):
@@ -189,19 +159,34 @@ def print_frontier_comparison(comparison, markdown: bool = False) -> None:
 def calibration_sections(calibration, report):
     from ..plan.calibration import fit_quality
 
-    fitted = [["activation scale", f"{calibration.activation_scale:.3g}"],
-              ["activation offset", _bytes(calibration.activation_offset_bytes)],
-              ["overhead", _bytes(calibration.overhead_bytes)],
+    how = lambda term: "fitted" if term in calibration.fitted else "default"  # noqa: E731
+    fitted = [["activation scale", f"{calibration.activation_scale:.3g}", how("activations")],
+              ["activation offset", _bytes(calibration.activation_offset_bytes), how("activations")],
+              ["overhead", _bytes(calibration.overhead_bytes), how("overhead")],
               ["bandwidth fraction", f"{calibration.bandwidth_fraction:.1%}" if calibration.bandwidth_fraction
-               else "not calibrated"],
-              ["fixed cost per decode step", _step(calibration.step_overhead_s)]]
+               else "not calibrated", how("decode speed")],
+              ["fixed cost per decode step", _step(calibration.step_overhead_s), how("decode speed")]]
     quality = fit_quality(report)
     pct = lambda v: f"{v:.1%}" if _known(v) else "-"  # noqa: E731
     rows = [[q["term"], str(q["records"]), pct(q["median_abs_error"]), pct(q["max_abs_error"]),
              pct(q.get("analytic_median_abs_error"))] for q in quality.to_dict("records")]
-    return [(f"Calibration ({calibration.source})", ["term", "value"], fitted),
+    return [(f"Calibration ({calibration.source})", ["term", "value", "source"], fitted),
             ("How well the fit matches its records", ["term", "records", "median |error|", "max |error|",
                                                       "median |error| before calibration"], rows)]
+
+
+def print_check(run: Path, format: str) -> None:
+    from ..plan.check import check_json, check_run, check_sections, summary_line
+
+    table, summary = check_run(run)  # a bad RUN refused before anything is read
+    if format == "json":
+        print(check_json(table, summary))
+    elif format == "csv":
+        table.to_csv(sys.stdout, index=False)
+        print(summary_line(summary), file=sys.stderr)
+    else:
+        print_sections(check_sections(table), format == "markdown")
+        print(summary_line(summary))
 
 
 def plan_command(
@@ -236,6 +221,9 @@ def plan_command(
         None, metavar="RUN", help="run folder or records file to calibrate with (repeat the option for several)"),
     compare_frontier: Optional[Path] = typer.Option(
         None, metavar="RUN", help="a `kvbench frontier` run: measured vs predicted"),
+    check: Optional[Path] = typer.Option(
+        None, metavar="RUN", help="a run folder, records file or folder of runs: each ok record's measured peak "
+                                  "against the planner's model recomputed for its scenario (nothing is planned)"),
     figure: Optional[Path] = typer.Option(None, help="save the longest-context figure (.png, .svg, .pdf)"),
     format: str = typer.Option("table", help="table, markdown, csv or json"),
 ):
@@ -250,6 +238,11 @@ def plan_command(
 
     if format not in FORMATS:
         raise UserError(f"--format: {format!r} is not one of {', '.join(FORMATS)}")
+    if check is not None:
+        if model or gpu or memory or calibrate or compare_frontier or figure:
+            raise UserError("--check RUN compares a run with the planner's model: it takes --format alone (no "
+                            "--model, --gpu, --memory, --calibrate, --compare-frontier or --figure)")
+        return print_check(check, format)
     if figure is not None:  # before the plan is printed
         from matplotlib.backend_bases import FigureCanvasBase
 

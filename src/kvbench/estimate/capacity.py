@@ -69,6 +69,7 @@ class Calibration:
     bandwidth_fraction: float | None = None
     step_overhead_s: float = 0.0
     source: str = "analytic defaults"
+    fitted: tuple[str, ...] = ()  # the terms calibration fitted: "activations", "overhead", "decode speed"
 
     def activations(self, analytic_bytes: int) -> int:
         return max(0, int(self.activation_scale * analytic_bytes + self.activation_offset_bytes))

@@ -3,19 +3,25 @@
     calibration, report = kvbench.calibration.calibrate(kvbench.load_results("results/run-a100"))
     kvbench.plan_capacity("phi-3-mini-4k", gpu="t4", calibration=calibration)
 
-What is fitted, from records measured on a CUDA GPU with the cache on (status ok):
+What is fitted, from records with the cache on (status ok), each term from the records that measured it:
 
-* activations: the planner predicts the peak above the level before `generate` as
-  max(KV at the prefill + activations at the prefill, KV at the last step + activations of the last step);
-  the measured peak is `peak_allocated_delta_bytes` (torch's allocator). With KV from `kvcache.kv_cache_bytes_at`,
-  activations = scale x analytic activations + offset is fitted by least squares, each record assigned to the
-  moment (prefill or decode) the fitted model says is its peak, repeated until the assignment settles.
+* activations (any device whose allocator peak was measured: CUDA's `torch.cuda.max_memory_allocated`, the CPU's
+  profiler allocation events): the planner predicts the peak above the level before `generate` as
+  max(KV at the prefill + activations at the prefill, KV at the last step + activations of the last step), KV
+  with the quantized cache's transient, for each record's own scenario (`plan.records`: cache implementation,
+  beams, decoding, quantization); the measured peak is `peak_allocated_delta_bytes`. Activations = scale x analytic
+  activations + offset is fitted by least squares, each record assigned to the moment (prefill or decode) the
+  fitted model says is its peak, repeated until the assignment settles.
 * overhead: what the device holds beyond the tensors at the peak, NVML's used memory after the call minus the
   allocator's level before and its peak delta (CUDA context, cached allocator blocks, other libraries); the
   largest seen is kept, so that plans stay on the safe side.
 * decode speed: step time = step_overhead_s + bytes read per step / (fraction x datasheet bandwidth), fitted by
   least squares of the measured median step (`decode_step_s`) on the roofline time
-  (`decode_bytes_per_step_estimate` / `env_gpu_bandwidth_gbps`).
+  (`decode_bytes_per_step_estimate` / `env_gpu_bandwidth_gbps`; CUDA runs: a CPU has no GPU bandwidth).
+
+A term no record measured keeps its default; the calibration's `source` (the plan's `calibration` column and
+header) names the terms fitted and those kept ("fitted: activations; defaults kept: overhead (no NVML readings),
+..."), and its `fitted` lists the terms fitted.
 
 The report has one row per record used, measured beside predicted, so one can see how well the fit matches the
 records it came from.
@@ -29,21 +35,22 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
-from ..estimate.capacity import (
-    Calibration,
-    activation_decode_bytes,
-    activation_prefill_bytes,
-    kv_decode_bytes,
-    kv_prefill_bytes,
-    make_workload,
-)
+from ..estimate import plan_kv
+from ..estimate.capacity import Calibration, activation_decode_bytes, activation_prefill_bytes
+from ..estimate.peak import scenario_workload
+from .records import ModelConfigs, record_dtype, record_scenario
+
+ALLOCATOR_PEAKS = ("torch.cuda.max_memory_allocated", "torch.profiler allocation events")  # peak_memory_source of an allocator's peak
 
 
-def _workloads(df: pd.DataFrame) -> dict:
-    """One Workload per (model, dtype, cache implementation, beams) found in the records."""
-    out = {}
-    for key in df[["model", "dtype", "cache_implementation", "num_beams"]].drop_duplicates().itertuples(index=False):
-        out[tuple(key)] = make_workload(key.model, key.dtype, None, key.cache_implementation, int(key.num_beams))
+def _workloads(df: pd.DataFrame) -> list:
+    """The planner's Workload of each record's scenario, as `kvbench run` built it to estimate the record's peak."""
+    configs = ModelConfigs()
+    out = []
+    for record in df.to_dict("records"):
+        scenario = record_scenario(record)
+        out.append((scenario_workload(configs(record["model"]), scenario, record_dtype(record),
+                                      name=str(record["model"])), scenario))
     return out
 
 
@@ -52,7 +59,7 @@ def _usable(df: pd.DataFrame) -> pd.DataFrame:
     missing = need - set(df.columns)
     if missing:
         raise UserError(f"records lack {', '.join(sorted(missing))}: not kvbench run records")
-    ok = df[(df["status"] == "ok") & df["use_cache"].astype(bool) & df["device"].astype(str).str.startswith("cuda")]
+    ok = df[(df["status"] == "ok") & df["use_cache"].astype(bool)]
     return ok.reset_index(drop=True)
 
 
@@ -60,19 +67,23 @@ def _column(df: pd.DataFrame, name: str) -> pd.Series:
     return pd.to_numeric(df[name], errors="coerce") if name in df else pd.Series(np.nan, index=df.index)
 
 
-def fit_memory(df: pd.DataFrame, workloads: dict) -> tuple[float, float, pd.DataFrame]:
+def _stored_kv(moment: dict) -> int:
+    return moment["kv_cache_bytes"] + moment["kv_transient_bytes"]
+
+
+def fit_memory(df: pd.DataFrame) -> tuple[float, float, pd.DataFrame]:
     """(activation_scale, activation_offset_bytes, per-record table) from allocator peaks."""
     peaks = _column(df, "peak_allocated_delta_bytes")
     source = df.get("peak_memory_source", pd.Series("", index=df.index)).astype(str)
-    rows = df[peaks.notna() & source.str.startswith("torch.cuda")]
+    rows = df[peaks.notna() & source.str.startswith(ALLOCATOR_PEAKS)]
     if rows.empty:
         return 1.0, 0.0, pd.DataFrame()
     terms = []
-    for r in rows.itertuples():
-        w = workloads[(r.model, r.dtype, r.cache_implementation, int(r.num_beams))]
-        b, p, n = int(r.batch_size), int(r.prompt_len), int(r.new_tokens)
-        terms.append((kv_prefill_bytes(w, b, p, p + n), activation_prefill_bytes(w, b * w.num_beams, p, p + n),
-                      kv_decode_bytes(w, b, p + n, n), activation_decode_bytes(w, b, p + n, n), n >= 2))
+    for w, s in _workloads(rows):
+        b, p, n = s.batch_size, s.prompt_len, s.new_tokens
+        terms.append((_stored_kv(plan_kv.prefill_kv(w, b, p, p + n)),
+                      activation_prefill_bytes(w, b * w.num_beams, p, p + n),
+                      _stored_kv(plan_kv.decode_kv(w, b, p + n, n)), activation_decode_bytes(w, b, p + n, n), n >= 2))
     kvp, ap, kvd, ad, has_decode = (np.array(col, dtype=float) for col in zip(*terms))
     has_decode = has_decode.astype(bool)
     y = peaks[rows.index].to_numpy(dtype=float)
@@ -156,16 +167,18 @@ def calibrate(records, base: Calibration | None = None) -> tuple[Calibration, pd
     df = records if isinstance(records, pd.DataFrame) else load_results(*records)
     ok = _usable(df)
     if ok.empty:
-        raise UserError("no record measured on a CUDA GPU with the cache on (status ok): nothing to calibrate "
-                        "(CPU runs have neither allocator peaks nor a GPU bandwidth)")
+        raise UserError("no record with the cache on and status ok: nothing to calibrate")
     if "run" not in ok:
         ok = ok.assign(run="")
-    workloads = _workloads(ok)
-    scale, offset, memory = fit_memory(ok, workloads)
+    scale, offset, memory = fit_memory(ok)
     overhead, overhead_report = fit_overhead(ok)
     fraction, t0, decode = fit_decode(ok)
+    if memory.empty and overhead is None and fraction is None:
+        raise UserError(f"{len(ok)} records with the cache on, none with an allocator peak, NVML readings or a "
+                        "GPU bandwidth: nothing to calibrate")
     base = base or Calibration()
     runs = sorted(set(ok["run"].astype(str)) - {""})
+    fitted = {"activations": not memory.empty, "overhead": overhead is not None, "decode speed": fraction is not None}
     calibration = replace(
         base,
         activation_scale=scale if not memory.empty else base.activation_scale,
@@ -173,11 +186,22 @@ def calibrate(records, base: Calibration | None = None) -> tuple[Calibration, pd
         overhead_bytes=overhead if overhead is not None else base.overhead_bytes,
         bandwidth_fraction=fraction if fraction is not None else base.bandwidth_fraction,
         step_overhead_s=t0 if fraction is not None else base.step_overhead_s,
-        source=f"calibrated on {len(ok)} records" + (f" ({', '.join(runs)})" if runs else ""),
+        source=f"calibrated on {len(ok)} records" + (f" ({', '.join(runs)})" if runs else "") + fitted_terms(fitted),
+        fitted=tuple(term for term, ok in fitted.items() if ok),
     )
     report = pd.concat([r for r in (memory, overhead_report, decode) if not r.empty], ignore_index=True)
     report["error"] = (report["predicted"] - report["measured"]) / report["measured"].where(report["measured"] != 0)
     return calibration, report
+
+
+WHY_NOT = {"activations": "no allocator peak", "overhead": "no NVML readings", "decode speed": "no GPU bandwidth"}
+
+
+def fitted_terms(fitted: dict[str, bool]) -> str:
+    """"; fitted: activations; defaults kept: overhead (no NVML readings), ..." for the calibration's source."""
+    done = [term for term, ok in fitted.items() if ok]
+    kept = [f"{term} ({WHY_NOT[term]})" for term, ok in fitted.items() if not ok]
+    return f"; fitted: {', '.join(done)}" + (f"; defaults kept: {', '.join(kept)}" if kept else "")
 
 
 def fit_quality(report: pd.DataFrame) -> pd.DataFrame:

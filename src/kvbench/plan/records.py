@@ -1,0 +1,86 @@
+"""What a `kvbench run` record says about its scenario, rebuilt for the planner: the Scenario (its axes are record
+fields), the model's config (the `model` field: a preset, a config.json, a model folder or a Hub id, as `kvbench
+run` was given it) and the dtype. `plan.check` and `plan.calibration` evaluate the planner's memory model
+(`estimate.peak`, `estimate.capacity`) on them, the same functions `kvbench run` called to write the record's
+`peak_allocated_delta_bytes_estimate` and `kvbench plan` calls to plan.
+
+The attention implementation the loaded model selected is not recorded: the model's class default (SDPA where the
+class supports it, else eager) is taken, which is what `kvbench run` loads unless the config names another.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from pathlib import Path
+
+from ..errors import UserError
+from ..inputs.configs import DTYPES, resolve_spec
+from ..inputs.names import preset_name
+from ..inputs.scenario import Scenario
+
+SCENARIO_FIELDS = tuple(f.name for f in dataclasses.fields(Scenario))
+_INTS = ("prompt_len", "new_tokens", "batch_size", "num_beams", "quant_nbits", "quant_residual_length", "top_k",
+         "seed")
+
+
+def missing(value) -> bool:
+    """None, or the NaN pandas puts where a record lacks a field."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def record_scenario(record: dict) -> Scenario:
+    """The Scenario a record measured (fields it lacks take the Scenario's defaults)."""
+    values = {}
+    for name in SCENARIO_FIELDS:
+        value = record.get(name)
+        if missing(value):
+            continue
+        if name in _INTS:
+            value = int(value)
+        elif name == "use_cache":
+            value = bool(value)
+        elif name in ("temperature", "top_p"):
+            value = float(value)
+        values[name] = value
+    with warnings.catch_warnings():  # a deprecated cache name: taken as the class it builds, as the run did
+        warnings.simplefilter("ignore")
+        try:
+            return Scenario(**values)
+        except TypeError as exc:
+            raise UserError(f"record {record.get('scenario_id')!r}: not a scenario kvbench can rebuild ({exc})") \
+                from None
+
+
+def record_dtype(record: dict):
+    """The torch dtype the record's model ran in."""
+    name = str(record.get("dtype"))
+    if name not in DTYPES:
+        raise UserError(f"record {record.get('scenario_id')!r}: dtype {name!r} is not one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+class ModelConfigs:
+    """The config of each model a set of records names, read once. A relative path that does not exist from the
+    current folder is looked for beside the records file and its parent folders (a committed run's records name
+    config files relative to the repository root it was run from)."""
+
+    def __init__(self, near: Path | None = None):
+        self.near = Path(near).resolve() if near is not None else None
+        self._configs: dict[str, object] = {}
+
+    def __call__(self, spec: str):
+        spec = str(spec)
+        if spec not in self._configs:
+            self._configs[spec] = resolve_spec(self._locate(spec))[1]
+        return self._configs[spec]
+
+    def _locate(self, spec: str) -> str:
+        path = Path(spec)
+        if path.exists() or path.is_absolute() or self.near is None or preset_name(spec) is not None:
+            return spec
+        for folder in (self.near, *self.near.parents):
+            if (folder / path).exists():
+                return str(folder / path)
+        return spec
