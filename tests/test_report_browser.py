@@ -93,11 +93,11 @@ def test_report_loads_offline_without_errors_and_every_figure_renders(tmp_path, 
 
 
 def test_degraded_report_and_compare_page_load_cleanly(tmp_path, browser):
-    records = grid(prompts=(16,), news=(8,), batches=(1,))
+    records = grid(prompts=(16,), news=(8,), batches=(1,), repeats=7)  # 7 a side: a change can be significant
     for rec in records:
         rec.pop("decode_steps_s")
     base = write_run(tmp_path / "base", records)
-    new = write_run(tmp_path / "new", grid(prompts=(16,), news=(8,), batches=(1,), slow=1.3, model=MARKUP))
+    new = write_run(tmp_path / "new", grid(prompts=(16,), news=(8,), batches=(1,), slow=1.3, model=MARKUP, repeats=7))
     out = tmp_path / "out"
     assert main(["report", str(base), "--out", str(out)]) == 0
     page = load(browser, out / "report.html")

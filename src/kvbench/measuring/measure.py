@@ -171,8 +171,7 @@ def measure_steps(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, 
     engine = engine or engine_for(scenario)
     check_fits(loaded, scenario)
     check_compile([scenario], loaded.device)
-    record = base_record(loaded, scenario)
-    record.update(environment(loaded.device), **machine_speed(loaded))  # the machine's speed just before, untimed
+    record = start_record(loaded, scenario)
     clock, nvml = Clock(loaded.device), nvml_handle(loaded.device)
     warmup = max(warmup, 1) if may_compile(scenario, loaded.device) else warmup
     prepared = engine.prepare(loaded, scenario)
@@ -214,10 +213,21 @@ def measure_steps(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, 
         free_memory(loaded.device)  # out of the except block: generate's tensors are gone
         record.update(status="oom", error=oom)
         return record
-    record.update(**load.fields, repeats_stop=stop)
-    record.update(order="grouped", order_seed=None, interleave_group=None, round_orders=None)  # alone; the
-    # interleaver (measuring.harness.interleave) overwrites these for the scenarios that took turns
+    record.update(run_fields(load, stop))
     return finish_record(record, loaded, engine, scenario, (warm, runs, graphs), profiled, peak)
+
+
+def start_record(loaded: LoadedModel, scenario: Scenario) -> dict:
+    """A record's fields known before anything runs: the scenario, its estimates, the environment, and the
+    machine's speed just before (untimed)."""
+    return base_record(loaded, scenario) | environment(loaded.device) | machine_speed(loaded)
+
+
+def run_fields(load, stop: str) -> dict:
+    """What the load probe saw over the runs, what stopped the repeats, and the order they ran in: alone (the
+    interleaver, measuring.harness.interleave, overwrites these for the scenarios that took turns)."""
+    return {**load.fields, "repeats_stop": stop, "order": "grouped", "order_seed": None, "interleave_group": None,
+            "round_orders": None}
 
 
 def finish_record(record: dict, loaded: LoadedModel, engine, scenario: Scenario, ran: tuple, profiled: dict,

@@ -14,13 +14,13 @@ from ...inputs.scenario import Scenario
 from ..instruments.clock import Clock
 from ..engines.decode import compiled_graphs, may_compile
 from ..engines.engine import engine_for
-from ..instruments.environment import environment
-from ..measure import allocated_pass, bare_run, finish_record, probes, run_once
+from ..instruments.load import load_probe
+from ..measure import allocated_pass, bare_run, finish_record, probes, run_fields, run_once, start_record
 from ..loading.models import LoadedModel, synthetic_inputs
 from ..instruments.nvml import nvml_handle
 from ..instruments.profile import NOT_PROFILED
 from ..instruments.profile import profile_steps as profile_decode_steps
-from .record import base_record, error_line, free_memory, is_oom, summarize
+from .record import error_line, free_memory, is_oom, summarize
 
 
 def warmup_needed(loaded: LoadedModel, scenario: Scenario, warmup_rounds: int) -> str | None:
@@ -58,12 +58,13 @@ def measure_in_rounds(loaded: LoadedModel, scenario: Scenario, timer, warmup_rou
         synchronize(device)  # the round's wall clock stops after the device has finished
         done.append(run)
 
-    record = base_record(loaded, scenario) | environment(device)
+    record = start_record(loaded, scenario)
     free_memory(device)  # untimed, before the rounds
     oom, profiled = None, dict(NOT_PROFILED)
     with probes(engine, loaded.model):  # probes on for every run of the scenario, as in measure()
         try:
-            timer(setup, target, warmup_rounds)
+            with load_probe(nvml) as load:  # the load over the rounds
+                timer(setup, target, warmup_rounds)
             graphs.append(compiled_graphs())
             runs = done[warmup_rounds:]
             with engine.grad_mode():  # untimed, after the rounds: the allocated peak (measure.allocated_pass)
@@ -82,6 +83,7 @@ def measure_in_rounds(loaded: LoadedModel, scenario: Scenario, timer, warmup_rou
         done.clear()
         free_memory(device)  # out of the except block: generate's tensors are gone
         return record | {"status": "oom", "error": oom}
+    record.update(run_fields(load, "pytest-benchmark's rounds"))
     record = finish_record(record, loaded, engine, scenario, (done[:warmup_rounds], runs, graphs), profiled, peak)
     record["sequences_shapes"] = [r["sequences_shape"] for r in runs]
     return record
