@@ -161,3 +161,38 @@ def test_relative_imports_resolve_to_real_modules():
 @pytest.mark.parametrize("path", sorted(SRC.rglob("*.py")), ids=lambda p: str(p.relative_to(SRC)))
 def test_no_module_over_400_lines(path):
     assert len(path.read_text(encoding="utf-8").splitlines()) <= 400
+
+
+# measuring/ in rooms (README "Architecture"): each may import the rooms before it, never one after it.
+MEASURING_ORDER = ["loading", "instruments", "engines", "record", "measure", "harness"]
+
+
+def measuring_room(module: str) -> str | None:
+    names = module.split(".")
+    return names[2] if len(names) > 2 and names[1] == "measuring" else None
+
+
+def room_violations(graph: dict[str, set[str]]) -> list[str]:
+    bad = []
+    for module, targets in graph.items():
+        here = measuring_room(module)
+        for target in sorted(targets):
+            there = measuring_room(target)
+            if here and there and MEASURING_ORDER.index(there) > MEASURING_ORDER.index(here):
+                bad.append(f"{module} imports {target} ({here} comes before {there})")
+    return bad
+
+
+def test_measuring_holds_its_rooms_and_nothing_else():
+    top = {p.stem if p.is_file() else p.name for p in (SRC / "measuring").iterdir()
+           if p.name != "__pycache__" and p.name != "__init__.py"}
+    assert top == set(MEASURING_ORDER)
+
+
+def test_measuring_rooms_import_one_way():
+    graph = import_graph()
+    assert room_violations(graph) == []
+    graph["kvbench.measuring.instruments.clock"] = graph["kvbench.measuring.instruments.clock"] | {
+        "kvbench.measuring.harness.runner"}
+    assert room_violations(graph) == ["kvbench.measuring.instruments.clock imports kvbench.measuring.harness.runner "
+                                      "(instruments comes before harness)"]

@@ -284,7 +284,7 @@ def benchmark_generate(benchmark, loaded, scenario: Scenario, rounds: int = 5, w
     """
     import warnings
 
-    from .measuring.harness.record import check_fits
+    from .measuring.record import check_fits
     from .measuring.harness.rounds import measure_in_rounds, warmup_needed
 
     try:

@@ -20,6 +20,7 @@ DECODINGS = ("greedy", "sample", "beam")
 # STATIC_CACHE_IMPLEMENTATIONS and DYNAMIC_CACHE_IMPLEMENTATIONS), plus "paged", which routes to continuous batching;
 # tests/test_caches.py checks them against the installed transformers.
 CACHE_IMPLEMENTATIONS = ("dynamic", "static", "offloaded", "offloaded_static", "quantized", "paged")
+OFFLOADED = tuple(name for name in CACHE_IMPLEMENTATIONS if name.startswith("offloaded"))  # copied to the host
 # Deprecated names transformers still accepts, and the implementation each builds (5.25: the static ones a
 # StaticCache, offloaded when named so; `hybrid` is unset, so a DynamicCache; 4.x's `dynamic_full` a DynamicCache
 # without sliding layers). Accepted as input, with a one-line note, and recorded as what they build: not values

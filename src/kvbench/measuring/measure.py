@@ -1,5 +1,5 @@
 """measure(model, scenario) -> one flat, JSON-safe record: measurements beside their analytic estimates (the
-untimed parts of the record: `kvbench.measuring.harness.record`; continuous batching: `kvbench.measuring.engines.paged`)."""
+untimed parts of the record: `kvbench.measuring.record`; continuous batching: `kvbench.measuring.engines.paged`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from ..results.stats import auto_stop
 from .instruments.cache_bytes import cache_fields, cache_nbytes
 from .instruments.clock import Clock
 from .engines.decode import check_compile, compiled_cache, compiled_graphs, may_compile
-from .engines.engine import Prepared, engine_for, reset_cache, run_generation  # noqa: F401 - part of the API
+from .engines.base import Engine, Prepared
+from .engines.engine import engine_for, reset_cache, run_generation  # noqa: F401 - part of the API
 from .instruments.alloc_peak import allocation_peak
 from .instruments.energy import energy_counter
 from .instruments.environment import environment
@@ -28,7 +29,7 @@ from .loading.models import LoadedModel
 from .instruments.nvml import nvml_handle
 from .instruments.profile import NOT_PROFILED, prepare_for_cuda_graphs
 from .instruments.profile import profile_steps as profile_decode_steps
-from .harness.record import (  # noqa: F401 - is_oom, error_line, kv_estimate: part of this module's API
+from .record import (  # noqa: F401 - is_oom, error_line, kv_estimate: part of this module's API
     as_loaded,
     base_record,
     check_fits,
@@ -44,7 +45,7 @@ from .harness.record import (  # noqa: F401 - is_oom, error_line, kv_estimate: p
 REBASED = ("peak_allocated_delta_bytes", "peak_memory_delta_bytes")
 
 
-def run_once(loaded: LoadedModel, engine, prepared: Prepared, clock: Clock, nvml=None, reset: bool = True) -> dict:
+def run_once(loaded: LoadedModel, engine: Engine, prepared: Prepared, clock: Clock, nvml=None, reset: bool = True) -> dict:
     """One timed run of `engine` with the instruments around it: total, per-forward marks (or the engine's own
     timings), positions, compiled or not, cache bytes, peak memory, energy.
 
@@ -87,14 +88,14 @@ def run_once(loaded: LoadedModel, engine, prepared: Prepared, clock: Clock, nvml
     }
 
 
-def bare_run(loaded: LoadedModel, engine, prepared: Prepared) -> None:
+def bare_run(loaded: LoadedModel, engine: Engine, prepared: Prepared) -> None:
     """One run without instruments (the profiled run, the allocation pass)."""
     engine.reset(prepared)
     torch.manual_seed(prepared.scenario.seed)
     engine.run_once(loaded, prepared)
 
 
-def allocated_pass(loaded: LoadedModel, engine, prepared: Prepared) -> dict:
+def allocated_pass(loaded: LoadedModel, engine: Engine, prepared: Prepared) -> dict:
     """One untimed run under the allocation-event instrument (`alloc_peak`): the allocated peak above the level
     before it, a reused cache counted as the run's, its phase and parts, and what the pass cost. On the CPU it is
     the record's `peak_allocated_delta_bytes`; on CUDA the timed repeats' allocator peak stays that, and the pass
@@ -119,7 +120,7 @@ def allocated_pass(loaded: LoadedModel, engine, prepared: Prepared) -> dict:
 
 
 def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, profile_steps: bool = False,
-            target_ci: float | None = None, engine=None) -> dict:
+            target_ci: float | None = None, engine: Engine | None = None) -> dict:
     """Measure one scenario: medians of `repeats` timed runs after `warmup` untimed ones.
 
     The engine (`engines.engine`; default `engine_for(scenario)`: transformers' generate, the reference loop or paged
@@ -161,7 +162,7 @@ def step(engine, model):
 
 
 def measure_steps(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, profile_steps: bool = False,
-                  target_ci: float | None = None, engine=None):
+                  target_ci: float | None = None, engine: Engine | None = None):
     """`measure` one step at a time, so that the timed repeats of several scenarios can take turns
     (`measuring.harness.interleave`): a generator that yields once its warm-ups are done and after each timed
     repeat, and returns the record. What stays loaded between its steps: the model and what the engine prepared
@@ -230,7 +231,7 @@ def run_fields(load, stop: str) -> dict:
             "round_orders": None}
 
 
-def finish_record(record: dict, loaded: LoadedModel, engine, scenario: Scenario, ran: tuple, profiled: dict,
+def finish_record(record: dict, loaded: LoadedModel, engine: Engine, scenario: Scenario, ran: tuple, profiled: dict,
                   peak: dict) -> dict:
     """`record` (base fields and environment) completed from the runs: `ran` = (the warm-up runs, the timed runs,
     dynamo's graph counts before, after the warm-up, after the runs); the timed runs summarized, the allocation

@@ -21,9 +21,8 @@ from ... import compat
 from ...errors import UserError
 from ...estimate import quantized as quant
 from ...estimate.kvcache import cache_rules, kv_layer_specs
-from ...inputs.scenario import CACHE_IMPLEMENTATIONS, Scenario
+from ...inputs.scenario import CACHE_IMPLEMENTATIONS, OFFLOADED, Scenario
 
-OFFLOADED = tuple(name for name in CACHE_IMPLEMENTATIONS if name.startswith("offloaded"))
 # backend -> (module that must import, what brings it)
 QUANT_PACKAGES = {"quanto": ("optimum.quanto", "optimum-quanto"), "hqq": ("hqq", "hqq")}
 

@@ -1,24 +1,7 @@
-"""The engine interface: what runs a scenario once. `measuring.measure` wraps the instruments around any engine.
-
-An engine does three things, and nothing that measures:
-
-* `prepare(loaded, scenario)` -> `Prepared`: what every run of the scenario shares (the inputs, generate's keyword
-  arguments, a cache built once and reused), made untimed before the warm-up;
-* `reset(prepared)` -> bytes: empties the reused cache before a run and says how many bytes it holds meanwhile
-  (so memory peaks count it as the run's own, as if the run had built it);
-* `run_once(loaded, prepared)` -> `Ran`: one generation; its output sequences, the cache it leaves and, for an
-  engine whose forward calls do not map to tokens (paged batching packs every request into each call), its own
-  timings. Other engines are timed by the forward recorder (`instruments.forwards`).
-
-`close(loaded, prepared)` drops what `prepare` and the runs kept. `fields(loaded, scenario, runs)`: the record fields
-only this engine's records carry. Three engines: `GenerateEngine` (transformers' `generate`), `ReferenceEngine` (the
-plain-torch loop of `engines.reference`) and `PagedEngine` (`engines.paged`); `engine_for(scenario)` picks one.
-"""
+"""The engines kvbench has (the interface: `engines.base`): transformers' `generate`, the plain-torch reference loop,
+paged continuous batching; `engine_for(scenario)` picks one."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
@@ -26,35 +9,10 @@ from ...compat import cache_from_output, generate_call_kwargs
 from ...inputs.scenario import Scenario
 from ..instruments.cache_bytes import cache_nbytes
 from ..loading.models import LoadedModel, synthetic_inputs
+from .base import Prepared, Ran
 from .decode import generate_kwargs, static_cache
+from .paged import PagedEngine
 from .reference import reference_run
-
-
-@dataclass
-class Prepared:
-    """What the runs of one scenario share."""
-
-    scenario: Scenario
-    inputs: dict
-    kwargs: dict = field(default_factory=dict)  # generate's keyword arguments (the reused cache among them)
-    cache: Any = None  # a cache built once and reset before each run (the static cache)
-    state: dict = field(default_factory=dict)  # what else an engine keeps (paged: the prompts and configs)
-
-    def release(self) -> None:
-        """Drop the references to the cache and inputs (the caller frees memory after)."""
-        self.kwargs, self.cache, self.inputs = {}, None, {}
-        self.state.clear()
-
-
-@dataclass
-class Ran:
-    """One run: its output sequences' shape, the cache it leaves (for its bytes), and the engine's own timings
-    (`total_s`, `ttft_s`, `decode_steps_s`) and fields where it keeps them."""
-
-    shape: tuple[int, ...]
-    cache: Any = None
-    timings: dict | None = None
-    fields: dict = field(default_factory=dict)
 
 
 class GenerateEngine:
@@ -113,8 +71,6 @@ def reset_cache(cache) -> int:
 def engine_for(scenario: Scenario):
     """The engine that runs `scenario`: paged batching for the paged cache, else the scenario's `engine` axis."""
     if scenario.cache_implementation == "paged":
-        from .paged import PagedEngine
-
         return PagedEngine()
     return ENGINES[scenario.engine]()
 

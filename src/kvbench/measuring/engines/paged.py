@@ -31,7 +31,7 @@ from ...inputs.decoding import sampling_kwargs
 from ...inputs.scenario import Scenario
 from ..instruments.cache_bytes import cache_nbytes
 from ..loading.models import LoadedModel, synthetic_inputs
-from .engine import Prepared, Ran
+from .base import Prepared, Ran
 
 
 def paged_configs(model, scenario: Scenario):

@@ -20,7 +20,7 @@ from ..loading.models import LoadedModel, synthetic_inputs
 from ..instruments.nvml import nvml_handle
 from ..instruments.profile import NOT_PROFILED
 from ..instruments.profile import profile_steps as profile_decode_steps
-from .record import error_line, free_memory, is_oom, summarize
+from ..record import error_line, free_memory, is_oom, summarize
 
 
 def warmup_needed(loaded: LoadedModel, scenario: Scenario, warmup_rounds: int) -> str | None:

@@ -14,7 +14,7 @@ import contextlib
 
 import torch
 
-from ..engines.caches import OFFLOADED
+from ...inputs.scenario import OFFLOADED
 
 SOURCE = "torch.cuda.host_memory_stats"
 

@@ -8,20 +8,20 @@ import statistics
 
 import torch
 
-from ...errors import UserError
-from ...estimate.kvcache import estimate_kv_cache_bytes, estimate_kv_cache_bytes_by_kind, naive_kv_cache_bytes
-from ...estimate.offload import estimate_kv_cache_bytes_by_device
-from ...estimate.peak import peak_allocated_estimate
-from ...estimate.positions import positions_processed_estimate
-from ...estimate.weights import weight_bytes_estimate
-from ...inputs.scenario import Scenario
-from ...results.cache_fields import device_fields, is_cache_field, kind_fields
-from ...results.schema import SCHEMA_VERSION
-from ...results.stats import repeat_statistics
-from ..engines.caches import check_cache
-from ..instruments.energy import energy_fields
-from ..loading.models import LoadedModel
-from ..loading.placement import placement_fields
+from ..errors import UserError
+from ..estimate.kvcache import estimate_kv_cache_bytes, estimate_kv_cache_bytes_by_kind, naive_kv_cache_bytes
+from ..estimate.offload import estimate_kv_cache_bytes_by_device
+from ..estimate.peak import peak_allocated_estimate
+from ..estimate.positions import positions_processed_estimate
+from ..estimate.weights import weight_bytes_estimate
+from ..inputs.scenario import Scenario
+from ..results.cache_fields import device_fields, is_cache_field, kind_fields
+from ..results.schema import SCHEMA_VERSION
+from ..results.stats import repeat_statistics
+from .engines.caches import check_cache
+from .instruments.energy import energy_fields
+from .loading.models import LoadedModel
+from .loading.placement import placement_fields
 
 
 def is_oom(exc: BaseException) -> bool:
