@@ -142,7 +142,7 @@ def kv_estimate(config, scenario: Scenario, dtype, by_layer: bool = False) -> in
 def kv_estimate_by_kind(config, scenario: Scenario, dtype) -> dict[str, int]:
     """The scenario's estimated cache bytes, by kind (paged: the pool it reserves)."""
     if scenario.cache_implementation == "paged":
-        from ...estimate.paged import paged_pool_bytes, paged_sizing
+        from ..estimate.paged import paged_pool_bytes, paged_sizing
 
         sizing = paged_sizing(scenario.batch_size, scenario.prompt_len, scenario.new_tokens)
         return {"paged_pool": paged_pool_bytes(config, dtype=dtype, num_blocks=sizing.num_blocks,
