@@ -7,11 +7,12 @@ loop runs before the sweep in even rounds and after it in odd ones, so neither a
 pytest-benchmark's statistics are the sweep's; `extra_info` holds both loops' round times, their medians and the
 ratio `kvbench_over_bare` (read from the JSON, never asserted: timing is not a test).
 
-    PYTHONPATH=src python -m pytest bench/test_bench_sweep_cost.py --benchmark-only \
+    PYTHONPATH=src python -m pytest bench/test_bench_sweep_cost.py --benchmark-only --kv-full \
         --benchmark-json results/bench-sweep-cost/bench.json
 
-Under --benchmark-disable (the test command) one pass over a tiny grid with one repeat checks that both loops
-generated the same tokens.
+It is timed under --kv-full only (the quick grid unless --kv-grid; many minutes on a 2-core CPU): without it,
+`--benchmark-only` skips it with that reason. Under --benchmark-disable (the test command) one pass over a tiny
+grid with one repeat checks that both loops generated the same tokens.
 """
 
 import statistics
@@ -49,6 +50,8 @@ def bare_loop(loaded, scenarios: list[Scenario], repeats: int, warmup: int) -> l
 @pytest.mark.benchmark(group="sweep-cost")
 def test_sweep_cost(benchmark, kv_model, kv_settings, tmp_path):
     quick = benchmark.disabled
+    if not (quick or kv_settings.full):
+        pytest.skip("the whole sweep's cost is timed with --kv-full (minutes on a CPU; docs/bench.md)")
     scenarios = QUICK_CHECK if quick else list(kv_settings.scenarios)
     repeats, warmup = (1, 0) if quick else (REPEATS, WARMUP)
     times = {"bare": [], "kvbench": []}

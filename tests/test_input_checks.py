@@ -138,7 +138,12 @@ def test_lengths_beyond_the_context_name_the_options_before_loading(no_model_loa
 
 @pytest.mark.parametrize("args, named", [
     (["--prompt-len", ",".join(map(str, range(1, 1502)))], "--prompt-len: 1,501 values, more than the 1,000"),
-    (["--prompt-len", "9" * 40], "--prompt-len: '" + "9" * 40 + "' is too large (more than 18 digits)"),
+    (["--prompt-len", "9" * 40], "--prompt-len: " + "9" * 40 + " exceeds tiny's context of 2,048 tokens "
+                                  "(max_position_embeddings)"),
+    (["--new-tokens", "16,00" + "9" * 20], "--new-tokens: " + "9" * 20 + " exceeds tiny's context of 2,048 tokens"),
+    (["--prompt-len", "9" * 5000], "--prompt-len: " + "9" * 20 + "... (5,000 digits) exceeds tiny's context of 2,048"),
+    (["--batch-size", "9" * 40], "--batch-size: '" + "9" * 40 + "' is too large (more than 18 digits)"),
+    (["--batch-size", "9" * 5000], "--batch-size: '" + "9" * 60 + "'... is too large (more than 18 digits)"),
     (["--batch-size", "²"], "--batch-size: '²' is not a positive integer"),
     (["--prompt-len", ",".join(map(str, range(1, 501))), "--new-tokens", ",".join(map(str, range(1, 401)))],
      "the grid has 400,000 scenarios (500 prompt lengths x 400 new-token counts x 2 batch sizes x 1 cache settings"),

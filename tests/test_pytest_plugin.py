@@ -71,13 +71,13 @@ def test_options_are_registered_with_their_defaults(pytester):
                    "--kv-rounds", "--kv-warmup-rounds"):
         assert option in text
     assert "Hub id (default: tiny)" in text and "auto (default: cpu)" in text
-    assert "{long,quick,standard}" in text
+    assert "{long,quick,small,standard}" in text and "--kv-full" in text
 
 
-def test_quick_grid_is_the_default_and_ids_are_scenario_ids(pytester):
+def test_the_quick_grid_and_ids_are_scenario_ids(pytester):
     copy_bench(pytester)
     pytester.makepyfile(test_ids=SCENARIO_TEST)
-    result = pytester.runpytest("-p", "no:cacheprovider", "--collect-only", "-q")
+    result = pytester.runpytest("-p", "no:cacheprovider", "--collect-only", "-q", "--kv-grid=quick")
     ids = collected_ids(result)
     assert len(ids) == 12  # prompts 16,64,256 x 32 new tokens x batch 1,4 x cache on/off
     assert ids[:4] == [
@@ -97,8 +97,8 @@ def test_axis_options_replace_the_grids_axes(pytester):
         "test_scenario[P8-N4-B2-cache-dynamic-greedy]", "test_scenario[P8-N4-B2-cache-static-greedy]",
         "test_scenario[P8-N4-B2-nocache-greedy]",
     ]
-    result = pytester.runpytest("-p", "no:cacheprovider", "--collect-only", "-q", "--kv-use-cache=off",
-                                "--kv-prompt-len=8,16", "--kv-decoding=beam", "--kv-num-beams=2")
+    result = pytester.runpytest("-p", "no:cacheprovider", "--collect-only", "-q", "--kv-grid=quick",
+                                "--kv-use-cache=off", "--kv-prompt-len=8,16", "--kv-decoding=beam", "--kv-num-beams=2")
     assert collected_ids(result) == [
         "test_scenario[P8-N32-B1-nocache-beam2]", "test_scenario[P8-N32-B4-nocache-beam2]",
         "test_scenario[P16-N32-B1-nocache-beam2]", "test_scenario[P16-N32-B4-nocache-beam2]",

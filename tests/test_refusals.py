@@ -43,6 +43,9 @@ REFUSALS = {  # what is refused: the arguments (a callable makes a file outside 
     "folder without config.json": ["--model", empty_folder],
     "prompt length not a number": ["--prompt-len", "abc"],
     "too many digits": ["--prompt-len", "99999999999999999999"],
+    "new tokens beyond int64": ["--new-tokens", "99999999999999999999"],
+    "a 5,000-digit prompt length": ["--prompt-len", "9" * 5000],
+    "batch size beyond int64": ["--batch-size", "99999999999999999999"],
     "bad use-cache": ["--use-cache", "maybe"],
     "no repeats": ["--repeats", "0"],
     "unknown cache": ["--cache-implementation", "nope"],
@@ -55,6 +58,14 @@ REFUSALS = {  # what is refused: the arguments (a callable makes a file outside 
     "resume of nothing": ["--resume", "no-such-run"],
 }
 
+NAMED = {  # what the line must say, where a case has more to say than that it was refused
+    "too many digits": "--prompt-len: 99999999999999999999 exceeds tiny's context of 2,048 tokens "
+                       "(max_position_embeddings)",
+    "new tokens beyond int64": "--new-tokens: 99999999999999999999 exceeds tiny's context of 2,048 tokens",
+    "a 5,000-digit prompt length": "--prompt-len: 99999999999999999999... (5,000 digits) exceeds tiny's context",
+    "batch size beyond int64": "--batch-size: '99999999999999999999' is too large (more than 18 digits)",
+}
+
 
 @pytest.mark.parametrize("case", REFUSALS)
 def test_a_refused_run_leaves_its_working_folder_empty(case, tmp_path, monkeypatch, capsys):
@@ -63,7 +74,9 @@ def test_a_refused_run_leaves_its_working_folder_empty(case, tmp_path, monkeypat
     args = [a(tmp_path) if callable(a) else a for a in REFUSALS[case]]
     monkeypatch.chdir(cwd)
     assert main(["run", *[str(a) for a in args]]) == 2
-    assert capsys.readouterr().err.startswith("kvbench: error: ")
+    err = capsys.readouterr().err
+    assert err.startswith("kvbench: error: ") and err.count("\n") == 1, err
+    assert NAMED.get(case, "") in err
     assert sorted(p.name for p in cwd.iterdir()) == []
 
 

@@ -16,17 +16,16 @@ those timed rounds themselves (no extra generate after them).
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 
 import pytest
 
 from .errors import UserError
 from .inputs.decoding import ENGINES, float_list, top_k_list
 from .inputs import axes
+from .inputs.bench import GRID_AXES, GRIDS, USE_CACHE, KVSettings, settings_line  # noqa: F401 (GRIDS: the API)
 from .inputs.scenario import (
     COMPILE_MODES,
     DECODINGS,
-    QUICK,
     DeprecatedCacheName,
     Scenario,
     cache_list,
@@ -35,26 +34,6 @@ from .inputs.scenario import (
     int_list,
 )
 from .results.schema import json_safe
-
-# The grids (--kv-grid); --kv-prompt-len, --kv-new-tokens, ... replace one axis of the chosen grid.
-# `quick` is `kvbench run`'s default grid: seconds on the CPU with a tiny model.
-GRIDS = {
-    "quick": dict(
-        prompt_len=QUICK["prompt_len"], new_tokens=QUICK["new_tokens"], batch_size=QUICK["batch_size"],
-        use_cache="both", cache_implementation="dynamic",
-    ),
-    "standard": dict(
-        prompt_len="64,256,1024", new_tokens="64,256", batch_size="1,8", use_cache="both",
-        cache_implementation="dynamic,static",
-    ),
-    "long": dict(
-        prompt_len="1024,3072", new_tokens="256,1024", batch_size="1,8", use_cache="both",
-        cache_implementation="dynamic",
-    ),
-}
-USE_CACHE = {"on": (True,), "off": (False,), "both": (True, False)}
-# The axes a --kv-grid sets (each replaced by its --kv-* option); axes of Scenario (tests/test_axes.py).
-GRID_AXES = tuple(GRIDS["quick"])
 
 # pytest-benchmark owns the latency of the whole generate: these record fields come from its stats instead
 # (kvbench.benchjson puts them back: total_s is the median of the rounds).
@@ -67,28 +46,6 @@ STABLE_ENV = (
 )
 
 
-@dataclass(frozen=True)
-class KVSettings:
-    """What the --kv-* options ask for."""
-
-    model: str
-    device: str
-    dtype: str
-    grid: str
-    scenarios: tuple[Scenario, ...]
-    rounds: int
-    warmup_rounds: int
-    profile_steps: bool = False
-    on_oom: str = "continue"
-
-    def run_options(self):
-        """The run's settings as the one options object every way of running a sweep builds (`RunOptions`)."""
-        from .inputs.options import RunOptions
-
-        return RunOptions(repeats=self.rounds, warmup=self.warmup_rounds, profile_steps=self.profile_steps,
-                          on_oom=self.on_oom, device=self.device, dtype=self.dtype)
-
-
 def pytest_addoption(parser):
     group = parser.getgroup("kvbench", "kvbench (KV-cache benchmarks of transformers generate)")
     add = group.addoption
@@ -97,8 +54,11 @@ def pytest_addoption(parser):
     add("--kv-device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     add("--kv-dtype", default="auto",
         help="auto (float32 on CPU; the model's half type on GPU), float16, bfloat16, float32")
-    add("--kv-grid", default="quick", choices=sorted(GRIDS),
-        help="scenario grid (default: quick); the options below replace one axis")
+    add("--kv-grid", default=None, choices=sorted(GRIDS),
+        help="scenario grid (default: small; quick with --kv-full); the options below replace one axis")
+    add("--kv-full", action="store_true", default=False,
+        help="the full-size benchmarks: the quick grid (unless --kv-grid) and the sweep cost at kvbench run's 1 "
+             "warm-up + 3 repeats per scenario (minutes on a CPU)")
     add("--kv-prompt-len", default=None, help="prompt lengths, comma-separated")
     add("--kv-new-tokens", default=None, help="new-token counts, comma-separated")
     add("--kv-batch-size", default=None, help="batch sizes, comma-separated")
@@ -134,8 +94,9 @@ def kv_settings_from(config) -> KVSettings:
     if _SETTINGS in config.stash:
         return config.stash[_SETTINGS]
     opt = config.getoption
+    grid_name = opt("kv_grid") or ("quick" if opt("kv_full") else "small")
     try:
-        chosen = {axis: opt(f"kv_{axis}") or GRIDS[opt("kv_grid")][axis] for axis in GRID_AXES}
+        chosen = {axis: opt(f"kv_{axis}") or GRIDS[grid_name][axis] for axis in GRID_AXES}
         if chosen["use_cache"] not in USE_CACHE:
             raise UserError(f"--kv-use-cache: {chosen['use_cache']!r} is not one of on, off, both")
         caches, notes = cache_list("--kv-cache-implementation", chosen["cache_implementation"])
@@ -171,9 +132,9 @@ def kv_settings_from(config) -> KVSettings:
     except ValueError as exc:  # UserError, and "--kv-rounds 4,5" unpacking into one value
         raise pytest.UsageError(f"kvbench: {exc}") from None
     settings = KVSettings(
-        model=opt("kv_model"), device=opt("kv_device"), dtype=opt("kv_dtype"), grid=opt("kv_grid"),
+        model=opt("kv_model"), device=opt("kv_device"), dtype=opt("kv_dtype"), grid=grid_name,
         scenarios=tuple(scenarios), rounds=rounds, warmup_rounds=int(warmup),
-        profile_steps=bool(opt("kv_profile_steps")), on_oom=opt("kv_on_oom"),
+        profile_steps=bool(opt("kv_profile_steps")), on_oom=opt("kv_on_oom"), full=bool(opt("kv_full")),
     )
     config.stash[_SETTINGS] = settings
     return settings
@@ -201,6 +162,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if {"kv_benchmark", "kv_model"} & set(getattr(item, "fixturenames", ())):
             item.add_marker("kvbench")
+
+
+def pytest_report_collectionfinish(config, items):
+    """One line under pytest's "collected ..." where kvbench benchmarks were collected: what they measure."""
+    if any(item.get_closest_marker("kvbench") for item in items):
+        return settings_line(kv_settings_from(config))
 
 
 # ---------------------------------------------------------------- fixtures

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from ..errors import UserError
-from ..inputs.lists import int_list
+from ..inputs.lists import TooLarge, int_list
 from ..inputs.options import ORDERS, RunOptions, parse_repeats
 from ..inputs.scenario import QUICK, choice_list
 from .common import console
@@ -114,11 +114,17 @@ def run(
         device=device, dtype=dtype,
         trust_remote_code=trust_remote_code, device_map=device_map, max_memory=max_memory,
         quant_backend=quant_backend, quant_nbits=quant_nbits, quant_residual_length=quant_residual_length)
+    try:  # a length of more digits than any tensor holds: refused against the model's context, as smaller ones are
+        lengths = int_list("--prompt-len", prompt_len), int_list("--new-tokens", new_tokens)
+    except TooLarge as exc:
+        from ..measuring.loading.models import beyond_context
+
+        check_model_name(model)
+        raise beyond_context(exc, model, device, dtype, trust_remote_code) from None
     scenarios = grid(
-        int_list("--prompt-len", prompt_len), int_list("--new-tokens", new_tokens),
-        int_list("--batch-size", batch_size), caches[use_cache], implementations, decodings, num_beams=beams,
-        compiles=compiles, temperatures=float_list("--temperature", temperature), top_ks=top_k_list("--top-k", top_k),
-        top_ps=float_list("--top-p", top_p), engines=choice_list("--engine", engine, ENGINES),
+        *lengths, int_list("--batch-size", batch_size), caches[use_cache], implementations, decodings,
+        num_beams=beams, compiles=compiles, temperatures=float_list("--temperature", temperature),
+        top_ks=top_k_list("--top-k", top_k), top_ps=float_list("--top-p", top_p), engines=choice_list("--engine", engine, ENGINES),
         quantization=run_options.quantization(),
     )
     if not scenarios:  # every combination left out: the reference engine's with beam search or the static cache

@@ -118,6 +118,20 @@ def check_before_load(spec, device: str = "auto", dtype: str = "auto", scenarios
     return resolved
 
 
+def beyond_context(too_large, spec, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False):
+    """A length typed with more digits than any tensor holds (`inputs.lists.TooLarge`), refused as a length beyond
+    the model's context, once `check_before_load` has checked the device, the model spec and the dtype; a model
+    without a context (no max_position_embeddings) keeps the digit refusal. Returns the error to raise."""
+    name, config = check_before_load(spec, device, dtype, (), trust_remote_code)[:2]
+    context = getattr(config, "max_position_embeddings", None)
+    if not context:
+        return too_large
+    digits = too_large.text.lstrip("0")
+    value = digits if len(digits) <= 60 else f"{digits[:20]}... ({len(digits):,} digits)"
+    return UserError(f"{too_large.option}: {value} exceeds {name}'s context of {context:,} tokens "
+                    "(max_position_embeddings)")
+
+
 def load_model(spec, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
                device_map=None, max_memory=None, resolved: tuple | None = None) -> LoadedModel:
     """Load a preset name, a config.json path, a local model folder, a Hub model id, or a config object.
