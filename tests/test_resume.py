@@ -12,7 +12,7 @@ import pytest
 import kvbench
 from kvbench import UserError
 from kvbench.cli.app import main
-from kvbench.measuring.harness import runner
+from kvbench.measuring.harness import interleave, runner
 from kvbench.measuring.harness.resume import SweepInterrupted
 from kvbench.results.store import PartialLineWarning
 
@@ -23,17 +23,28 @@ def ids(run_dir):
     return [json.loads(line)["scenario_id"] for line in (run_dir / "records.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture
-def counted(monkeypatch):
-    """The scenarios `measure` is called for, in order."""
-    calls = []
-    real = runner.measure
+def patch_measuring(monkeypatch, before):
+    """Call `before(scenario)` as each scenario starts to be measured, alone (`runner.measure`, grouped order) or
+    taking turns with its group (`interleave.measure_steps`, interleaved: the default)."""
+    real, real_steps = runner.measure, interleave.measure_steps
 
     def measure(loaded, scenario, **kw):
-        calls.append(scenario.id)
+        before(scenario)
         return real(loaded, scenario, **kw)
 
+    def measure_steps(loaded, scenario, *args):
+        before(scenario)
+        return (yield from real_steps(loaded, scenario, *args))
+
     monkeypatch.setattr(runner, "measure", measure)
+    monkeypatch.setattr(interleave, "measure_steps", measure_steps)
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """The scenarios measured, in the order they started."""
+    calls = []
+    patch_measuring(monkeypatch, lambda scenario: calls.append(scenario.id))
     return calls
 
 
@@ -73,27 +84,42 @@ def test_a_resumed_run_keeps_the_environment_of_every_invocation(tiny_loaded, tm
     first, resumed = info["invocations"]
     assert [first["environment"]["env_torch_threads"], resumed["environment"]["env_torch_threads"]] == [1, 2]
     assert info["env_torch_threads"] == 1  # the top of run.json stays the first invocation's
-    assert first["measured"] == [s.id for s in GRID] and resumed["measured"] == [s.id for s in GRID[1:]]
+    # the first group (P4 with and without the cache) was only partly recorded: measured again, whole
+    assert first["measured"] == [s.id for s in GRID] and resumed["measured"] == [s.id for s in GRID]
     assert first["started_utc"] == info["started_utc"] <= resumed["started_utc"] <= resumed["finished_utc"]
     assert first["environment"]["env_torch"] == resumed["environment"]["env_torch"] == torch.__version__
 
 
-def test_resume_measures_error_records_again_and_keeps_one_record_each(tiny_loaded, tmp_path, monkeypatch):
-    real = runner.measure
-
-    def broken(loaded, scenario, **kw):
+@pytest.mark.parametrize("order", ["interleaved", "grouped"])
+def test_resume_measures_error_records_again_and_keeps_one_record_each(tiny_loaded, tmp_path, monkeypatch, order):
+    def broken(scenario):
         if scenario.prompt_len == 6:
             raise RuntimeError("device busy")
-        return real(loaded, scenario, **kw)
 
-    monkeypatch.setattr(runner, "measure", broken)
+    patch_measuring(monkeypatch, broken)
     run = tmp_path / "run"
-    first = kvbench.run_sweep(tiny_loaded, GRID, run, repeats=1, warmup=0)
+    first = kvbench.run_sweep(tiny_loaded, GRID, run, repeats=1, warmup=0, order=order)
     assert [r["status"] for r in first] == ["ok", "ok", "error", "error"]
-    monkeypatch.setattr(runner, "measure", real)
-    again = kvbench.run_sweep(tiny_loaded, GRID, run, repeats=1, warmup=0, resume=True)
+    assert first[2]["error"] == "RuntimeError: device busy"
+    monkeypatch.undo()
+    again = kvbench.run_sweep(tiny_loaded, GRID, run, repeats=1, warmup=0, resume=True, order=order)
     assert [r["status"] for r in again] == ["ok"] * 4
     assert sorted(ids(run)) == sorted(s.id for s in GRID)  # the error records were replaced, not kept beside
+
+
+def test_a_resumed_run_keeps_its_seed_and_measures_a_partly_recorded_group_whole(tiny_loaded, tmp_path, counted):
+    run = tmp_path / "run"
+    kvbench.run_sweep(tiny_loaded, GRID, run, repeats=2, warmup=0)  # interleaved, the seed drawn at random
+    seed = json.loads((run / "run.json").read_text())["order_seed"]
+    lines = (run / "records.jsonl").read_text().splitlines(keepends=True)
+    (run / "records.jsonl").write_text("".join(lines[:1]))  # killed after one record of the first group
+    counted.clear()
+    records = kvbench.run_sweep(tiny_loaded, None, run, repeats=2, warmup=0, resume=True)
+    assert counted == [s.id for s in GRID]  # P4 with the cache measured again beside its twin, then P6's pair
+    assert sorted(ids(run)) == sorted(s.id for s in GRID)  # one record each: the partial group's was replaced
+    assert json.loads((run / "run.json").read_text())["order_seed"] == seed
+    assert [r["order_seed"] for r in records] == [seed] * 4 and {r["order"] for r in records} == {"interleaved"}
+    assert records[0]["interleave_group"] == [GRID[0].id, GRID[1].id]
 
 
 @pytest.mark.parametrize("change, message", [
@@ -148,14 +174,14 @@ def test_cli_resume_takes_the_run_settings_and_refuses_other_ones(tiny_config_fi
     run = tmp_path / "run"
     assert cli_run(tiny_config_file, run) == 0
     lines = (run / "records.jsonl").read_text().splitlines(keepends=True)
-    (run / "records.jsonl").write_text(lines[0])
+    (run / "records.jsonl").write_text("".join(lines[:2]))  # the first group (P4, with and without the cache)
     capsys.readouterr()
     assert cli_run(tiny_config_file, run) == 2  # not without --resume
     assert "already holds a run; continue it with --resume" in capsys.readouterr().err
     counted.clear()
     assert main(["run", "--resume", str(run)]) == 0  # the grid, model and repeats come from run.json
-    assert counted == [s.id for s in GRID[1:]] and sorted(ids(run)) == sorted(s.id for s in GRID)
-    assert "3 scenarios (of 4; the others are recorded)" in " ".join(capsys.readouterr().out.split())
+    assert counted == [s.id for s in GRID[2:]] and sorted(ids(run)) == sorted(s.id for s in GRID)
+    assert "2 scenarios (of 4; the others are recorded)" in " ".join(capsys.readouterr().out.split())
     for args, message in [
         (["--repeats", "2"], "--repeats 2: the run in {run} was started with --repeats 1"),
         (["--prompt-len", "4,8"], "--prompt-len 4,8: the run in {run} was started with --prompt-len 4,6"),
@@ -170,45 +196,51 @@ def test_cli_resume_takes_the_run_settings_and_refuses_other_ones(tiny_config_fi
     assert "no run.json, so no run to resume here" in capsys.readouterr().err
 
 
-def interrupting(monkeypatch, times):
-    """`measure` that sends this process `times` SIGINTs while it measures the second scenario."""
-    real = runner.measure
+def interrupting(monkeypatch, times, at=2):
+    """Send this process `times` SIGINTs as the `at`-th scenario starts to be measured."""
     seen = []
 
-    def measure(loaded, scenario, **kw):
+    def before(scenario):
         seen.append(scenario.id)
-        if len(seen) == 2:
+        if len(seen) == at:
             for _ in range(times):
                 os.kill(os.getpid(), signal.SIGINT)
-        return real(loaded, scenario, **kw)
 
-    monkeypatch.setattr(runner, "measure", measure)
+    patch_measuring(monkeypatch, before)
 
 
-def test_ctrl_c_stops_after_the_scenario_in_flight(tiny_loaded, tmp_path, monkeypatch, capsys):
-    interrupting(monkeypatch, 1)
+@pytest.mark.parametrize("order, recorded", [("grouped", 1), ("interleaved", 2)])
+def test_ctrl_c_stops_after_the_scenario_in_flight(tiny_loaded, tmp_path, monkeypatch, capsys, order, recorded):
+    """Grouped, the scenario in flight is one scenario; interleaved, it is its group (P4 with and without the cache),
+    whose records are written together when the group ends."""
+    interrupting(monkeypatch, 1, at=1)
     with pytest.raises(SweepInterrupted) as info:
-        kvbench.run_sweep(tiny_loaded, GRID, tmp_path / "run", repeats=1, warmup=0)
-    assert (info.value.done, info.value.total) == (2, 4) and len(ids(tmp_path / "run")) == 2
+        kvbench.run_sweep(tiny_loaded, GRID, tmp_path / "run", repeats=1, warmup=0, order=order)
+    assert (info.value.done, info.value.total) == (recorded, 4) and ids(tmp_path / "run") == [s.id for s in
+                                                                                              GRID[:recorded]]
     assert "stopping after the scenario in flight" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
 
 
-def test_a_second_ctrl_c_stops_at_once(tiny_loaded, tmp_path, monkeypatch):
-    interrupting(monkeypatch, 2)
+@pytest.mark.parametrize("order", ["grouped", "interleaved"])
+def test_a_second_ctrl_c_stops_at_once_and_keeps_what_finished(tiny_loaded, tmp_path, monkeypatch, order):
+    interrupting(monkeypatch, 2, at=3)  # as P6 with the cache starts: the P4 pair is finished and written
     with pytest.raises(KeyboardInterrupt) as info:
-        kvbench.run_sweep(tiny_loaded, GRID, tmp_path / "run", repeats=1, warmup=0)
-    assert not isinstance(info.value, SweepInterrupted) and len(ids(tmp_path / "run")) == 1
+        kvbench.run_sweep(tiny_loaded, GRID, tmp_path / "run", repeats=1, warmup=0, order=order)
+    assert not isinstance(info.value, SweepInterrupted) and ids(tmp_path / "run") == [s.id for s in GRID[:2]]
 
 
-@pytest.mark.parametrize("times", [1, 2])
-def test_cli_ctrl_c_prints_what_finished_and_how_to_resume(tiny_config_file, tmp_path, monkeypatch, capsys, times):
+@pytest.mark.parametrize("times, recorded", [(1, 2), (2, 0)])
+def test_cli_ctrl_c_prints_what_finished_and_how_to_resume(tiny_config_file, tmp_path, monkeypatch, capsys, times,
+                                                           recorded):
+    """Interleaved (the default): Ctrl-C as the first pair's second scenario starts; once, the pair is finished and
+    recorded; twice, the pair in flight is lost (nothing was finished) and resume measures it."""
     interrupting(monkeypatch, times)
     run = tmp_path / "my run"
     assert cli_run(tiny_config_file, run) == 130
     out, err = capsys.readouterr()
     out = " ".join(out.split())  # rich wraps long lines
-    assert f"interrupted: {3 - times} of 4 scenarios recorded in {run / 'records.jsonl'}" in out
+    assert f"interrupted: {recorded} of 4 scenarios recorded in {run / 'records.jsonl'}" in out
     assert f"resume with: kvbench run --resume '{run}'" in out and "Traceback" not in out + err
     monkeypatch.undo()
     assert main(["run", "--resume", str(run)]) == 0 and sorted(ids(run)) == sorted(s.id for s in GRID)

@@ -61,7 +61,7 @@ def run(
     ray_workers: Optional[int] = typer.Option(None, help="--executor ray: workers (default: one per "
                                                          "--gpus-per-task GPUs, one on a cluster without GPUs)"),
     wide: bool = typer.Option(False, "--wide", help="summary table with every column, however wide"),
-    order: str = typer.Option("grouped", help="interleaved (the repeats of scenarios differing only in the "
+    order: str = typer.Option("interleaved", help="interleaved (the repeats of scenarios differing only in the "
                               "cache take turns, round by round, shuffled; the seed is recorded) or grouped"),
     resume: Optional[Path] = typer.Option(None, help="continue the run in this folder: only its scenarios not yet "
                                                      "recorded, with the settings it was started with"),
@@ -134,11 +134,12 @@ def run(
         raise UserError(f"--executor: {executor!r} is not one of local, ray")
     settings, index, count = {}, 0, 1
     if shard is not None:
-        from ..scale.shards import parse_shard
+        from ..scale.shards import grid_seed, parse_shard
         from ..scale.shards import shard as shard_of
 
         index, count = parse_shard(shard)
         settings = {"shard": f"{index}/{count}", "shard_grid": [s.id for s in scenarios]}
+        run_options = run_options.replace(order_seed=grid_seed(settings["shard_grid"]))  # one seed, every shard
         scenarios = shard_of(scenarios, index, count)
         if not scenarios:
             console.print(f"shard {index}/{count} has no scenarios (the grid has {len(settings['shard_grid'])}): "
@@ -188,11 +189,12 @@ def sweep(model: str, options: RunOptions, scenarios: list, writer, settings: di
     from ..measuring.engines.decode import check_compile
     from ..measuring.harness.eta import SweepEstimate
     from ..measuring.loading.models import load_model
-    from ..measuring.harness.resume import split_done
+    from ..measuring.harness.interleave import todo_after
     from ..measuring.harness.runner import run_sweep
 
     repeats, warmup = options.repeats, options.warmup
-    todo = (split_done(writer.records(), scenarios, options.on_oom in (None, "continue"))[1] if writer.resumed
+    order = "grouped" if options.on_oom == "skip-larger" else options.order
+    todo = (todo_after(writer.records(), scenarios, order, options.on_oom in (None, "continue"))[1] if writer.resumed
             else scenarios)
     with console.status(f"loading {escape(model)}"):
         loaded = load_model(model, **options.load_kwargs(), resolved=resolved)

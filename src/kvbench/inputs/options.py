@@ -28,8 +28,10 @@ class RunOptions:
     warmup: int = 1  # untimed generates before them (at least 1 where decode compiles)
     profile_steps: bool = False  # one extra profiled generate: device-busy time per decode step
     on_oom: str | None = None  # "continue" or "skip-larger" (kvbench.measuring.harness.resume)
-    order: str = "grouped"  # "interleaved": the repeats of scenarios compared with each other take turns
-    order_seed: int | None = None  # the interleaved rounds' shuffle (None: drawn at random, and recorded)
+    order: str = "interleaved"  # the repeats of scenarios compared with each other take turns; "grouped": one
+    # scenario's repeats, then the next's (kvbench.measuring.harness.interleave)
+    order_seed: int | None = None  # the interleaved rounds' shuffle (None: drawn at random, and recorded; a resumed
+    # run takes its run.json's)
     target_ci: float | None = None  # --repeats auto: repeats is a cap, stop once the median's 95% interval is
     # within +-target_ci (kvbench.results.stats.auto_stop)
     # loading the model (kvbench.measuring.loading.models.load_model)

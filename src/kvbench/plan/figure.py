@@ -70,12 +70,11 @@ def longest_context_figure(plan: pd.DataFrame, frontier: pd.DataFrame | None = N
     ax.set_ylabel("longest context that fits (tokens)")
     if title is None:
         title = "Longest context that fits in memory"
-        if not rows.empty and rows["gpu"].nunique() == 1:
-            title += f" on {rows['gpu'].iloc[0]}"
-        if not rows.empty and rows["model"].nunique() == 1:
-            title = f"{rows['model'].iloc[0]}: {title[0].lower()}{title[1:]}"
-        if not rows.empty and rows["dtype"].nunique() == 1:
-            title += f" ({rows['dtype'].iloc[0]} weights, {rows['kv_dtype'].iloc[0] or rows['dtype'].iloc[0]} KV cache)"
+        if not rows.empty:  # the model, the GPU and the dtypes, each named (several: listed)
+            title += f" on {', '.join(map(str, rows['gpu'].unique()))}"
+            title = f"{', '.join(map(str, rows['model'].unique()))}: {title[0].lower()}{title[1:]}"
+            kv = rows["kv_dtype"].fillna(rows["dtype"]).astype(str)
+            title += f" ({', '.join(map(str, rows['dtype'].unique()))} weights, {', '.join(kv.unique())} KV cache)"
     ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:

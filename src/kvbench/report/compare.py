@@ -286,7 +286,7 @@ def plot_compare(table: pd.DataFrame, threshold: float = 0.05):
 def compare_page(df: pd.DataFrame, base: str, news: list[str], table: pd.DataFrame, threshold: float,
                  sources: list[str], gated=GATED):
     from .pages import Page, Section, Table
-    from .report import environment_differences
+    from .report import environment_differences, figure_source
 
     regressions, improvements = (table["verdict"] == "regression").sum(), (table["verdict"] == "improvement").sum()
     gates = ", ".join(m for m in gated if f"{m}_ratio" in table) or "nothing"
@@ -300,6 +300,7 @@ def compare_page(df: pd.DataFrame, base: str, news: list[str], table: pd.DataFra
                               if compared else "nothing (same model, device, dtype and cache implementation)") + ".",
     ], notes=unmatched(df, base, news, table) + noise_notes(table, threshold, gated), figure="compare", tables=[
         Table("Ratios new / base per scenario", table, name="compare", collapsed=False)])
+    summary.caption = f"Figure: ratios new / base per scenario, base {base}, of {figure_source(df)}."
     if regressions:
         summary.warning_title = "these scenarios regressed (gated metric, ratio new / base):"
         summary.warnings = regression_lines(table)

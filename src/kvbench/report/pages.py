@@ -45,6 +45,7 @@ class Section:
     notes: list[str] = field(default_factory=list)
     figure: str | None = None  # figures/<figure>.{png,svg}
     tables: list[Table] = field(default_factory=list)
+    caption: str | None = None  # under the figure: what it shows and where its data come from
 
 
 @dataclass
@@ -164,7 +165,7 @@ def render_html(page: Page, svgs: dict[str, bytes], widths: dict[str, int]) -> s
             image = "data:image/svg+xml;base64," + base64.b64encode(svgs[s.figure]).decode("ascii")
         sections.append(dict(title=s.title, anchor=s.anchor, text=s.text, warnings=s.warnings,
                              warning_title=s.warning_title, notes=s.notes, image=image, figure=s.figure,
-                             width=widths.get(s.figure), tables=_tables_for(s)))
+                             width=widths.get(s.figure), tables=_tables_for(s), caption=s.caption))
     return _environment().get_template("page.html.j2").render(title=page.title, lead=page.lead, sections=sections,
                                                               header=page.header)
 
@@ -186,6 +187,8 @@ def render_markdown(page: Page, figures: set[str]) -> str:
         if s.figure and s.figure in figures:
             lines += [f"![{md_cell(s.title)}]({FIGURES_DIR}/{s.figure}.png)", "",
                       f"([SVG]({FIGURES_DIR}/{s.figure}.svg))", ""]
+            if s.caption:
+                lines += [f"*{md_cell(s.caption)}*", ""]
         for t in _tables_for(s):
             caption = md_cell(t["caption"])
             if t["csv"]:

@@ -86,6 +86,14 @@ FIGURES = [
         "scenario's error, by model. The table gives the error per model; the process's RSS is not drawn here.",
         display="peak_parity_display", note="peak_parity_note", module="peakplots",
     ),
+    FigureSpec(
+        "energy", "Energy: joules per generated token beside tokens per second",
+        "Each point is one scenario. Left: generated tokens per second (every sequence of the batch counted). Right: "
+        "the energy of one timed generate over the tokens it generated (the median over repeats), from NVML's "
+        "energy counter on CUDA or RAPL's package counter on the CPU (the whole package: other processes' work "
+        "counts too). A cache that makes generate faster usually also makes each token cheaper.",
+        module="energyplots",
+    ),
     *[FigureSpec(*spec, module="cache_plots") for spec in [  # the figures comparing cache implementations
         ("cache_tradeoff", "What the cache buys against what it costs: speedup against KV-cache bytes",
          "Each point is one cached scenario: its speedup over the same scenario without the cache (y) against the "
@@ -194,6 +202,19 @@ def header_fields(df: pd.DataFrame) -> list[tuple[str, str]]:
         fields.append((field, next(iter(values.values())) if same
                        else "; ".join(f"{run}: {v}" for run, v in values.items())))
     return fields
+
+
+def figure_source(df: pd.DataFrame) -> str:
+    """What a figure's data come from, for its caption: "run r: model m, device d, dtype t", or with several runs
+    "runs: a (model ..., device ..., dtype ...); b (...)"."""
+    def values(ident: dict) -> str:
+        return ", ".join(f"{k} {ident[k]}" for k in ("model", "device", "dtype"))
+
+    per_run = {run: run_identity(part) for run, part in df.groupby(df["run"].astype(str), sort=False)}
+    if len(per_run) == 1:
+        (run, ident), = per_run.items()
+        return f"run {run}: {values(ident)}"
+    return "runs: " + "; ".join(f"{run} ({values(ident)})" for run, ident in per_run.items())
 
 
 def fmt_share(part: float, whole: float) -> str:
@@ -313,6 +334,7 @@ def figure_section(spec: FigureSpec, df: pd.DataFrame, number: int, figures: dic
     except NoData as exc:
         section.notes.append(f"No figure: {exc}.")
         return section
+    section.caption = f"Figure {number} ({spec.title.split(':')[0].lower()}), from {figure_source(df)}."
     section.warnings = spread_warnings(table)
     if section.warnings:
         section.warning_title = (f"the timed repeats of these scenarios lie more than {SPREAD_LIMIT:.0%} "

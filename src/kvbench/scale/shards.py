@@ -4,15 +4,22 @@ The cost of a scenario is analytic: the positions its forward passes process (al
 one unit per forward call (the fixed cost of a step). Scenarios are dealt, costliest first, to the shard with the
 least cost so far (ties broken by shard number); the order depends only on the scenarios, so every machine computes
 the same slices from the same grid. Each shard keeps its scenarios in grid order.
+
+The unit dealt is an interleave group (`kvbench.measuring.harness.interleave.groups`: the scenarios that differ only
+in the cache), so a cached scenario and its uncached twin land in the same shard and take turns there. Every shard
+of one grid shuffles its rounds with the same seed, derived from the grid (`grid_seed`): the shards' run.json agree
+on `order_seed`, and `kvbench merge` joins them like any other setting.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from ..errors import UserError
 from ..estimate.positions import positions_processed_estimate
 from ..inputs.scenario import Scenario
+from ..measuring.harness.interleave import groups
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -34,16 +41,24 @@ def scenario_cost(scenario: Scenario) -> int:
 
 
 def assign(scenarios: list[Scenario], count: int) -> list[int]:
-    """The shard of each scenario (same order as `scenarios`)."""
+    """The shard of each scenario (same order as `scenarios`): whole groups, costliest first, to the least loaded."""
     if count < 1:
         raise UserError(f"shard count must be >= 1, got {count}")
-    order = sorted(range(len(scenarios)), key=lambda i: (-scenario_cost(scenarios[i]), scenarios[i].id))
+    index = {s.id: i for i, s in enumerate(scenarios)}
+    units = sorted(groups(scenarios), key=lambda g: (-sum(map(scenario_cost, g)), g[0].id))
     loads, shard_of = [0] * count, [0] * len(scenarios)
-    for i in order:
+    for unit in units:
         target = min(range(count), key=lambda s: (loads[s], s))
-        shard_of[i] = target
-        loads[target] += scenario_cost(scenarios[i])
+        for scenario in unit:
+            shard_of[index[scenario.id]] = target
+        loads[target] += sum(map(scenario_cost, unit))
     return shard_of
+
+
+def grid_seed(ids: list[str]) -> int:
+    """The interleaved rounds' seed of every shard of the grid whose scenario ids are `ids` (a SHA-256 of them: the
+    same on every machine and in every process)."""
+    return int(hashlib.sha256("\n".join(ids).encode()).hexdigest()[:8], 16) % 2**31
 
 
 def shard(scenarios: list[Scenario], index: int, count: int) -> list[Scenario]:

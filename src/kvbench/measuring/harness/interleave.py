@@ -11,6 +11,11 @@ scenario evict its data from the CPU caches (or the GPU's L2), which a grouped o
 for every member of a group, since the order is shuffled.
 
 `--order grouped` keeps the order of before: all repeats of a scenario, then the next scenario.
+
+Interrupts and resume work group by group: a group's records are written together once its last round finishes
+(a first Ctrl-C stops after the group in flight; a kill or a second Ctrl-C loses only the group in flight, never a
+record written before). A resumed run takes the seed its run.json recorded, and measures again, whole, every group
+of which only some members are recorded (`todo_after`), so the repeats of a pair always come from the same rounds.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from ...inputs.scenario import Scenario
 from ..engines.engine import engine_for
 from ..measure import measure_steps, probes
 from ..loading.models import LoadedModel
+from .resume import split_done
 
 CACHE_FIELDS = ("use_cache", *axes.names(axes.CACHE_ONLY))  # what the members of a group differ in
 
@@ -41,6 +47,25 @@ def groups(scenarios: list[Scenario]) -> list[list[Scenario]]:
     for scenario in scenarios:
         out.setdefault(group_key(scenario), []).append(scenario)
     return list(out.values())
+
+
+def whole_groups(scenarios: list[Scenario], todo: list[Scenario]) -> list[Scenario]:
+    """Every member of each group (of `scenarios`) with a member in `todo`, groups in the order of their first
+    member, each group's members next to each other: what an interleaved sweep measures for `todo`."""
+    wanted = {s.id for s in todo}
+    return [s for group in groups(scenarios) if any(m.id in wanted for m in group) for s in group]
+
+
+def todo_after(records: list[dict], scenarios: list[Scenario], order: str, redo_skipped: bool = False
+               ) -> tuple[list[dict], list[Scenario]]:
+    """(records that stay, scenarios to measure) of a resumed run (`split_done`); interleaved, a group only partly
+    recorded is measured again whole, and its members' records do not stay."""
+    kept, todo = split_done(records, scenarios, redo_skipped)
+    if order != "interleaved":
+        return kept, todo
+    todo = whole_groups(scenarios, todo)
+    again = {s.id for s in todo}
+    return [r for r in kept if r.get("scenario_id") not in again], todo
 
 
 def measure_group(loaded: LoadedModel, group: list[Scenario], repeats: int, warmup: int, seed: int,
@@ -84,10 +109,11 @@ class Measurer:
     or the scenario alone (grouped). `measure_one(scenario)` measures alone; `on_error` as in `measure_group`."""
 
     def __init__(self, loaded: LoadedModel, scenarios: list[Scenario], options: RunOptions, measure_one: Callable,
-                 on_error: Callable):
+                 on_error: Callable, seed: int | None = None):
         self.loaded, self.options = loaded, options
         self.order = options.order
-        self.seed = options.order_seed if options.order_seed is not None else random.SystemRandom().randrange(2**31)
+        seed = options.order_seed if options.order_seed is not None else seed  # (seed: the resumed run's own)
+        self.seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
         self.measure_one, self.on_error = measure_one, on_error
         self.group_of = {s.id: g for g in groups(scenarios) for s in g}
         self.done: dict[str, dict] = {}
@@ -104,3 +130,8 @@ class Measurer:
             self.done.update(measure_group(self.loaded, group, opts.repeats, opts.warmup, self.seed,
                                            opts.profile_steps, self.on_error, opts.target_ci))
         return self.done.pop(scenario.id)
+
+    @property
+    def pending(self) -> bool:
+        """Whether records of a finished group are waiting to be asked for (and written)."""
+        return bool(self.done)

@@ -13,7 +13,7 @@ unmeasured, once a scenario it is larger than (`larger_than`) has run out of mem
 the run before.
 
 Interrupt: inside `stop_after_scenario` a first Ctrl-C asks the sweep to stop once the scenario in flight is
-recorded (it then raises SweepInterrupted, a KeyboardInterrupt); a second one stops at once.
+recorded (interleaved order: every scenario of its group, `kvbench.measuring.harness.interleave`) (it then raises SweepInterrupted, a KeyboardInterrupt); a second one stops at once.
 """
 
 from __future__ import annotations
@@ -143,7 +143,8 @@ def stop_after_scenario():
         if state.requested:
             raise KeyboardInterrupt
         state.requested = True
-        print("\nCtrl-C: stopping after the scenario in flight (Ctrl-C again stops now)", file=sys.stderr, flush=True)
+        print("\nCtrl-C: stopping after the scenario in flight (interleaved: with the scenarios taking turns "
+              "with it) (Ctrl-C again stops now)", file=sys.stderr, flush=True)
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:

@@ -14,7 +14,7 @@ from ...inputs.scenario import Scenario
 from ...results.schema import SCHEMA_VERSION
 from ...results.store import RunWriter
 from ..instruments.environment import environment
-from .interleave import Measurer
+from .interleave import Measurer, todo_after, whole_groups
 from ..measure import base_record, check_fits, free_memory, measure
 from ..loading.models import LoadedModel
 from .resume import (
@@ -23,7 +23,6 @@ from .resume import (
     check_same_run,
     check_sweep_args,
     run_grid,
-    split_done,
     stop_after_scenario,
 )
 
@@ -53,12 +52,13 @@ def run_sweep(
     or an open RunWriter. With `resume=True` only the scenarios without a record in the folder are measured (see
     `kvbench.measuring.harness.resume`); `scenarios=None` then means the run's own grid. Returns the records of all
     `scenarios`, in order. `progress(record)` is called after each scenario (the CLI advances its bar there). A
-    first Ctrl-C stops the sweep once the scenario in flight is recorded (SweepInterrupted); a second one stops at
-    once. `on_oom`: "continue" measures every scenario; "skip-larger" records the scenarios larger than one that ran
+    first Ctrl-C stops the sweep once the scenario in flight is recorded (interleaved: every scenario of its group,
+    whose records are written together when its last round ends) (SweepInterrupted); a second one stops at once. `on_oom`: "continue" measures every scenario; "skip-larger" records the scenarios larger than one that ran
     out of memory (the same settings, every size at least as large) as "skipped", unmeasured. None (the default):
     "continue", or the run's own choice when resumed (a resumed run asked for "continue" measures its skipped
     scenarios). `order` "interleaved": the timed repeats of scenarios differing only in the cache take turns, round
-    by round, shuffled with `order_seed` (random when None; `kvbench.measuring.harness.interleave`); "grouped": one
+    by round, shuffled with `order_seed` (random when None, or the run's own when resumed;
+    `kvbench.measuring.harness.interleave`), the default; "grouped": one
     scenario's repeats after the other's. `target_ci` (`--repeats auto`): `repeats` is a cap; see `measure`.
     """
     unknown = sorted(set(option_values) - set(RunOptions.fields()))
@@ -85,25 +85,28 @@ def sweep(loaded, scenarios, writer: RunWriter, info: dict, options: RunOptions,
     on_oom = options.on_oom or (writer.info.get("on_oom") if writer.resumed else None) or "continue"
     info["on_oom"] = on_oom
     kept = []
+    # skip-larger decides each scenario after the smaller ones ran: one at a time
+    order = "grouped" if on_oom == "skip-larger" else options.order
     if writer.resumed:
         scenarios = scenarios or run_grid(writer.info, writer.dir)
         check_same_run(writer.info, info, scenarios, writer.dir)
         for scenario in scenarios:
             check_fits(loaded, scenario)
         records = writer.records()
-        kept, todo = split_done(records, scenarios, redo_skipped=on_oom == "continue")
-        if len(kept) < len(records):  # error (or skipped) records of scenarios measured again
+        kept, todo = todo_after(records, scenarios, order, redo_skipped=on_oom == "continue")
+        if len(kept) < len(records):  # error (or skipped) records, and partly recorded groups, measured again
             writer.rewrite(kept)
         done = {r.get("scenario_id"): r for r in kept}
+    elif order == "interleaved":
+        todo = whole_groups(scenarios, scenarios)  # a group's members one after the other
     skips = OOMSkips(on_oom, kept, scenarios)
     info.update(scenarios=[s.id for s in scenarios], grid=[s.as_dict() for s in scenarios])
     info["started_utc"] = writer.info.get("started_utc", started)
     invocation, invocations = start_invocation(writer, info, started)
-    # skip-larger decides each scenario after the smaller ones ran: one at a time
-    order = "grouped" if on_oom == "skip-larger" else options.order
     measured = Measurer(loaded, todo, options.replace(order=order),
                         measure_one=lambda s: measure_or_error(loaded, s, options),
-                        on_error=lambda s, exc: failed_record(loaded, s, exc))
+                        on_error=lambda s, exc: failed_record(loaded, s, exc),
+                        seed=writer.info.get("order_seed") if writer.resumed else None)
     info.update(order=order, order_seed=measured.seed, target_ci=options.target_ci)
     writer.update_info(info)
     try:
@@ -120,7 +123,8 @@ def sweep(loaded, scenarios, writer: RunWriter, info: dict, options: RunOptions,
                 done[scenario.id] = record
                 if progress:
                     progress(record)
-                if ctrl_c.requested and scenario is not todo[-1]:
+                # a first Ctrl-C: stop once the scenario in flight (interleaved: its whole group) is written
+                if ctrl_c.requested and scenario is not todo[-1] and not measured.pending:
                     raise SweepInterrupted(sum(s.id in done for s in scenarios), len(scenarios))
     finally:
         end_invocation(writer, invocation, invocations)
