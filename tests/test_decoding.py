@@ -12,6 +12,7 @@ from bench_support import copy_bench
 import kvbench
 from kvbench import Scenario, UserError, grid
 from kvbench.cli.app import main
+from kvbench.inputs.decoding import SamplingAxes
 from kvbench.measuring.loading.models import synthetic_inputs
 
 pytest_plugins = ["pytester"]
@@ -56,7 +57,7 @@ def test_bad_parameters_are_named(kwargs, named):
 
 def test_grid_expands_parameters_only_where_they_apply():
     scenarios = grid([8], [4], use_cache=(True,), decodings=("greedy", "sample", "beam"), num_beams=[2, 3],
-                     temperatures=[0.5, 1.5], top_ps=[0.9, 1.0])
+                     sampling=SamplingAxes(temperatures=[0.5, 1.5], top_ps=[0.9, 1.0]))
     assert [s.id.removeprefix("P8-N4-B1-cache-dynamic-") for s in scenarios] == [
         "greedy", "sample-t0.5-p0.9", "sample-t0.5", "sample-t1.5-p0.9", "sample-t1.5", "beam2", "beam3"]
     assert grid([8], [4], num_beams=4, decodings=("beam",))[0].num_beams == 4  # one int still works

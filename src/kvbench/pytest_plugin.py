@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import pytest
 
 from .errors import UserError
-from .inputs.decoding import ENGINES, float_list, top_k_list
+from .inputs.decoding import ENGINES, SamplingAxes, float_list, top_k_list
 from .inputs import axes
 from .inputs.scenario import (
     COMPILE_MODES,
@@ -181,8 +181,8 @@ def kv_settings_from(config) -> KVSettings:
 
 def sampling_axes(opt) -> dict:
     """The axes of --kv-temperature, --kv-top-k, --kv-top-p and --kv-engine, as grid() takes them."""
-    return dict(temperatures=float_list("--kv-temperature", opt("kv_temperature")),
-                top_ks=top_k_list("--kv-top-k", opt("kv_top_k")), top_ps=float_list("--kv-top-p", opt("kv_top_p")),
+    return dict(sampling=SamplingAxes(float_list("--kv-temperature", opt("kv_temperature")),
+                                      top_k_list("--kv-top-k", opt("kv_top_k")), float_list("--kv-top-p", opt("kv_top_p"))),
                 engines=choice_list("--kv-engine", opt("kv_engine"), ENGINES))
 
 

@@ -80,7 +80,7 @@ def run(
     if resume is not None and not ctx.meta.get("kvbench_resumed"):
         ctx.meta["kvbench_resumed"] = True
         return run(ctx, **resumed_options(ctx, options))
-    from ..inputs.decoding import ENGINES, float_list, top_k_list
+    from ..inputs.decoding import ENGINES, SamplingAxes, float_list, top_k_list
     from ..inputs.scenario import COMPILE_MODES, DECODINGS, cache_list, grid
     from ..inputs.names import check_dtype_name, check_model_name
     from ..measuring.harness.resume import MAX_REPEATS, ON_OOM
@@ -117,8 +117,9 @@ def run(
     scenarios = grid(
         int_list("--prompt-len", prompt_len), int_list("--new-tokens", new_tokens),
         int_list("--batch-size", batch_size), caches[use_cache], implementations, decodings, num_beams=beams,
-        compiles=compiles, temperatures=float_list("--temperature", temperature), top_ks=top_k_list("--top-k", top_k),
-        top_ps=float_list("--top-p", top_p), engines=choice_list("--engine", engine, ENGINES),
+        compiles=compiles, sampling=SamplingAxes(float_list("--temperature", temperature),
+                                               top_k_list("--top-k", top_k), float_list("--top-p", top_p)),
+        engines=choice_list("--engine", engine, ENGINES),
         quantization=run_options.quantization(),
     )
     if not scenarios:  # every combination left out: the reference engine's with beam search or the static cache

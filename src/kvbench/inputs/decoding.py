@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 
 from ..errors import UserError
 from .lists import MAX_DIGITS, list_parts, shown
@@ -21,6 +22,16 @@ ENGINES = ("generate", "reference")
 # What the reference loop decodes (kvbench.measuring.engines.reference): no beam search, no static cache.
 REFERENCE_DECODINGS = ("greedy", "sample")
 REFERENCE_CACHES = ("dynamic", None)  # None: without the cache
+
+
+@dataclass(frozen=True)
+class SamplingAxes:
+    """The values a grid's sampling scenarios take: each combination of temperature, top-k and top-p is a scenario
+    (greedy and beam scenarios ignore them)."""
+
+    temperatures: tuple = (SAMPLING_DEFAULTS["temperature"],)
+    top_ks: tuple = (SAMPLING_DEFAULTS["top_k"],)
+    top_ps: tuple = (SAMPLING_DEFAULTS["top_p"],)
 
 
 def _number(value) -> bool:
@@ -64,8 +75,8 @@ def sampling_kwargs(scenario) -> dict:
     return {name: getattr(scenario, name) for name in SAMPLING_DEFAULTS}
 
 
-def decoding_variants(decodings, num_beams=(4,), temperatures=(1.0,), top_ks=(50,), top_ps=(1.0,),
-                      engines=("generate",), cache_implementation: str | None = "dynamic") -> list[dict]:
+def decoding_variants(decodings, num_beams=(4,), sampling: SamplingAxes = SamplingAxes(), engines=("generate",),
+                      cache_implementation: str | None = "dynamic") -> list[dict]:
     """The decoding fields of every scenario a grid makes for one cache setting: beam counts expand beam search
     only, sampling parameters sampling only; the reference engine skips what it does not decode (beam search,
     the static cache) rather than failing the sweep."""
@@ -73,8 +84,8 @@ def decoding_variants(decodings, num_beams=(4,), temperatures=(1.0,), top_ks=(50
     variants: dict[tuple, dict] = {}
     for decoding in decodings:
         if decoding == "sample":
-            combos = [dict(temperature=t, top_k=k, top_p=p) for t, k, p in itertools.product(temperatures, top_ks,
-                                                                                              top_ps)]
+            combos = [dict(temperature=t, top_k=k, top_p=p) for t, k, p in itertools.product(
+                sampling.temperatures, sampling.top_ks, sampling.top_ps)]
         else:
             combos = [{}]
         for nb in beams if decoding == "beam" else [1]:
