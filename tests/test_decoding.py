@@ -55,6 +55,18 @@ def test_bad_parameters_are_named(kwargs, named):
         Scenario(8, 4, **kwargs)
 
 
+@pytest.mark.parametrize("kwargs", [dict(temperature=float("nan")), dict(top_k=-1), dict(top_k=True),
+                                    dict(top_p=1.5)])
+def test_a_scenario_and_the_reference_loop_refuse_a_bad_sampling_value_in_the_same_words(tiny_loaded, kwargs):
+    from kvbench.measuring.engines.reference import decode
+
+    with pytest.raises(UserError) as scenario:
+        Scenario(8, 4, decoding="sample", **kwargs)
+    with pytest.raises(UserError) as loop:
+        next(decode(tiny_loaded.model, torch.ones(1, 4, dtype=torch.long), new_tokens=2, do_sample=True, **kwargs))
+    assert str(scenario.value) == str(loop.value)
+
+
 def test_grid_expands_parameters_only_where_they_apply():
     scenarios = grid([8], [4], use_cache=(True,), decodings=("greedy", "sample", "beam"), num_beams=[2, 3],
                      sampling=SamplingAxes(temperatures=[0.5, 1.5], top_ps=[0.9, 1.0]))
