@@ -40,6 +40,7 @@ import torch
 
 from ...errors import UserError
 from ...compat import cache_from_output
+from ...inputs.configs import text_config
 from ...inputs.decoding import check_sampling
 
 
@@ -102,7 +103,7 @@ def new_cache(model):
     """An empty DynamicCache for the model, built as generate builds it."""
     from transformers import DynamicCache
 
-    config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+    config = text_config(model.config)
     try:
         return DynamicCache(config=config)
     except TypeError:  # transformers versions whose DynamicCache takes no config
