@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from ..errors import UserError
 from ..inputs.lists import int_list
-from ..inputs.options import ORDERS, RunOptions, parse_repeats
+from ..inputs.options import CLI_REPEATS, ORDERS, WARMUP, RunOptions, parse_repeats
 from ..inputs.scenario import QUICK, choice_list
 from .common import console
 
@@ -39,11 +39,11 @@ def run(
     top_k: str = typer.Option("50", help="top-k values for --decoding sample, comma-separated (0: off)"),
     top_p: str = typer.Option("1.0", help="top-p values for --decoding sample, comma-separated (1.0: off)"),
     engine: str = typer.Option("generate", help="generate, reference (kvbench's plain-torch loop), comma-separated"),
-    repeats: str = typer.Option("3", callback=lambda v: check_repeats(v),
+    repeats: str = typer.Option(str(CLI_REPEATS), callback=lambda v: check_repeats(v),
                                 help="timed generates per scenario (the median is reported), or auto: at least 3, "
                                      "until the median's 95% interval is within --target-ci or the budget"),
     target_ci: str = typer.Option("5%", help="--repeats auto: the interval's half-width to reach (5% or 0.05)"),
-    warmup: int = typer.Option(1, help="untimed generates before the timed ones (at least 1 where decode compiles)"),
+    warmup: int = typer.Option(WARMUP, help="untimed generates before the timed ones (at least 1 where decode compiles)"),
     profile_steps: bool = typer.Option(
         False, "--profile-steps",
         help="one extra generate under torch.profiler: device-busy time per decode step (not in the timings)",
