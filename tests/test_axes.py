@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from kvbench import compat
 from kvbench.cli.app import main
 from kvbench.inputs import axes
+from kvbench.inputs.decoding import SamplingAxes
 from kvbench.inputs.axes import DECODING, axis
 from kvbench.inputs.scenario import (
     CACHE_IMPLEMENTATIONS,
@@ -53,7 +54,7 @@ grids = st.fixed_dictionaries(dict(
     prompt_lens=subset([4, 16, 64]), new_tokens=subset([1, 8]), batch_sizes=subset([1, 2]),
     use_cache=subset([True, False]), cache_implementations=subset(list(CACHE_IMPLEMENTATIONS)),
     decodings=subset(["greedy", "sample", "beam"]), num_beams=subset([2, 4]), compiles=subset(["off", "on", "auto"]),
-    temperatures=subset([0.5, 1.0]), top_ks=subset([0, 50]), top_ps=subset([0.9, 1.0]),
+    sampling=st.builds(SamplingAxes, subset([0.5, 1.0]), subset([0, 50]), subset([0.9, 1.0])),
     engines=subset(["generate", "reference"]), seed=st.sampled_from([0, 7]),
     quantization=st.sampled_from([{}, dict(quant_backend="fp8"), dict(quant_residual_length=64)]),
 ))

@@ -188,16 +188,19 @@ def test_reader_kinds_and_bookkeeping():
     assert cache_nbytes_by_kind({"keys": shared, "values": shared[2:]}) == {"key_value": 128}
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
-def test_layer_bytes_sum_to_the_estimate(arch):
+def test_layer_bytes_by_hand():
+    """Gemma-2 (layer 0 slides, window 8; layer 1 full), 2 KV heads of head_dim 24, keys and values, bfloat16 (2
+    bytes), 2 sequences: 2 x 2 x 48 x 2 = 384 bytes a token. After P prompt + 3 new tokens a full layer holds P + 2
+    tokens; a sliding layer its window of 8 (a dynamic one keeps window - 1 = 7 and adds the token of the last
+    forward, a static one is sized to the window); the dynamic_full cache (no config) makes every layer full."""
     from kvbench.estimate.offload import layer_bytes
 
-    config, model = build(arch)
-    skip_if_refused(config, model)
-    for impl, beams, new in [("dynamic", 1, 3), ("static", 2, 3), ("dynamic", 1, 1)]:
-        kw = dict(batch_size=2, prompt_len=PROMPT, new_tokens=new, dtype="bfloat16", num_beams=beams,
-                  cache_implementation=impl)
-        assert sum(layer_bytes(config, **kw)) == estimate_kv_cache_bytes(config, **kw)
+    config, _ = build("gemma2")
+    kw = dict(batch_size=2, prompt_len=PROMPT, new_tokens=3, dtype="bfloat16")
+    full = 384 * (PROMPT + 2)
+    assert layer_bytes(config, **kw) == [384 * 8, full]
+    assert layer_bytes(config, **kw, cache_implementation="static") == [384 * 8, full]
+    assert layer_bytes(config, **kw, cache_implementation="dynamic_full") == [full, full]
 
 
 def test_offloaded_split_by_device():

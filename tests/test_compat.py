@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GenerationConfig
 
 from kvbench import compat
 from kvbench.errors import UserError
@@ -29,35 +28,6 @@ def test_cache_from_output_finds_the_cache_or_none(tiny_loaded):
     cache = compat.cache_from_output(generate(tiny_loaded.model, use_cache=True))
     assert cache.layers[0].keys.shape == (1, 2, 6 + 3 - 1, 16)  # [batch, kv heads, P + N - 1, head_dim]
     assert compat.cache_from_output(generate(tiny_loaded.model, use_cache=False)) is None
-
-
-def test_drop_static_cache_makes_the_next_static_generate_size_its_own(tiny_loaded):
-    model = tiny_loaded.model
-    long_ids = torch.randint(3, 200, (1, 40))
-    with torch.inference_mode():
-        model.generate(long_ids, attention_mask=torch.ones_like(long_ids), max_new_tokens=2, min_new_tokens=2,
-                       do_sample=False, pad_token_id=0, cache_implementation="static")
-    assert set(compat.STATIC_CACHE_ATTRIBUTES) & set(vars(model))  # this release keeps one of them
-    kept = compat.cache_from_output(generate(model, cache_implementation="static"))
-    assert kept.layers[0].keys.shape[-2] > 6 + 3 - 1  # the long call's cache was reused
-    compat.drop_static_cache(model)
-    assert not set(compat.STATIC_CACHE_ATTRIBUTES) & set(vars(model))
-    fresh = compat.cache_from_output(generate(model, cache_implementation="static"))
-    assert fresh.layers[0].keys.shape[-2] == 6 + 3 - 1
-    compat.drop_static_cache(model)
-
-
-def test_auto_compiles_follows_transformers_rule(tiny_loaded):
-    from transformers import CompileConfig, DynamicCache, StaticCache
-
-    model, config = tiny_loaded.model, tiny_loaded.config
-    static = StaticCache(config=config, max_cache_len=16)
-    assert not compat.auto_compiles(model, GenerationConfig(), static)  # a CPU never compiles on its own
-    everywhere = CompileConfig()
-    everywhere._compile_all_devices = True  # what transformers' own tests set to compile on a CPU
-    assert compat.auto_compiles(model, GenerationConfig(compile_config=everywhere), static)
-    assert not compat.auto_compiles(model, GenerationConfig(compile_config=everywhere, disable_compile=True), static)
-    assert not compat.auto_compiles(model, GenerationConfig(compile_config=everywhere), DynamicCache())
 
 
 def test_rope_parameters_of_llama3_scaling():

@@ -12,6 +12,7 @@ from bench_support import copy_bench
 import kvbench
 from kvbench import Scenario, UserError, grid
 from kvbench.cli.app import main
+from kvbench.inputs.decoding import SamplingAxes
 from kvbench.measuring.loading.models import synthetic_inputs
 
 pytest_plugins = ["pytester"]
@@ -54,9 +55,21 @@ def test_bad_parameters_are_named(kwargs, named):
         Scenario(8, 4, **kwargs)
 
 
+@pytest.mark.parametrize("kwargs", [dict(temperature=float("nan")), dict(top_k=-1), dict(top_k=True),
+                                    dict(top_p=1.5)])
+def test_a_scenario_and_the_reference_loop_refuse_a_bad_sampling_value_in_the_same_words(tiny_loaded, kwargs):
+    from kvbench.measuring.engines.reference import decode
+
+    with pytest.raises(UserError) as scenario:
+        Scenario(8, 4, decoding="sample", **kwargs)
+    with pytest.raises(UserError) as loop:
+        next(decode(tiny_loaded.model, torch.ones(1, 4, dtype=torch.long), new_tokens=2, do_sample=True, **kwargs))
+    assert str(scenario.value) == str(loop.value)
+
+
 def test_grid_expands_parameters_only_where_they_apply():
     scenarios = grid([8], [4], use_cache=(True,), decodings=("greedy", "sample", "beam"), num_beams=[2, 3],
-                     temperatures=[0.5, 1.5], top_ps=[0.9, 1.0])
+                     sampling=SamplingAxes(temperatures=[0.5, 1.5], top_ps=[0.9, 1.0]))
     assert [s.id.removeprefix("P8-N4-B1-cache-dynamic-") for s in scenarios] == [
         "greedy", "sample-t0.5-p0.9", "sample-t0.5", "sample-t1.5-p0.9", "sample-t1.5", "beam2", "beam3"]
     assert grid([8], [4], num_beams=4, decodings=("beam",))[0].num_beams == 4  # one int still works

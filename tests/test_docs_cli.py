@@ -100,3 +100,22 @@ def test_every_gate_metric_the_docs_name_is_accepted_and_the_default_is_the_clis
     reports = " ".join((ROOT / "docs" / "reports.md").read_text().split())
     defaults = re.search(r"by default ((?:`[a-z_]+`,? ?)+)", reports).group(1)
     assert ",".join(re.findall(r"`([a-z_]+)`", defaults)) == GATE_DEFAULT
+
+
+def test_the_default_repeats_the_docs_name_are_those_each_way_of_running_takes():
+    """kvbench run: 3 (docs/cli.md); the Python API (measure, RunOptions) and the plugin's --kv-rounds: 5."""
+    import inspect
+
+    from kvbench import RunOptions, measure
+    from kvbench.inputs.options import CLI_REPEATS, REPEATS
+
+    def default_column(doc, option, column):
+        row = next(line for line in (ROOT / "docs" / doc).read_text().splitlines() if line.startswith(f"| `{option}`"))
+        return row.split("|")[column].strip().strip("`")
+
+    run = {p.name: p.default for p in CLI.commands["run"].params}
+    assert (run["repeats"], default_column("cli.md", "--repeats", -2)) == (str(CLI_REPEATS), "3")
+    assert default_column("bench.md", "--kv-rounds", 2) == str(REPEATS) == "5"
+    api = re.search(r"`measure\(model, scenario, repeats=(\d+)", (ROOT / "docs" / "python-api.md").read_text())
+    assert int(api.group(1)) == REPEATS == RunOptions().repeats
+    assert inspect.signature(measure).parameters["repeats"].default == REPEATS

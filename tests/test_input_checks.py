@@ -15,6 +15,7 @@ import kvbench.measuring.loading.models as models_module
 from kvbench.cli.app import main
 from kvbench.errors import UserError
 from kvbench.inputs.lists import int_list
+from kvbench.inputs.decoding import SamplingAxes
 from kvbench.inputs.scenario import grid
 from kvbench.measuring.loading.models import resolve_device
 
@@ -171,8 +172,8 @@ def test_error_lines_quote_long_lists_short():
 
 def test_the_grid_size_is_checked_before_the_grid_is_built():
     with pytest.raises(UserError, match="the grid has 1,000,000,000 scenarios"):
-        grid([1], [1], [1], use_cache=[True], decodings=["sample"], temperatures=[0.1 * i for i in range(1, 1001)],
-             top_ks=list(range(1000)), top_ps=[i / 1000 for i in range(1, 1001)])
+        grid([1], [1], [1], use_cache=[True], decodings=["sample"], sampling=SamplingAxes(
+            [0.1 * i for i in range(1, 1001)], list(range(1000)), [i / 1000 for i in range(1, 1001)]))
 
 
 def test_an_empty_model_name_is_refused_not_read_as_this_folder(no_model_load, tmp_path, capsys):

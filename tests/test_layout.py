@@ -196,3 +196,55 @@ def test_measuring_rooms_import_one_way():
         "kvbench.measuring.harness.runner"}
     assert room_violations(graph) == ["kvbench.measuring.instruments.clock imports kvbench.measuring.harness.runner "
                                       "(instruments comes before harness)"]
+
+
+MAX_PARAMETERS = 12  # outside cli/: a function that needs more takes a small dataclass of them instead
+MAX_MODULES = 15  # per folder, __init__.py not counted
+
+
+def parameter_count(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Parameters a function takes, *args and **kwargs one each, a method's self or cls not counted."""
+    a = node.args
+    names = [p.arg for p in a.posonlyargs + a.args + a.kwonlyargs] + [p.arg for p in (a.vararg, a.kwarg) if p]
+    return len([n for n in names if n not in ("self", "cls")])
+
+
+def long_signatures(root: Path = SRC) -> list[str]:
+    bad = []
+    for path in sorted(root.rglob("*.py")):
+        if path.relative_to(root).parts[0] == "cli":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and parameter_count(node) > MAX_PARAMETERS:
+                bad.append(f"{path.relative_to(root)}:{node.lineno} {node.name} takes {parameter_count(node)}")
+    return bad
+
+
+def crowded_folders(root: Path = SRC) -> list[str]:
+    folders = {p.parent for p in root.rglob("*.py")}
+    counts = {f: len([p for p in f.glob("*.py") if p.name != "__init__.py"]) for f in folders}
+    return [f"{f.relative_to(root.parent)}: {n} modules" for f, n in sorted(counts.items()) if n > MAX_MODULES]
+
+
+def test_no_function_outside_cli_takes_more_than_12_parameters():
+    assert long_signatures() == []
+
+
+def test_no_folder_holds_more_than_15_modules():
+    assert crowded_folders() == []
+
+
+def test_the_size_checks_count_what_they_say(tmp_path):
+    (tmp_path / "cli").mkdir()
+    (tmp_path / "wide").mkdir()
+    twelve = ", ".join(f"a{i}" for i in range(11))
+    (tmp_path / "ok.py").write_text(f"class C:\n    def m(self, {twelve}, *, k): ...\n")  # 12 without self
+    (tmp_path / "cli" / "run.py").write_text(f"def run({twelve}, b, c, d): ...\n")  # cli/ may take more
+    (tmp_path / "big.py").write_text(f"def f({twelve}, *rest, **more): ...\n")  # 11 + *rest + **more = 13
+    assert long_signatures(tmp_path) == ["big.py:1 f takes 13"]
+    for i in range(16):
+        (tmp_path / "wide" / f"m{i}.py").write_text("")
+    (tmp_path / "wide" / "__init__.py").write_text("")
+    assert crowded_folders(tmp_path) == [f"{tmp_path.name}/wide: 16 modules"]
+    (tmp_path / "wide" / "m15.py").unlink()
+    assert crowded_folders(tmp_path) == []

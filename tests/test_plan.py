@@ -4,6 +4,7 @@ Every expected number below is written out from the models' shapes (layers x kv_
 tokens, windows capped), independently of kvcache.py and capacity.py.
 """
 
+import pandas as pd
 import pytest
 import torch
 
@@ -304,3 +305,17 @@ def test_local_gpu_detection(monkeypatch):
     assert resolve_target("local").bandwidth_gbps == 320.064
     plan = plan_capacity("phi-3-mini-4k", batch_sizes=[1], contexts=[1024])
     assert set(plan["gpu"]) == {"Tesla T4"} and set(plan["dtype"]) == {"float16"}  # bf16 model, no bf16 here
+
+
+def test_cache_settings_travel_as_one_object_or_as_keywords():
+    from kvbench.plan.plan import CacheSettings
+
+    grid = dict(batch_sizes=[1], contexts=[1024])
+    by_keywords = plan_capacity("llama-3.1-8b", "t4", dtype="float16", kv_dtype="int4", **grid)
+    by_object = plan_capacity("llama-3.1-8b", "t4", settings=CacheSettings(dtype="float16", kv_dtype="int4"), **grid)
+    pd.testing.assert_frame_equal(by_keywords, by_object)
+    assert set(by_object["cache_implementation"]) == {"quantized"}  # int4: the quantized cache (quanto, 4 bits)
+    mixed = plan_capacity("llama-3.1-8b", "t4", settings=CacheSettings(dtype="float32"), dtype="float16", **grid)
+    assert set(mixed["dtype"]) == {"float16"}  # a keyword overrides the object's field
+    with pytest.raises(TypeError, match="kv_dtyp"):
+        plan_capacity("llama-3.1-8b", "t4", kv_dtyp="int4", **grid)

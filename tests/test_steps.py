@@ -11,6 +11,7 @@ import torch
 from kvbench.cli.app import main
 from kvbench.estimate.kvcache import kv_cache_bytes_at
 from kvbench.measuring.engines.reference import eos_ids, process_logits
+from kvbench.inputs.decoding import Sampling
 from kvbench.measuring.engines.steps import step_table
 
 WORDS = "la capital de argentina es buenos aires y el asado del domingo se quemó".split()
@@ -106,7 +107,7 @@ def test_cache_bytes_and_positions_per_step():
 def test_sampling_draws_from_the_processed_distribution():
     model, tok = tiny_model(), word_tokenizer()
     ids = tok("el asado del domingo", return_tensors="pt").input_ids
-    table = step_table(model, ids, new_tokens=5, do_sample=True, temperature=0.7, sample_top_k=3, seed=1)
+    table = step_table(model, ids, new_tokens=5, sampling=Sampling(0.7, top_k=3), seed=1)
     sequence = ids
     for row in table.to_dict("records"):
         logits = last_logits(model, sequence)

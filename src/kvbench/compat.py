@@ -18,10 +18,6 @@ from .errors import UserError
 # pinned in .ci/constraints-newest.txt; tests/test_compat.py keeps both files in step with this line).
 TESTED_RELEASES = ("4.57.6", "5.17.0", "5.25.0")
 
-# The attributes `generate` leaves on a model to reuse a static cache: 5.x keeps the longest length seen so far
-# (`_previous_max_cache_length`), 4.x the cache object itself (`_cache`).
-STATIC_CACHE_ATTRIBUTES = ("_previous_max_cache_length", "_cache")
-
 
 @lru_cache(maxsize=1)
 def transformers_version() -> tuple[int, int]:
@@ -53,20 +49,6 @@ def cache_from_output(out: Any) -> Any:
         if name in fields or (not fields and hasattr(out, name)):
             return getattr(out, name)
     return None
-
-
-def drop_static_cache(model: Any) -> None:
-    """Remove what `generate` keeps on the model between static-cache calls (see STATIC_CACHE_ATTRIBUTES), so the
-    next call sizes its cache for itself. A model that has none is left as it is."""
-    for name in STATIC_CACHE_ATTRIBUTES:
-        model.__dict__.pop(name, None)
-
-
-def auto_compiles(model: Any, generation_config: Any, cache: Any) -> bool:
-    """Whether `generate` compiles the model's forward on its own for this cache (transformers' own rule,
-    `_valid_auto_compile_criteria`: a compileable cache on a CUDA-like device unless `disable_compile`; the
-    devices, and the name the rule reads the cache under, differ between releases: both names are passed)."""
-    return bool(model._valid_auto_compile_criteria({"cache": cache, "past_key_values": cache}, generation_config))
 
 
 def hybrid_state_on_every_layer() -> bool:

@@ -20,9 +20,10 @@ import warnings
 import pytest
 
 from .errors import UserError
-from .inputs.decoding import ENGINES, float_list, top_k_list
+from .inputs.decoding import ENGINES, SamplingAxes, float_list, top_k_list
 from .inputs import axes
 from .inputs.bench import GRID_AXES, GRIDS, USE_CACHE, KVSettings, settings_line  # noqa: F401 (GRIDS: the API)
+from .inputs.options import REPEATS, WARMUP
 from .inputs.scenario import (
     COMPILE_MODES,
     DECODINGS,
@@ -75,8 +76,8 @@ def pytest_addoption(parser):
     add("--kv-top-k", default="50", help="top-k values for --kv-decoding sample, comma-separated (0: off)")
     add("--kv-top-p", default="1.0", help="top-p values for --kv-decoding sample, comma-separated (1.0: off)")
     add("--kv-engine", default="generate", help="generate, reference (kvbench's plain-torch loop), comma-separated")
-    add("--kv-rounds", default="5", help="timed rounds per scenario (default: 5)")
-    add("--kv-warmup-rounds", default="1", help="untimed rounds before them (default: 1)")
+    add("--kv-rounds", default=str(REPEATS), help=f"timed rounds per scenario (default: {REPEATS})")
+    add("--kv-warmup-rounds", default=str(WARMUP), help=f"untimed rounds before them (default: {WARMUP})")
     add("--kv-on-oom", default="continue", help="after an out-of-memory: continue, or skip-larger (skip the tests "
         "of larger scenarios with the same settings)")
 
@@ -142,8 +143,8 @@ def kv_settings_from(config) -> KVSettings:
 
 def sampling_axes(opt) -> dict:
     """The axes of --kv-temperature, --kv-top-k, --kv-top-p and --kv-engine, as grid() takes them."""
-    return dict(temperatures=float_list("--kv-temperature", opt("kv_temperature")),
-                top_ks=top_k_list("--kv-top-k", opt("kv_top_k")), top_ps=float_list("--kv-top-p", opt("kv_top_p")),
+    return dict(sampling=SamplingAxes(float_list("--kv-temperature", opt("kv_temperature")),
+                                      top_k_list("--kv-top-k", opt("kv_top_k")), float_list("--kv-top-p", opt("kv_top_p"))),
                 engines=choice_list("--kv-engine", opt("kv_engine"), ENGINES))
 
 

@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from ..errors import UserError
 from ..inputs.lists import TooLarge, int_list
-from ..inputs.options import ORDERS, RunOptions, parse_repeats
+from ..inputs.options import CLI_REPEATS, ORDERS, WARMUP, RunOptions, parse_repeats
 from ..inputs.scenario import QUICK, choice_list
 from .common import console
 
@@ -39,11 +39,11 @@ def run(
     top_k: str = typer.Option("50", help="top-k values for --decoding sample, comma-separated (0: off)"),
     top_p: str = typer.Option("1.0", help="top-p values for --decoding sample, comma-separated (1.0: off)"),
     engine: str = typer.Option("generate", help="generate, reference (kvbench's plain-torch loop), comma-separated"),
-    repeats: str = typer.Option("3", callback=lambda v: check_repeats(v),
+    repeats: str = typer.Option(str(CLI_REPEATS), callback=lambda v: check_repeats(v),
                                 help="timed generates per scenario (the median is reported), or auto: at least 3, "
                                      "until the median's 95% interval is within --target-ci or the budget"),
     target_ci: str = typer.Option("5%", help="--repeats auto: the interval's half-width to reach (5% or 0.05)"),
-    warmup: int = typer.Option(1, help="untimed generates before the timed ones (at least 1 where decode compiles)"),
+    warmup: int = typer.Option(WARMUP, help="untimed generates before the timed ones (at least 1 where decode compiles)"),
     profile_steps: bool = typer.Option(
         False, "--profile-steps",
         help="one extra generate under torch.profiler: device-busy time per decode step (not in the timings)",
@@ -80,7 +80,7 @@ def run(
     if resume is not None and not ctx.meta.get("kvbench_resumed"):
         ctx.meta["kvbench_resumed"] = True
         return run(ctx, **resumed_options(ctx, options))
-    from ..inputs.decoding import ENGINES, float_list, top_k_list
+    from ..inputs.decoding import ENGINES, SamplingAxes, float_list, top_k_list
     from ..inputs.scenario import COMPILE_MODES, DECODINGS, cache_list, grid
     from ..inputs.names import check_dtype_name, check_model_name
     from ..measuring.harness.resume import MAX_REPEATS, ON_OOM
@@ -123,8 +123,9 @@ def run(
         raise beyond_context(exc, model, device, dtype, trust_remote_code) from None
     scenarios = grid(
         *lengths, int_list("--batch-size", batch_size), caches[use_cache], implementations, decodings,
-        num_beams=beams, compiles=compiles, temperatures=float_list("--temperature", temperature),
-        top_ks=top_k_list("--top-k", top_k), top_ps=float_list("--top-p", top_p), engines=choice_list("--engine", engine, ENGINES),
+        num_beams=beams, compiles=compiles, sampling=SamplingAxes(float_list("--temperature", temperature),
+                                                                top_k_list("--top-k", top_k), float_list("--top-p", top_p)),
+        engines=choice_list("--engine", engine, ENGINES),
         quantization=run_options.quantization(),
     )
     if not scenarios:  # every combination left out: the reference engine's with beam search or the static cache

@@ -42,7 +42,7 @@ def steps_command(
 
     from ..inputs.configs import resolve_spec
     from ..measuring.loading.models import load_model, synthetic_inputs
-    from ..measuring.engines.reference import check_sampling
+    from ..inputs.decoding import Sampling
     from ..measuring.engines.steps import load_tokenizer, step_table
 
     if format not in FORMATS:
@@ -59,8 +59,8 @@ def steps_command(
         raise UserError(f"--warmup: {warmup} must be 0 or more")
     if seed < 0:
         raise UserError(f"--seed: {seed} must be 0 or more")
-    if decoding == "sample":  # before the model loads
-        check_sampling(temperature, sample_top_k, top_p)
+    sampling = Sampling(temperature, sample_top_k, top_p)  # checked before the model loads, greedy or not
+    sampling = sampling if decoding == "sample" else None
     _, _, source, weights = resolve_spec(model, trust_remote_code)
     folder = Path(model).expanduser()
     where = tokenizer or weights or (folder if folder.is_dir() else None)
@@ -80,9 +80,8 @@ def steps_command(
         raise UserError(f"prompt ({ids.shape[1]} tokens) + --new-tokens {new_tokens} exceeds {loaded.name}'s "
                         f"context of {loaded.context_len} tokens")
     with torch.inference_mode():
-        table = step_table(loaded, ids, new_tokens=new_tokens, top_k=top_k, use_cache=cache,
-                           do_sample=decoding == "sample", temperature=temperature, sample_top_k=sample_top_k,
-                           top_p=top_p, seed=seed, tokenizer=tok, warmup=warmup)
+        table = step_table(loaded, ids, new_tokens=new_tokens, top_k=top_k, use_cache=cache, sampling=sampling,
+                           seed=seed, tokenizer=tok, warmup=warmup)
     if format == "csv":
         out = table.copy()
         for col in ("top_ids", "top_tokens", "top_probs"):

@@ -20,6 +20,8 @@ copy of one layer that a dynamic cache's `torch.cat` makes before freeing the ol
 
 from __future__ import annotations
 
+from ..inputs.configs import text_config
+
 # MLP blocks without a gate: up, activation, down (GPT-2, GPT-NeoX, OPT, BLOOM, Falcon, Phi-1/2, ...)
 UNGATED = {"gpt2", "gpt_neox", "opt", "bloom", "falcon", "phi", "gptj", "gpt_bigcode", "codegen", "starcoder2"}
 FUSED_GATE_UP = {"phi3", "phimoe"}  # one projection makes gate and up; both halves stay alive (chunk views)
@@ -27,17 +29,12 @@ FUSED_GATE_UP = {"phi3", "phimoe"}  # one projection makes gate and up; both hal
 FORMULA_ACTIVATIONS = {"gelu_new", "gelu_fast", "gelu_python", "quick_gelu", "gelu_accurate"}
 
 
-def _text(config):
-    get = getattr(config, "get_text_config", None)
-    return get(decoder=True) if get is not None else config
-
-
 def mlp_elements(config) -> int:
     """Elements per token alive at the MLP's peak: gated blocks hold the activation, the up projection and their
     product (3 x intermediate; a fused gate-up projection 4 x); ungated ones the up projection and the activation (a
     formula activation: 4 x intermediate); mixture-of-experts layers the routed copies of each token (k x hidden) and
     the expert's fused gate-up, activation and product (k x 4 x expert intermediate), plus shared experts."""
-    c = _text(config)
+    c = text_config(config)
     kind = getattr(c, "model_type", "")
     inter = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * c.hidden_size
     act = getattr(c, "hidden_act", None) or getattr(c, "activation_function", None) or ""
@@ -58,7 +55,7 @@ def mlp_elements(config) -> int:
 
 def stream_elements(config, head_dim: int) -> int:
     """Elements per token of the residual stream alive in a layer (see the module's doc)."""
-    c = _text(config)
+    c = text_config(config)
     if getattr(c, "model_type", "") in UNGATED:
         return 6 * c.hidden_size
     return 4 * c.hidden_size + 2 * head_dim

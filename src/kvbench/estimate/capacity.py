@@ -30,6 +30,8 @@ from typing import Any
 import torch
 
 from ..errors import UserError
+from ..inputs.configs import text_config
+from ..inputs.names import DTYPE_NAMES
 from ..units import MIB
 from . import activations, plan_kv
 from .kvcache import cache_rules, dtype_nbytes, kv_cache_bytes_at, kv_layer_specs
@@ -37,7 +39,7 @@ from .roofline import roofline
 from .weights import WEIGHT_QUANT_BITS, decode_weight_bytes, weight_bytes_estimate
 
 DEFAULT_OVERHEAD_BYTES = 500 * MIB  # CUDA context, cuBLAS workspace, allocator slack (before calibration)
-FLOAT_KV = ("float16", "bfloat16", "float32")
+FLOAT_KV = tuple(dict.fromkeys(DTYPE_NAMES.values()))  # float32, float16, bfloat16
 # --kv-dtype int4 / int8: aliases of the quantized cache (quanto 4 bits; hqq 8 bits), planned by its exact rules
 QUANTIZED_KV_ALIASES = {"int4": ("quanto", 4), "int8": ("hqq", 8)}
 KV_DTYPES = FLOAT_KV + tuple(QUANTIZED_KV_ALIASES)
@@ -130,13 +132,13 @@ class Workload:
 
     @cached_property
     def context_window(self) -> int | None:
-        return getattr(_text_config(self.config), "max_position_embeddings", None)
+        return getattr(text_config(self.config), "max_position_embeddings", None)
 
     @cached_property
     def dims(self) -> Dims:
         from transformers import AutoModelForCausalLM
 
-        c = _text_config(self.config)
+        c = text_config(self.config)
         specs = [s for s in kv_layer_specs(self.config) if s.kind != "none"]
         try:
             eager = not AutoModelForCausalLM._model_mapping[type(self.config)]._supports_sdpa
@@ -154,11 +156,6 @@ class Workload:
             vocab=c.vocab_size, cached_layers=max(1, len(specs)),
             windows=frozenset(s.window for s in specs), eager=eager,
         )
-
-
-def _text_config(config):
-    get = getattr(config, "get_text_config", None)
-    return get(decoder=True) if get is not None else config
 
 
 def _auto_dtype(config, target: Target | None) -> torch.dtype:

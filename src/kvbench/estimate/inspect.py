@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from ..errors import UserError
-from ..inputs.configs import DTYPES, resolve_spec
+from ..inputs.configs import DTYPES, resolve_spec, text_config
 from .kvcache import (
     kv_bytes_per_token,
     kv_cache_bytes_at,
@@ -154,7 +154,7 @@ def _ranges(indices: list[int]) -> str:
 
 
 def _config_rows(config, model) -> list[dict]:
-    cfg = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    cfg = text_config(config)
     try:
         specs, specs_error = kv_layer_specs(config), None
     except (NotImplementedError, ValueError) as exc:
@@ -204,7 +204,7 @@ def _is_tied(model) -> bool:
 
 
 def _kv_rows(config, dtype: torch.dtype) -> list[dict]:
-    cfg = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    cfg = text_config(config)
     context = getattr(cfg, "max_position_embeddings", None)
     points = [("per token", 1), ("per 1k tokens", 1000)] + ([("at the context window", context)] if context else [])
     rows = []

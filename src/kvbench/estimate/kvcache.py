@@ -47,6 +47,8 @@ import torch
 
 from .. import compat
 from ..inputs.args import check_config, check_sizes
+from ..inputs.configs import text_config
+from ..inputs.names import DTYPE_NAMES
 from . import quantized as quant
 from .ssm import LINEAR_LAYER_TYPES, StateSpec, state_bytes, state_spec
 
@@ -97,11 +99,6 @@ _LEGACY_LAYER_TYPES = {"attention": "full_attention", "mamba": "linear_attention
                        "deepseek_sparse_attention": "indexed_attention", "qwen_sparse_attention": "indexed_attention"}
 
 
-def _text_config(config: Any) -> Any:
-    get = getattr(config, "get_text_config", None)
-    return get(decoder=True) if get is not None else config
-
-
 def _per_layer_configs(cfg: Any, n_layers: int) -> list[Any]:
     """One config per layer: heterogeneous configs (transformers >= 5.2x, e.g. Gemma-4) override attributes such as
     head_dim or num_key_value_heads layer by layer; a plain config serves every layer."""
@@ -147,7 +144,7 @@ def kv_layer_specs(config: Any) -> list[LayerSpec]:
 
     Raises NotImplementedError, naming the architecture or layer type, where the cache holds something this
     module does not model (unchecked linear-attention states, sparse-attention indexers, custom cache classes)."""
-    cfg = _text_config(config)
+    cfg = text_config(config)
     model_type = getattr(cfg, "model_type", "") or getattr(config, "model_type", "")
     for name in (model_type, getattr(config, "model_type", "")):
         if name in UNSUPPORTED:
@@ -216,11 +213,11 @@ def kv_layer_specs(config: Any) -> list[LayerSpec]:
 
 
 def dtype_nbytes(dtype: torch.dtype | str) -> int:
-    """Bytes per element of a torch dtype or its name ("float16", "bfloat16", "torch.float32", "fp16", "bf16")."""
+    """Bytes per element of a torch dtype or its name: the names users type (`kvbench.inputs.names.DTYPE_NAMES`:
+    "float16", "bf16", ...), "torch.float32", and any other dtype torch names ("float8_e4m3fn", "double")."""
     if isinstance(dtype, str):
         name = dtype.removeprefix("torch.")
-        name = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32",
-                "fp64": "float64", "double": "float64"}.get(name, name)
+        name = DTYPE_NAMES.get(name, name)
         dtype = getattr(torch, name, None)
         if not isinstance(dtype, torch.dtype):
             raise ValueError(f"unknown dtype {name!r}")  # noqa: TRY004 - a bad name, not a bad type
@@ -283,7 +280,7 @@ def kv_cache_bytes_by_layer_kind(config: Any, *, batch_size: int, seq_len: int, 
             raise ValueError(f"a static cache of {max_cache_len} tokens cannot hold {seq_len}")
     else:
         raise ValueError("the quantized cache depends on the prompt and the steps: use estimate_kv_cache_bytes")
-    if num_beams > 1 and getattr(_text_config(config), "num_kv_shared_layers", 0) \
+    if num_beams > 1 and getattr(text_config(config), "num_kv_shared_layers", 0) \
             and compat.beam_search_keeps_shared_kv_copies():
         raise NotImplementedError("beam search with KV-shared layers (Gemma-3n) in transformers 4.x: its cache keeps "
                                   "copies of the shared states that beam reordering leaves behind")
@@ -391,7 +388,7 @@ def kv_bytes_per_token(config: Any, dtype: torch.dtype | str, *, count_sliding: 
 def naive_kv_cache_bytes(config: Any, *, batch_size: int, seq_len: int, dtype: torch.dtype | str) -> int:
     """The textbook formula of the original study, 2 x layers x heads x (hidden / heads) x tokens x batch x bytes:
     deliberately blind to grouped-query attention, sliding windows and head_dim overrides."""
-    cfg = _text_config(check_config("config", config))
+    cfg = text_config(check_config("config", config))
     check_sizes(batch_size=batch_size, seq_len=seq_len, minimums={"seq_len": 0})
     heads = cfg.num_attention_heads
     per_token = 2 * cfg.num_hidden_layers * heads * (cfg.hidden_size // heads)

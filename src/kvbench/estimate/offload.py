@@ -16,27 +16,18 @@ from typing import Any
 
 import torch
 
-from .kvcache import _layer_tokens, cache_rules, dtype_nbytes, kv_layer_specs
-from .ssm import state_bytes
+from .kvcache import cache_rules, estimate_kv_cache_bytes, kv_layer_specs
 
 
 def layer_bytes(config: Any, *, batch_size: int, prompt_len: int, new_tokens: int, dtype: torch.dtype | str,
                 num_beams: int = 1, cache_implementation: str = "dynamic") -> list[int]:
-    """Bytes each decoder layer's cache holds after generate (dynamic or static rules; KV plus any state)."""
-    rules = cache_rules(cache_implementation)
-    if rules not in ("dynamic", "static"):
+    """Bytes each decoder layer's cache holds after generate (dynamic or static rules; KV plus any state): the
+    per-layer figures of `kvbench.estimate.kvcache.estimate_kv_cache_bytes`."""
+    if cache_rules(cache_implementation) not in ("dynamic", "static"):
         raise ValueError(f"{cache_implementation!r} has no per-layer offloading rule")
-    seq_len = prompt_len + new_tokens - 1
-    sequences, nbytes = batch_size * num_beams, dtype_nbytes(dtype)
-    out = []
-    for spec in kv_layer_specs(config):
-        tokens = _layer_tokens(spec, seq_len, prompt_len if new_tokens == 1 else 1, num_beams > 1,
-                               seq_len if rules == "static" else None)
-        total = sequences * spec.kv_heads * (spec.k_head_dim + spec.v_head_dim) * tokens * nbytes
-        if spec.state is not None:
-            total += sum(state_bytes(spec.state, sequences, nbytes).values())
-        out.append(total)
-    return out
+    return estimate_kv_cache_bytes(config, batch_size=batch_size, prompt_len=prompt_len, new_tokens=new_tokens,
+                                   dtype=dtype, num_beams=num_beams, cache_implementation=cache_implementation,
+                                   by_layer=True)
 
 
 def offloadable(config: Any, cache_implementation: str) -> list[bool]:

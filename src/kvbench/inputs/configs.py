@@ -18,6 +18,13 @@ from .names import preset_files as _preset_files
 DTYPES = {name: getattr(torch, torch_name) for name, torch_name in DTYPE_NAMES.items()}
 
 
+def text_config(config):
+    """The config of the text decoder: a multimodal or encoder-decoder model's decoder part, a language model's own
+    config (and any object without `get_text_config`, as tests pass, itself)."""
+    get = getattr(config, "get_text_config", None)
+    return get(decoder=True) if get is not None else config
+
+
 def config_from_dict(data: dict, where: str = "config"):
     """A transformers config from a config.json's fields; `where` (the file) names it in errors."""
     from transformers import AutoConfig

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 
 from ..errors import UserError
 from .lists import MAX_DIGITS, list_parts, shown
@@ -23,8 +24,45 @@ REFERENCE_DECODINGS = ("greedy", "sample")
 REFERENCE_CACHES = ("dynamic", None)  # None: without the cache
 
 
+@dataclass(frozen=True)
+class SamplingAxes:
+    """The values a grid's sampling scenarios take: each combination of temperature, top-k and top-p is a scenario
+    (greedy and beam scenarios ignore them)."""
+
+    temperatures: tuple = (SAMPLING_DEFAULTS["temperature"],)
+    top_ks: tuple = (SAMPLING_DEFAULTS["top_k"],)
+    top_ps: tuple = (SAMPLING_DEFAULTS["top_p"],)
+
+
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_sampling(temperature, top_k=None, top_p=None) -> None:
+    """The ranges transformers' warpers accept, as one line naming the bad value (None: that warper off)."""
+    if not _number(temperature) or not temperature > 0 or not math.isfinite(temperature):
+        raise UserError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0):
+        raise UserError(f"top_k must be an integer >= 0 (0: off), got {top_k!r}")
+    if top_p is not None and (not _number(top_p) or not 0 < top_p <= 1):
+        raise UserError(f"top_p must be in (0, 1] (1: off), got {top_p!r}")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """One sampling setting of a single decode (`kvbench steps`, the reference loop): checked when made; top_k and
+    top_p None leave their warper off."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+    def __post_init__(self):
+        check_sampling(self.temperature, self.top_k, self.top_p)
+
+    def decode_kwargs(self) -> dict:
+        """do_sample and the three parameters, as `decode` and `reference_generate` take them."""
+        return dict(do_sample=True, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
 
 
 def check_decoding(scenario) -> None:
@@ -38,13 +76,8 @@ def check_decoding(scenario) -> None:
         elif value is None:
             object.__setattr__(scenario, name, default)
     if scenario.decoding == "sample":
-        t, k, p = scenario.temperature, scenario.top_k, scenario.top_p
-        if not _number(t) or not t > 0 or not math.isfinite(t):
-            raise UserError(f"temperature must be a finite number > 0, got {t!r}")
-        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
-            raise UserError(f"top_k must be an integer >= 0 (0: off), got {k!r}")
-        if not _number(p) or not 0 < p <= 1:
-            raise UserError(f"top_p must be in (0, 1] (1: off), got {p!r}")
+        t, p = scenario.temperature, scenario.top_p
+        check_sampling(t, scenario.top_k, p)
         object.__setattr__(scenario, "temperature", float(t))
         object.__setattr__(scenario, "top_p", float(p))
     if scenario.engine not in ENGINES:
@@ -64,8 +97,8 @@ def sampling_kwargs(scenario) -> dict:
     return {name: getattr(scenario, name) for name in SAMPLING_DEFAULTS}
 
 
-def decoding_variants(decodings, num_beams=(4,), temperatures=(1.0,), top_ks=(50,), top_ps=(1.0,),
-                      engines=("generate",), cache_implementation: str | None = "dynamic") -> list[dict]:
+def decoding_variants(decodings, num_beams=(4,), sampling: SamplingAxes = SamplingAxes(), engines=("generate",),
+                      cache_implementation: str | None = "dynamic") -> list[dict]:
     """The decoding fields of every scenario a grid makes for one cache setting: beam counts expand beam search
     only, sampling parameters sampling only; the reference engine skips what it does not decode (beam search,
     the static cache) rather than failing the sweep."""
@@ -73,8 +106,8 @@ def decoding_variants(decodings, num_beams=(4,), temperatures=(1.0,), top_ks=(50
     variants: dict[tuple, dict] = {}
     for decoding in decodings:
         if decoding == "sample":
-            combos = [dict(temperature=t, top_k=k, top_p=p) for t, k, p in itertools.product(temperatures, top_ks,
-                                                                                              top_ps)]
+            combos = [dict(temperature=t, top_k=k, top_p=p) for t, k, p in itertools.product(
+                sampling.temperatures, sampling.top_ks, sampling.top_ps)]
         else:
             combos = [{}]
         for nb in beams if decoding == "beam" else [1]:

@@ -16,6 +16,13 @@ ON_OOM = ("continue", "skip-larger")
 ORDERS = ("interleaved", "grouped")  # the timed repeats' order (kvbench.measuring.harness.interleave)
 MAX_REPEATS = 10_000  # timed repeats (and warm-ups) per scenario: more is a typo, not a measurement
 AUTO_MAX_REPEATS = 50  # --repeats auto: the cap (kvbench.results.stats.auto_stop)
+# Timed repeats per scenario by default, declared here alone. The Python API (RunOptions, run_sweep, measure) and
+# the pytest plugin's --kv-rounds take REPEATS; `kvbench run` takes CLI_REPEATS, so that its default quick grid (12
+# scenarios, half of them without the cache) is a first look in about a minute on a laptop CPU -- a median of 3 with
+# its range; compare's Mann-Whitney test needs 7 a side to tell (docs/cli.md, docs/reports.md).
+REPEATS = 5
+CLI_REPEATS = 3
+WARMUP = 1  # untimed generates before them, everywhere
 
 
 @dataclass(frozen=True)
@@ -24,8 +31,8 @@ class RunOptions:
 
     on_oom None: "continue", or, for a resumed run, the choice the run was started with."""
 
-    repeats: int = 5  # timed generates per scenario (the median is reported)
-    warmup: int = 1  # untimed generates before them (at least 1 where decode compiles)
+    repeats: int = REPEATS  # timed generates per scenario (the median is reported)
+    warmup: int = WARMUP  # untimed generates before them (at least 1 where decode compiles)
     profile_steps: bool = False  # one extra profiled generate: device-busy time per decode step
     on_oom: str | None = None  # "continue" or "skip-larger" (kvbench.measuring.harness.resume)
     order: str = "interleaved"  # the repeats of scenarios compared with each other take turns; "grouped": one

@@ -12,7 +12,7 @@ from .. import compat
 from ..errors import UserError
 from . import axes
 from .axes import CACHE_ONLY, DECODING, INPUT, SIZE, SWITCH, axis
-from .decoding import SAMPLING_DEFAULTS, check_decoding, decoding_variants, sampling_kwargs
+from .decoding import SAMPLING_DEFAULTS, SamplingAxes, check_decoding, decoding_variants, sampling_kwargs
 from .lists import MAX_DIGITS, int_list, list_parts, shown  # noqa: F401 (int_list: part of this module's API)
 
 DECODINGS = ("greedy", "sample", "beam")
@@ -238,35 +238,35 @@ def grid(
     num_beams=4,
     seed: int = 0,
     compiles=("auto",),
-    temperatures=(1.0,),
-    top_ks=(50,),
-    top_ps=(1.0,),
+    sampling: SamplingAxes = SamplingAxes(),
     engines=("generate",),
     quantization: dict | None = None,
 ) -> list[Scenario]:
     """Every combination, in a stable order, without duplicates (no-cache rows ignore the implementation, rows
     without the static cache the compile setting; beam counts expand beam search only, sampling parameters sampling
     only; the reference engine skips beam search and the static cache: `kvbench.inputs.decoding`).
+    `sampling`: the temperatures, top-ks and top-ps of the sampling rows (`SamplingAxes`).
     `quantization`: the `quant_*` fields of the quantized rows (the other rows ignore them)."""
     check_grid_size(prompt_lens, new_tokens, batch_sizes, use_cache, cache_implementations, compiles, decodings,
-                    num_beams, temperatures, top_ks, top_ps, engines)
+                    num_beams, sampling, engines)
     seen: dict[Scenario, None] = {}
     for p, n, b, uc, impl, comp in itertools.product(prompt_lens, new_tokens, batch_sizes, use_cache,
                                                      cache_implementations, compiles):
         comp = comp if uc and impl in compat.compiled_caches() else "auto"
         quant = (quantization or {}) if uc and impl == "quantized" else {}
-        variants = decoding_variants(decodings, num_beams, temperatures, top_ks, top_ps, engines, impl if uc else None)
+        variants = decoding_variants(decodings, num_beams, sampling, engines, impl if uc else None)
         for dec in variants:
             seen.setdefault(Scenario(p, n, b, uc, impl, seed=seed, compile=comp, **dec, **quant), None)
     return list(seen)
 
 
 def check_grid_size(prompt_lens, new_tokens, batch_sizes, use_cache, cache_implementations, compiles, decodings,
-                    num_beams, temperatures, top_ks, top_ps, engines) -> None:
+                    num_beams, sampling: SamplingAxes, engines) -> None:
     """Refuse, before building it, a grid of more than MAX_GRID scenarios (counted from the list lengths: the
     scenarios a grid has at most, duplicates and the reference engine's omissions aside)."""
     n = {name: len(set(values)) for name, values in dict(
-        P=prompt_lens, N=new_tokens, B=batch_sizes, temperatures=temperatures, top_ks=top_ks, top_ps=top_ps,
+        P=prompt_lens, N=new_tokens, B=batch_sizes, temperatures=sampling.temperatures, top_ks=sampling.top_ks,
+        top_ps=sampling.top_ps,
         engines=engines, compiles=compiles).items()}
     beams = 1 if isinstance(num_beams, int) else len(set(num_beams))
     impls = set(cache_implementations)

@@ -10,6 +10,7 @@ import torch
 
 from ..estimate.roofline import decode_bytes_per_step, roofline
 from ..inputs.args import check_bool, check_instance, check_int
+from ..inputs.options import REPEATS, WARMUP
 from ..inputs.scenario import Scenario
 from ..results.stats import auto_stop
 from .instruments.cache_bytes import cache_fields, cache_nbytes
@@ -119,7 +120,7 @@ def allocated_pass(loaded: LoadedModel, engine: Engine, prepared: Prepared) -> d
     return peak
 
 
-def measure(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, profile_steps: bool = False,
+def measure(model, scenario: Scenario, repeats: int = REPEATS, warmup: int = WARMUP, profile_steps: bool = False,
             target_ci: float | None = None, engine: Engine | None = None) -> dict:
     """Measure one scenario: medians of `repeats` timed runs after `warmup` untimed ones.
 
@@ -161,7 +162,7 @@ def step(engine, model):
         yield
 
 
-def measure_steps(model, scenario: Scenario, repeats: int = 5, warmup: int = 1, profile_steps: bool = False,
+def measure_steps(model, scenario: Scenario, repeats: int = REPEATS, warmup: int = WARMUP, profile_steps: bool = False,
                   target_ci: float | None = None, engine: Engine | None = None):
     """`measure` one step at a time, so that the timed repeats of several scenarios can take turns
     (`measuring.harness.interleave`): a generator that yields once its warm-ups are done and after each timed

@@ -10,7 +10,7 @@ plan as a DataFrame.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 
 import pandas as pd
 import torch
@@ -29,6 +29,22 @@ from ..units import fmt_bytes, parse_bytes
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_NEW_TOKENS = 128
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """How the planned model generates and caches (`make_workload` checks them): the model's dtype ("auto": the
+    card's half type), the cache's dtype (None: the model's; "int4"/"int8": the quantized cache), its
+    implementation with the quantized cache's `quant_*` options, the beams, and the weights' quantization."""
+
+    dtype: str = "auto"
+    kv_dtype: str | None = None
+    cache_implementation: str = "dynamic"
+    num_beams: int = 1
+    quant_backend: str | None = None
+    quant_nbits: int | None = None
+    quant_residual_length: int | None = None
+    weight_quant: str | None = None
 
 def local_gpu() -> Target | None:
     """The local CUDA GPU: memory as torch sees it, bandwidth from NVML (else the bundled table), or None."""
@@ -84,11 +100,9 @@ def default_contexts(window: int | None, new_tokens: int) -> list[int]:
 
 
 def plan_capacity(model, gpu: str | None = None, *, memory=None, bandwidth_gbps: float | None = None,
-                  dtype: str = "auto", kv_dtype: str | None = None, cache_implementation: str = "dynamic",
-                  num_beams: int = 1, batch_sizes=DEFAULT_BATCH_SIZES, contexts=None,
-                  new_tokens=(DEFAULT_NEW_TOKENS,), calibration: Calibration | None = None,
-                  overhead=None, quant_backend: str | None = None, quant_nbits: int | None = None,
-                  quant_residual_length: int | None = None, weight_quant: str | None = None) -> pd.DataFrame:
+                  settings: CacheSettings | None = None, batch_sizes=DEFAULT_BATCH_SIZES, contexts=None,
+                  new_tokens=(DEFAULT_NEW_TOKENS,), calibration: Calibration | None = None, overhead=None,
+                  **setting) -> pd.DataFrame:
     """The capacity plan as one DataFrame, a row per answer, `question` saying which:
 
     * "breakdown": the memory at each batch size x context (x new tokens) asked for, and the decode step time;
@@ -99,6 +113,9 @@ def plan_capacity(model, gpu: str | None = None, *, memory=None, bandwidth_gbps:
     `overhead` (bytes or a size such as "300MiB"; 0 to plan for an allocator cap) replaces the calibration's
     runtime overhead (default DEFAULT_OVERHEAD_BYTES: CUDA context, cuBLAS workspace, allocator slack).
 
+    `settings`: a `CacheSettings`; each of its fields may also be given as a keyword (`dtype="float16"`,
+    `cache_implementation="static"`, ...), which overrides `settings`' value. Another keyword is a TypeError.
+
     `cache_implementation`: any of `kvbench.inputs.scenario.CACHE_IMPLEMENTATIONS` (checked as `kvbench run` checks
     it), with `quant_backend`, `quant_nbits`, `quant_residual_length` for "quantized". `kv_cache_bytes` is what the
     cache keeps in GPU memory at the peak, `kv_transient_bytes` what a quantized cache's update holds on top of it
@@ -106,8 +123,8 @@ def plan_capacity(model, gpu: str | None = None, *, memory=None, bandwidth_gbps:
     "int4") plans the linear layers' weights quantized as optimum-quanto stores them; every plan also carries the
     weights' bytes in each quantization (`weights_<q>_bytes`), which the advice names when nothing fits."""
     target = gpu if isinstance(gpu, Target) else resolve_target(gpu, memory, bandwidth_gbps)
-    w = make_workload(model, dtype, kv_dtype, cache_implementation, num_beams, target, quant_backend=quant_backend,
-                      quant_nbits=quant_nbits, quant_residual_length=quant_residual_length, weight_quant=weight_quant)
+    settings = replace(settings or CacheSettings(), **setting)  # an unknown keyword: TypeError, naming it
+    w = make_workload(model, target=target, **asdict(settings))
     cal = calibration or Calibration()
     if overhead is not None:
         cal = replace(cal, overhead_bytes=parse_bytes(overhead, "--overhead", minimum=0))  # ints too: -1 refused

@@ -21,6 +21,7 @@ from ... import compat
 from ...errors import UserError
 from ...estimate import quantized as quant
 from ...estimate.kvcache import cache_rules, kv_layer_specs
+from ...inputs.configs import text_config
 from ...inputs.scenario import CACHE_IMPLEMENTATIONS, OFFLOADED, Scenario
 
 # backend -> (module that must import, what brings it)
@@ -40,7 +41,7 @@ def installed_implementations() -> tuple[str, ...]:
 
 def layer_types(config) -> list[str]:
     """The cache layer types transformers derives from the config (what QuantizedCache checks)."""
-    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    text = text_config(config)
     try:
         from transformers.cache_utils import get_layer_types_and_kwargs
 

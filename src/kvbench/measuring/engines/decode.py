@@ -19,6 +19,7 @@ import shutil
 
 from ... import compat
 from ...errors import UserError
+from ...inputs.configs import text_config
 from ...inputs.scenario import Scenario
 
 # The backend of compile="on" (transformers' default); tests swap in a backend that counts the graphs it compiles.
@@ -48,7 +49,7 @@ def static_cache(model, scenario: Scenario):
     from transformers import StaticCache
 
     offloading = {"offloading": True} if "offloaded" in scenario.cache_implementation else {}
-    return StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=scenario.total_len - 1,
+    return StaticCache(config=text_config(model.config), max_cache_len=scenario.total_len - 1,
                        **offloading)
 
 

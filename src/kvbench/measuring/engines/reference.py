@@ -40,6 +40,8 @@ import torch
 
 from ...errors import UserError
 from ...compat import cache_from_output
+from ...inputs.configs import text_config
+from ...inputs.decoding import check_sampling
 
 
 @dataclass
@@ -52,16 +54,6 @@ class Step:
     scores: torch.Tensor  # [batch, vocab] after the processors (what the choice is made from)
     tokens: torch.Tensor  # [batch] the chosen ids
     cache: Any  # the cache after this forward (None without one)
-
-
-def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """The ranges transformers' warpers accept, as one line naming the bad value."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf"):
-        raise UserError(f"temperature must be a finite number > 0, got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
-        raise UserError(f"top_k must be a positive integer (0 or None: off), got {top_k!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
-        raise UserError(f"top_p must be in (0, 1], got {top_p!r}")
 
 
 def eos_ids(model) -> list[int]:
@@ -111,7 +103,7 @@ def new_cache(model):
     """An empty DynamicCache for the model, built as generate builds it."""
     from transformers import DynamicCache
 
-    config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+    config = text_config(model.config)
     try:
         return DynamicCache(config=config)
     except TypeError:  # transformers versions whose DynamicCache takes no config

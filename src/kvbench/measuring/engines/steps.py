@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from ...errors import UserError
+from ...inputs.decoding import Sampling
 from ..instruments.cache_bytes import cache_nbytes
 from ..instruments.clock import Clock
 from ..loading.models import LoadedModel
@@ -53,12 +54,11 @@ def token_text(tokenizer, token_id: int) -> str | None:
 
 
 def step_table(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, new_tokens: int,
-               top_k: int = 5, use_cache: bool = True, do_sample: bool = False, temperature: float = 1.0,
-               sample_top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+               top_k: int = 5, use_cache: bool = True, sampling: Sampling | None = None, seed: int = 0,
                tokenizer=None, warmup: int = 0) -> pd.DataFrame:
     """One row per generated token of one sequence (module docstring). `top_k` is how many candidates each row
-    lists; `sample_top_k` / `top_p` / `temperature` shape the sampling (``do_sample=True``); `warmup` untimed
-    decodes of the same prompt run first (the first forward of a process is slow)."""
+    lists; `sampling` (`kvbench.inputs.decoding.Sampling`: temperature, top-k, top-p) samples, None decodes
+    greedily; `warmup` untimed decodes of the same prompt run first (the first forward of a process is slow)."""
     if input_ids.dim() == 1:
         input_ids = input_ids[None]
     if input_ids.shape[0] != 1:
@@ -69,8 +69,8 @@ def step_table(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | No
         model = model.model
     device = input_ids.device
     clock, marks, rows = Clock(device), [], []
-    settings = dict(new_tokens=new_tokens, use_cache=use_cache, do_sample=do_sample, temperature=temperature,
-                    top_k=sample_top_k, top_p=top_p, seed=seed)
+    settings = dict(new_tokens=new_tokens, use_cache=use_cache, seed=seed,
+                    **(sampling.decode_kwargs() if sampling is not None else {}))
     for _ in range(warmup):
         for _step in decode(model, input_ids, attention_mask, **settings):
             pass

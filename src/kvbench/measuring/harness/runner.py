@@ -47,8 +47,8 @@ def run_sweep(
     """Measure every scenario; a failing one becomes a record with status "error" and the sweep goes on.
 
     `options` (a `kvbench.inputs.options.RunOptions`: repeats, warm-up, profile steps, on-oom policy, ...) say how;
-    keyword arguments named like its fields (`repeats=3, warmup=0`) replace those fields (default options: 5
-    repeats, 1 warm-up). `out_dir` is a run folder (a folder that already holds a run is refused unless `resume`)
+    keyword arguments named like its fields (`repeats=3, warmup=0`) replace those fields (default options:
+    `RunOptions()`, the repeats and warm-up of `inputs.options.REPEATS` and `WARMUP`). `out_dir` is a run folder (a folder that already holds a run is refused unless `resume`)
     or an open RunWriter. With `resume=True` only the scenarios without a record in the folder are measured (see
     `kvbench.measuring.harness.resume`); `scenarios=None` then means the run's own grid. Returns the records of all
     `scenarios`, in order. `progress(record)` is called after each scenario (the CLI advances its bar there). A

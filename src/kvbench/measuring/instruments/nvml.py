@@ -80,12 +80,6 @@ def nvml_memory(handle) -> tuple[object | None, int | None]:
         return None, None
 
 
-def nvml_used_bytes(handle) -> int | None:
-    """Device memory in use according to the driver (other processes and the CUDA context included)."""
-    info, _ = nvml_memory(handle)
-    return None if info is None else int(info.used)
-
-
 def nvml_gpu_info(device: torch.device) -> dict:
     """Driver version, total memory, peak memory bandwidth (2 x max memory clock x bus width / 8) and, under
     "nvml", "ok" or why NVML is unavailable; a figure NVML cannot give is absent."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ...errors import UserError
-from ...inputs.configs import DTYPES, gpu_half_dtype, resolve_spec
+from ...inputs.configs import DTYPES, gpu_half_dtype, resolve_spec, text_config
 from .fits import check_weights_fit
 
 
@@ -183,7 +183,7 @@ def load_model(spec, device: str = "auto", dtype: str = "auto", trust_remote_cod
 def synthetic_inputs(config, batch_size: int, prompt_len: int, device, seed: int = 0) -> dict:
     """Seeded random token ids (exactly `prompt_len` of them per row) and an all-ones attention mask."""
     gen = torch.Generator().manual_seed(seed)
-    vocab = config.get_text_config().vocab_size
+    vocab = text_config(config).vocab_size
     ids = torch.randint(min(10, vocab - 1), vocab, (batch_size, prompt_len), generator=gen)
     ids = ids.to(device)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
