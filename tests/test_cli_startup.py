@@ -36,7 +36,7 @@ def heavy(modules: set[str]) -> list[str]:
     (["frontier", "--help"], 0),
     (["run", "--repeats", "abc"], 2),
     (["run", "--prompt-len", "abc"], 2),  # kvbench's own checks of a value, not only typer's
-    (["run", "--prompt-len", "99999999999999999999"], 2),
+    (["run", "--batch-size", "99999999999999999999"], 2),  # too many digits: no model needed to say so
     (["run", "--use-cache", "maybe"], 2),
     (["run", "--repeats", "0"], 2),
     (["run", "--cache-implementation", "nope"], 2),
@@ -54,6 +54,15 @@ def test_help_and_argument_errors_import_no_heavy_module(argv, code):
     assert heavy(modules) == []
     if code == 2:
         assert "kvbench: error:" in done.stderr
+
+
+def test_a_prompt_beyond_any_tensor_is_refused_against_the_models_context():
+    """A --prompt-len of 20 digits is refused naming the model's context, which reads the model's config (so this
+    refusal, unlike the ones above, imports transformers): still one line and exit 2."""
+    done = python("-m", "kvbench", "run", "--model", "tiny", "--prompt-len", "99999999999999999999")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == ("kvbench: error: --prompt-len: 99999999999999999999 exceeds tiny's "
+                                                    "context of 2,048 tokens (max_position_embeddings)")
 
 
 def test_the_check_sees_a_heavy_import():

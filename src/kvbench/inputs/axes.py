@@ -120,6 +120,17 @@ def pair_id(values: Mapping) -> str:
     return scenario_id(values, leave_out=names(SWITCH, CACHE_ONLY))
 
 
+def twin_groups(scenarios, alone=lambda scenario: False) -> list[list]:
+    """Scenarios grouped by `pair_id` (those differing only in the cache: a cached scenario, its uncached twin, the
+    cache implementations of one size), each group in the order of its first member; `alone(scenario)` true puts a
+    scenario in a group of its own."""
+    out: dict[tuple, list] = {}
+    for scenario in scenarios:
+        values = scenario.as_dict()
+        out.setdefault((pair_id(values), scenario.id if alone(scenario) else None), []).append(scenario)
+    return list(out.values())
+
+
 def not_applicable(values: dict) -> dict:
     """`values` with the cache-only axes null where the cache is off (what an uncached scenario records)."""
     if "use_cache" in values and values["use_cache"] is False:

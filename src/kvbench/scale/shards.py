@@ -5,7 +5,7 @@ one unit per forward call (the fixed cost of a step). Scenarios are dealt, costl
 least cost so far (ties broken by shard number); the order depends only on the scenarios, so every machine computes
 the same slices from the same grid. Each shard keeps its scenarios in grid order.
 
-The unit dealt is an interleave group (`kvbench.measuring.harness.interleave.groups`: the scenarios that differ only
+The unit dealt is an interleave group (`kvbench.inputs.axes.twin_groups`: the scenarios that differ only
 in the cache), so a cached scenario and its uncached twin land in the same shard and take turns there. Every shard
 of one grid shuffles its rounds with the same seed, derived from the grid (`grid_seed`): the shards' run.json agree
 on `order_seed`, and `kvbench merge` joins them like any other setting.
@@ -19,7 +19,7 @@ import re
 from ..errors import UserError
 from ..estimate.positions import positions_processed_estimate
 from ..inputs.scenario import Scenario
-from ..measuring.harness.interleave import groups
+from ..inputs.axes import twin_groups
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -45,7 +45,7 @@ def assign(scenarios: list[Scenario], count: int) -> list[int]:
     if count < 1:
         raise UserError(f"shard count must be >= 1, got {count}")
     index = {s.id: i for i, s in enumerate(scenarios)}
-    units = sorted(groups(scenarios), key=lambda g: (-sum(map(scenario_cost, g)), g[0].id))
+    units = sorted(twin_groups(scenarios), key=lambda g: (-sum(map(scenario_cost, g)), g[0].id))
     loads, shard_of = [0] * count, [0] * len(scenarios)
     for unit in units:
         target = min(range(count), key=lambda s: (loads[s], s))

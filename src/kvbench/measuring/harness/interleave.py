@@ -31,22 +31,11 @@ from ..measure import measure_steps, probes
 from ..loading.models import LoadedModel
 from .resume import split_done
 
-CACHE_FIELDS = ("use_cache", *axes.names(axes.CACHE_ONLY))  # what the members of a group differ in
-
-
-def group_key(scenario: Scenario) -> tuple:
-    """What a scenario's group shares: every setting but the cache's, and the engine's kind (paged batching runs its
-    forward calls in a thread of its own, without the forward probes: it takes no turns with the others)."""
-    own = scenario.id if engine_for(scenario).per_forward is False else None
-    return (own, *sorted((k, str(v)) for k, v in scenario.as_dict().items() if k not in CACHE_FIELDS))
-
-
 def groups(scenarios: list[Scenario]) -> list[list[Scenario]]:
-    """The scenarios grouped by `group_key`, each group in the order of its first member."""
-    out: dict[tuple, list[Scenario]] = {}
-    for scenario in scenarios:
-        out.setdefault(group_key(scenario), []).append(scenario)
-    return list(out.values())
+    """The scenarios that take turns (`axes.twin_groups`: those differing only in the cache), each group in the order
+    of its first member; paged batching runs alone (its forward calls run in a thread of its own, without the
+    forward probes the others' turns share)."""
+    return axes.twin_groups(scenarios, alone=lambda s: not engine_for(s).per_forward)
 
 
 def whole_groups(scenarios: list[Scenario], todo: list[Scenario]) -> list[Scenario]:
