@@ -75,8 +75,8 @@ def test_run_benchmarks_both_engines(tiny_config_file, tmp_path):
     assert main(["run", "--model", str(tiny_config_file), "--prompt-len", "8", "--new-tokens", "3", "--batch-size",
                  "1", "--engine", "generate,reference", "--repeats", "1", "--warmup", "0", "--out", str(out)]) == 0
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-    assert [r["scenario_id"] for r in records] == [
-        "P8-N3-B1-cache-dynamic-greedy", "P8-N3-B1-cache-dynamic-greedy-reference", "P8-N3-B1-nocache-greedy",
+    assert [r["scenario_id"] for r in records] == [  # interleaved: each cached scenario beside its uncached twin
+        "P8-N3-B1-cache-dynamic-greedy", "P8-N3-B1-nocache-greedy", "P8-N3-B1-cache-dynamic-greedy-reference",
         "P8-N3-B1-nocache-greedy-reference"]
     assert all(r["status"] == "ok" and r["forward_calls"] == 3 for r in records)
 
