@@ -49,3 +49,15 @@ def test_the_time_estimate_line_is_one_line_when_piped(tiny_config_file, tmp_pat
     lines = [line for line in capsys.readouterr().out.splitlines() if "per scenario expected" in line]
     assert len(lines) == 1 and len(lines[0]) > 160
     assert lines[0].rstrip().endswith("a GPU or a smaller grid is faster")
+
+
+def test_a_run_prints_no_profiler_lines(tmp_path):
+    """The allocation pass runs torch's profiler once per scenario; its native library printed "profiler_start" and
+    "profiler_stop" to stderr at each (24 lines for the tour): a run's output is kvbench's own."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    done = subprocess.run([sys.executable, "-m", "kvbench", "run", "--model", "tiny", "--device", "cpu", "--prompt-len",
+                           "8", "--new-tokens", "2", "--repeats", "1", "--warmup", "0", "--profile-steps", "--out",
+                           str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "profiler_st" not in done.stderr + done.stdout
+    assert "SyncActivityProfilerHandler" not in done.stderr + done.stdout

@@ -22,6 +22,8 @@ import time
 
 import torch
 
+from .profile import quiet_profile
+
 SOURCE = "torch.profiler allocation events"
 PARTS = ("kv_cache", "logits", "attention", "generate", "rest")
 _FORWARD, _LOGITS, _ATTENTION, _CACHE = "kvbench::forward ", "kvbench::logits", "kvbench::attention", "kvbench::cache"
@@ -185,7 +187,7 @@ def peak_of(events, held: int = 0) -> dict:
 def allocation_peak(device: torch.device | str, model: torch.nn.Module | None = None, held: int = 0):
     """Yields a dict filled after the block: the allocated peak above the level before it (`held`: bytes of a cache
     built before the block and counted as the block's), its phase and parts, the source and the pass's cost."""
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity
 
     out: dict = {}
     device = torch.device(device)
@@ -193,7 +195,7 @@ def allocation_peak(device: torch.device | str, model: torch.nn.Module | None = 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     activities = [ProfilerActivity.CPU]
-    with _labelled(model), profile(activities=activities, profile_memory=True) as prof:
+    with _labelled(model), quiet_profile(activities=activities, profile_memory=True) as prof:
         yield out
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -25,7 +25,9 @@ the process (a scenario measured without --profile-steps before one with it) is 
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
+import sys
 
 import torch
 
@@ -110,16 +112,48 @@ def profile_steps(model: torch.nn.Module, device: torch.device, run_generate, de
     `decode_device_busy_fraction` divides the median device time of a step by `decode_step_s`, the median wall-clock
     step of the unprofiled timed repeats (the profiler slows the host; `decode_step_profiled_s` shows by how much).
     """
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity
 
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities) as prof:
+    with quiet_profile(activities=activities) as prof:
         with step_ranges(model):
             run_generate()
         if cuda:
             torch.cuda.synchronize(device)
     return step_figures(step_events(prof.events()), cuda, decode_step_s)
+
+
+@contextlib.contextmanager
+def quiet_profile(**options):
+    """`torch.profiler.profile(**options)` around the block, its start and stop with the process's native stderr
+    silenced: torch's profiler library (kineto) prints "profiler_start" / "profiler_stop" lines there at every start
+    and stop, which `KINETO_LOG_LEVEL` does not turn off. Python's own stderr and the block's output are untouched."""
+    from torch.profiler import profile
+
+    prof = profile(**options)
+    with native_stderr_silenced():
+        prof.start()
+    try:
+        yield prof
+    finally:
+        with native_stderr_silenced():
+            prof.stop()
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """File descriptor 2 pointed at the null device for the block (what C++ libraries write there), then restored."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    os.close(null)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 NOT_PROFILED = dict.fromkeys(
