@@ -89,7 +89,7 @@ def test_paired_rounds_cancel_a_load_that_hits_both_sides_alike():
     uncached = [0.4 * f for f in load]
     from kvbench.results.stats import paired_ratio_interval, ratio_interval
 
-    assert paired_ratio_interval(cached, uncached) == pytest.approx((4.0, 4.0, 4.0))
+    assert paired_ratio_interval(cached, uncached)[:3] == pytest.approx((4.0, 4.0, 4.0))
     low, high = ratio_interval(cached, uncached)  # unpaired: the rounds' load widens the interval
     assert low < 3.0 and high > 5.0
 
@@ -108,9 +108,20 @@ def test_speedups_use_the_rounds_when_both_sides_share_them():
     sp = speedups(pd.DataFrame(rows))
     assert sp["speedup"].tolist() == [pytest.approx(4.0)] and sp["speedup_paired"].tolist() == [True]
     assert sp["speedup_ci_low"].tolist() == [pytest.approx(4.0)] and sp["speedup_ci_high"].tolist() == [pytest.approx(4.0)]
+    # 3 rounds: (min, max) of the ratios covers the median with 1 - 2 (1/2)^3 = 75%, not 95%, and says so
+    assert sp["speedup_ci_level"].tolist() == [pytest.approx(0.75)]
     rows[1]["order_seed"] = None  # grouped: independent samples, a bootstrap interval
     sp = speedups(pd.DataFrame(rows))
     assert not sp["speedup_paired"].iloc[0] and sp["speedup_ci_low"].iloc[0] < 4.0 < sp["speedup_ci_high"].iloc[0]
+    assert sp["speedup_ci_level"].tolist() == [pytest.approx(0.95)]
+
+
+def test_an_interval_below_95_percent_says_what_it_covers():
+    from kvbench.report.caveats import interval_text
+
+    assert interval_text(1.42, 1.61, 0.75) == " [1.42-1.61] 75%"
+    assert interval_text(1.42, 1.61, 0.95) == interval_text(1.42, 1.61) == " [1.42-1.61]"
+    assert interval_text(float("nan"), 1.61, 0.75) == ""
 
 
 def test_auto_repeats_stop_at_the_target_or_the_budget():

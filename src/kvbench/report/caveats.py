@@ -9,11 +9,13 @@ def _nan(v) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
-def interval_text(low, high) -> str:
-    """" [1.42-1.61]" (95% interval) or "" where there is none."""
+def interval_text(low, high, level=None) -> str:
+    """" [1.42-1.61]" (a 95% interval), " [1.42-1.61] 75%" (one covering less: too few repeats for 95%), or ""
+    where there is none."""
     if _nan(low) or _nan(high):
         return ""
-    return f" [{low:.3g}-{high:.3g}]"
+    below = not _nan(level) and level < 0.95 - 1e-9
+    return f" [{low:.3g}-{high:.3g}]" + (f" {level:.0%}" if below else "")
 
 
 def busy(row: dict) -> str | None:

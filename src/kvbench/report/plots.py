@@ -56,7 +56,7 @@ def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
     if paired.empty:
         raise NoData("speedup: no cached scenario has an uncached twin with the same prompt, tokens and batch")
     return keep(paired, SCENARIO + ["scenario_id_nocache", "total_s", "total_s_nocache", "speedup",
-                                    "speedup_ci_low", "speedup_ci_high", "speedup_paired",
+                                    "speedup_ci_low", "speedup_ci_high", "speedup_ci_level", "speedup_paired",
                                     "ttft_s", "ttft_s_nocache", "total_s_spread", "total_s_spread_nocache",
                                     "contention", "contention_reason", "contention_nocache",
                                     "contention_reason_nocache"])

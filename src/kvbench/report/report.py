@@ -312,7 +312,7 @@ def key_numbers(df: pd.DataFrame) -> pd.DataFrame:
 
 def speedup_at(row) -> str:
     """"1.53x [1.42-1.61] (P16-N32-B1)", with the contention it was measured under, in words."""
-    return (f"{row['speedup']:.2f}x{interval_text(row.get('speedup_ci_low'), row.get('speedup_ci_high'))} "
+    return (f"{row['speedup']:.2f}x{interval_text(row.get('speedup_ci_low'), row.get('speedup_ci_high'), row.get('speedup_ci_level'))} "
             f"({_scenario_name(row)}){busy_suffix(row)}")
 
 

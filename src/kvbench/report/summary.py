@@ -105,7 +105,8 @@ def summary_columns(records: list[dict], wide: bool = False) -> tuple[list[Colum
             fmt_speedup(r.get("speedup"))
             + (NOISY if noisy(r.get("total_s_spread")) or noisy(r.get("total_s_spread_nocache")) else "")
             + (BUSY if busy(r) else "") for r in recs]))
-        columns.append(Column("95% interval", [interval_text(r.get("speedup_ci_low"), r.get("speedup_ci_high"))
+        columns.append(Column("interval\n(95% or %)", [interval_text(r.get("speedup_ci_low"), r.get("speedup_ci_high"),
+                                                                    r.get("speedup_ci_level"))
                                                .strip() or "-" for r in recs], priority=60))
     elif any(busy(r) for r in recs):
         columns.append(Column("busy", [BUSY if busy(r) else "" for r in recs]))

@@ -77,25 +77,27 @@ def speedups(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def with_speedup_interval(merged: pd.DataFrame) -> pd.DataFrame:
-    """`speedup_ci_low`, `speedup_ci_high` (95%) and `speedup_paired`: where both sides were measured interleaved in
+    """`speedup_ci_low`, `speedup_ci_high`, `speedup_ci_level` (what the interval covers: 95%, or less where the
+    rounds are too few) and `speedup_paired`: where both sides were measured interleaved in
     the same rounds, the speedup is the median of the per-round ratios and its interval their order statistics (`results.stats.paired_ratio_interval`), else a bootstrap of the
     ratio of the medians (`ratio_interval`); NaN without repeats on both sides."""
-    from .stats import paired_ratio_interval, ratio_interval
+    from .stats import LEVEL, paired_ratio_interval, ratio_interval
 
-    speedup, low, high, paired = list(merged["speedup"]), [], [], []
+    speedup, low, high, levels, paired = list(merged["speedup"]), [], [], [], []
     for rec in merged.to_dict("records"):
         cached, uncached = rec.get("total_s_repeats"), rec.get("total_s_repeats_nocache")
         if not isinstance(cached, (list, tuple)) or not isinstance(uncached, (list, tuple)):
-            low.append(float("nan")), high.append(float("nan")), paired.append(False)
+            low.append(float("nan")), high.append(float("nan")), levels.append(float("nan")), paired.append(False)
             continue
         same_rounds = (rec.get("order_seed") is not None and rec.get("order_seed") == rec.get("order_seed_nocache")
                        and len(cached) == len(uncached))
         if same_rounds:  # the speedup itself is the median of the rounds' ratios
             speedup[len(low)], *interval = paired_ratio_interval(cached, uncached)
         else:
-            interval = ratio_interval(cached, uncached)
-        low.append(interval[0]), high.append(interval[1]), paired.append(bool(same_rounds))
-    return merged.assign(speedup=speedup, speedup_ci_low=low, speedup_ci_high=high, speedup_paired=paired)
+            interval = (*ratio_interval(cached, uncached), LEVEL)  # the bootstrap's
+        low.append(interval[0]), high.append(interval[1]), levels.append(interval[2]), paired.append(bool(same_rounds))
+    return merged.assign(speedup=speedup, speedup_ci_low=low, speedup_ci_high=high, speedup_ci_level=levels,
+                         speedup_paired=paired)
 
 
 def spread(repeats) -> float:

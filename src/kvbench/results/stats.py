@@ -103,15 +103,16 @@ def ratio_interval(base, new, level: float = LEVEL) -> tuple[float, float]:
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
-def paired_ratio_interval(base, new, level: float = LEVEL) -> tuple[float, float, float]:
-    """(median, low, high) of the per-round ratios new_i / base_i of repeats paired by round (interleaved), the
-    interval of their median from order statistics (`median_ci`); NaNs without pairs."""
+def paired_ratio_interval(base, new, level: float = LEVEL) -> tuple[float, float, float, float]:
+    """(median, low, high, the level reached) of the per-round ratios new_i / base_i of repeats paired by round
+    (interleaved), the interval of their median from order statistics (`median_ci`: below 6 rounds it cannot
+    reach 95%, and says what it covers); NaNs without pairs."""
     pairs = [(b, n) for b, n in zip(base, new) if b and n and b > 0 and math.isfinite(b) and math.isfinite(n)]
     ratios = [n / b for b, n in pairs]
     if not ratios:
-        return math.nan, math.nan, math.nan
-    low, high, _ = median_ci(ratios, level)
-    return float(np.median(ratios)), low, high
+        return math.nan, math.nan, math.nan, math.nan
+    low, high, reached = median_ci(ratios, level)
+    return float(np.median(ratios)), low, high, reached
 
 
 AUTO_MIN_REPEATS = 3
