@@ -105,8 +105,10 @@ def summary_columns(records: list[dict], wide: bool = False) -> tuple[list[Colum
             fmt_speedup(r.get("speedup"))
             + (NOISY if noisy(r.get("total_s_spread")) or noisy(r.get("total_s_spread_nocache")) else "")
             + (BUSY if busy(r) else "") for r in recs]))
-        columns.append(Column("interval\n(95% or %)", [interval_text(r.get("speedup_ci_low"), r.get("speedup_ci_high"),
-                                                                    r.get("speedup_ci_level"))
+        levels = [r.get("speedup_ci_level") for r in recs]
+        below = any(isinstance(v, float) and v < 0.95 - 1e-9 for v in levels)  # too few repeats for 95% somewhere
+        columns.append(Column("interval\n(coverage)" if below else "95%\ninterval",
+                              [interval_text(r.get("speedup_ci_low"), r.get("speedup_ci_high"), r.get("speedup_ci_level"))
                                                .strip() or "-" for r in recs], priority=60))
     elif any(busy(r) for r in recs):
         columns.append(Column("busy", [BUSY if busy(r) else "" for r in recs]))
