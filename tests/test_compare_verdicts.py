@@ -67,3 +67,32 @@ def test_several_runs_show_where_a_significant_change_begins(tmp_path, capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "P16-N8-B1-cache-dynamic-greedy total_s: 1.01x -> 1.3x -> 1.31x; a significant regression begins at r3" \
         in out
+
+
+def test_a_scenario_the_machine_ran_slower_for_cannot_be_told(tmp_path, capsys):
+    """Two runs of the same code on a machine whose speed moved within the second run: before one scenario its
+    reference forward took 1.8x as long, and that scenario's repeats 1.7x (seen on this 2-core machine between two
+    identical idle runs, results/noise). Not a regression: can't tell, naming the machine's own change."""
+    base_records = grid(**SMALL, repeats=7, machine_reference_forward_s=0.005)
+    new_records = grid(**SMALL, repeats=7, machine_reference_forward_s=0.005)
+    moved = new_records[0]  # P16, cached
+    slowed = grid(prompts=(16,), news=(8,), batches=(1,), repeats=7, slow=1.7)[0]
+    moved.update(total_s=slowed["total_s"], total_s_repeats=slowed["total_s_repeats"],
+                 machine_reference_forward_s=0.009)
+    base, new = write_run(tmp_path / "base", base_records), write_run(tmp_path / "new", new_records)
+    assert main(["compare", str(base), str(new)]) == 0
+    table = compare_table(load_runs([base, new], one_run_per_path=True), "base", ["new"])
+    row = table[table["scenario"].str.startswith(moved["scenario_id"][:12]) & (table["total_s_ratio"] > 1.5)]
+    assert len(row) == 1 and row["total_s_verdict"].iloc[0] == "can't tell"
+    assert "the machine itself ran 1.80x slower for this scenario in new" in row["total_s_reason"].iloc[0]
+    assert (table.drop(row.index)["total_s_verdict"] == "no change").all()
+
+
+def test_a_slowdown_is_flagged_when_the_machine_held_its_speed(tmp_path):
+    """The machine 2% slower before every scenario (within the 5% threshold: divided out), the code 25% slower."""
+    base = write_run(tmp_path / "base", grid(**SMALL, repeats=7, machine_reference_forward_s=0.005))
+    new = write_run(tmp_path / "new", grid(**SMALL, repeats=7, slow=1.25, machine_reference_forward_s=0.0051))
+    assert main(["compare", str(base), str(new)]) == 1
+    table = compare_table(load_runs([base, new], one_run_per_path=True), "base", ["new"])
+    assert (table["total_s_verdict"] == "regression").all()
+    assert abs(table["total_s_ratio"].iloc[0] - 1.25 / 1.02) < 1e-9  # new's timings divided by the machine's 1.02

@@ -90,17 +90,21 @@ def main() -> int:
     for order in ("interleaved", "grouped"):
         idle, busy = speedups(runs[("idle", order)]), speedups(runs[("busy", order)])
         lines += [f"## {order}: busy speedup against the idle one's 95% interval", "",
-                  "| scenario | idle speedup [95%] | busy speedup [95%] | busy within idle interval | busy contention |",
-                  "|---|---|---|---|---|"]
-        inside = 0
+                  "| scenario | idle speedup [95%] | busy speedup [95%] | busy / idle | busy within idle interval "
+                  "| idle within busy interval | busy contention |",
+                  "|---|---|---|---|---|---|---|"]
+        inside = covered = 0
         for sid, row in idle.iterrows():
             b = busy.loc[sid]
             ok = row["speedup_ci_low"] <= b["speedup"] <= row["speedup_ci_high"]
-            inside += ok
+            cover = b["speedup_ci_low"] <= row["speedup"] <= b["speedup_ci_high"]
+            inside, covered = inside + ok, covered + cover
             lines.append(f"| {sid} | {row['speedup']:.2f}x [{row['speedup_ci_low']:.2f}-{row['speedup_ci_high']:.2f}] "
                          f"| {b['speedup']:.2f}x [{b['speedup_ci_low']:.2f}-{b['speedup_ci_high']:.2f}] | "
-                         f"{'yes' if ok else 'no'} | {b.get('contention_reason') or b.get('contention')} |")
-        lines += ["", f"{inside} of {len(idle)} busy speedups within the idle interval ({order}).", ""]
+                         f"{b['speedup'] / row['speedup']:.2f} | {'yes' if ok else 'no'} | {'yes' if cover else 'no'} | "
+                         f"{b.get('contention_reason') or b.get('contention')} |")
+        lines += ["", f"{inside} of {len(idle)} busy speedups within the idle interval, {covered} of {len(idle)} idle "
+                  f"speedups within the busy interval ({order}).", ""]
     checks = [("two identical idle runs", runs[("idle", "interleaved")], again, "no change, exit 0"),
               ("slowdown x1.25 injected into every row", runs[("idle", "interleaved")],
                scaled(runs[("idle", "interleaved")], 1.25, "injected-slowdown"), "flagged on every row, exit 1"),

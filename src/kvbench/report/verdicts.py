@@ -117,11 +117,24 @@ def contention_of(row: dict, side: str, run: str) -> str | None:
 # ------------------------------------------------------------------ rows of `compare_table`
 VERDICT_FIELDS = ("ratio", "ci_low", "ci_high", "p", "verdict", "reason")
 REFERENCE = "machine_reference_s"  # the machine's speed: its fixed reference workload, timed between scenarios
+# per scenario, the reference closest to the work timed first: one forward of the loaded model, else the matmul
+ROW_REFERENCES = ("machine_reference_forward_s", REFERENCE)
 
 
 def verdict_inputs(metrics) -> list[str]:
     """The record fields the verdicts read besides the metrics: repeats, contention, the machine's reference."""
-    return [TIMED[m] for m in metrics if m in TIMED] + ["contention", "contention_reason", REFERENCE]
+    return [TIMED[m] for m in metrics if m in TIMED] + ["contention", "contention_reason", *ROW_REFERENCES]
+
+
+def row_scale(row: dict) -> float | None:
+    """How much slower the machine ran just before this scenario in the new run than in the base: new / base of the
+    reference workload timed before it (`ROW_REFERENCES`, the first both runs have); None without one."""
+    for ref in ROW_REFERENCES:
+        b, n = row.get(f"{ref}_base"), row.get(f"{ref}_new")
+        if isinstance(b, (int, float)) and isinstance(n, (int, float)) and b > 0 and n > 0 \
+                and math.isfinite(b) and math.isfinite(n):
+            return n / b
+    return None
 
 
 def machine_scale(merged) -> float:
@@ -146,7 +159,15 @@ def metric_verdict(row: dict, metric: str, base_run: str, new_run: str, threshol
         return {}
     contention = "; ".join(c for c in (contention_of(row, "base", base_run), contention_of(row, "new", new_run))
                            if c) or None
-    return timed_verdict(b, n, threshold, contention=contention, scale=scale)
+    own = row_scale(row)
+    if own is not None and abs(own - 1) > threshold and not contention:
+        # the machine itself changed speed beyond the threshold for this scenario: a timing change cannot be told
+        # from it (a single factor does not carry over: on a shared machine the speed moves within a run)
+        out = timed_verdict(b, n, threshold)
+        return out | {"verdict": CANT_TELL, "reason": (
+            f"the machine itself ran {own:.2f}x {'slower' if own > 1 else 'faster'} for this scenario in {new_run} "
+            f"than in {base_run} (its reference workload, timed just before it): rerun both on a steady machine")}
+    return timed_verdict(b, n, threshold, contention=contention, scale=own if own is not None else scale)
 
 
 # ------------------------------------------------------------------ what compare prints
