@@ -73,11 +73,10 @@ def test_the_gpu_run_fits_its_window(tmp_path):
     assert params["compile"] == "off,auto" and params["cache_implementation"] == "static"
 
 
-def test_the_energy_step_waits_for_the_meter(tmp_path):
+def test_the_energy_step_runs_cached_and_uncached_and_its_records_are_read(tmp_path):
     steps = {s["name"]: s for s in acceptance.steps(acceptance.GRIDS["gpu"], tmp_path, flags="")}
-    assert "has not landed" in steps["energy"]["unless"]
-    steps = {s["name"]: s for s in acceptance.steps(acceptance.GRIDS["gpu"], tmp_path, flags='"--energy"')}
-    assert not steps["energy"]["unless"] and str(tmp_path / "sweep" / "energy") in steps["records"]["args"]
+    assert not steps["energy"]["unless"] and parse(steps["energy"]["args"])["use_cache"] == "both"
+    assert str(tmp_path / "sweep" / "energy") in steps["records"]["args"]
 
 
 def test_a_rerun_of_a_few_steps(tmp_path):
@@ -201,8 +200,7 @@ def test_the_dry_run_one_process_per_step_without_git(tmp_path):
     assert "commit unknown (no git on this machine)" in summary and "one process per step" in summary
     verdicts = {line.split()[0]: line.split()[1] for line in summary.splitlines()
                 if line.split()[:1] and line.split()[0] in STEPS}
-    energy = "PASS" if '"--energy"' in acceptance.run_flags() else "SKIP"
-    assert verdicts == {**dict.fromkeys(STEPS, "PASS"), "frontier": "SKIP", "energy": energy}, summary
+    assert verdicts == {**dict.fromkeys(STEPS, "PASS"), "frontier": "SKIP"}, summary
     checks = [line.split(":")[0] for line in (out / "selfcheck.txt").read_text().splitlines()
               if line.startswith(("PASS", "FAIL", "SKIP"))]
     assert checks == ["PASS device-time", "PASS kv-bytes-live", "PASS peak-vs-estimate", "PASS step-busy-live",

@@ -75,7 +75,6 @@ def steps(grid: dict, work: Path, flags: str | None = None) -> list[dict]:
     study, compiled, sweep, frontier, energy, live = (
         grid[k].split() for k in ("study", "compile", "sweep", "frontier", "energy", "live"))
     cpu, limit = grid["device"] == "cpu", grid["limits"]
-    has_energy = '"--energy"' in flags
     return [
         # versions, tools (git, gcc) and nvidia-smi; then the environment facts: NVML, a copy bandwidth
         dict(name="versions", limit=limit["versions"], kind="selfcheck", args=["--versions"], stdout="env.txt"),
@@ -106,12 +105,12 @@ def steps(grid: dict, work: Path, flags: str | None = None) -> list[dict]:
                    *frontier, "--out", str(work / "frontier" / "run")],
              skip=(lambda rc, tail: "needs CUDA (kvbench frontier refuses on the CPU: see log.txt)"
                    if cpu and rc == 2 and "CUDA GPU" in tail else "")),
-        # energy per token, where kvbench has the energy meter (`kvbench run --energy`)
+        # energy per token (every record carries it: NVML's energy counter on CUDA, RAPL or null with the reason on
+        # the CPU), with the clocks and throttle reasons of the load instrument, cached and uncached
         dict(name="energy", limit=limit["energy"], kind="kvbench",
-             args=["run", *kv, *energy, "--use-cache", "on", "--energy", "--out", str(work / "sweep" / "energy")],
-             unless="" if has_energy else "the energy issue has not landed (kvbench run has no --energy)"),
+             args=["run", *kv, *energy, "--use-cache", "both", "--out", str(work / "sweep" / "energy")], unless=""),
         # the self-check over every record written, and the frontier measured against predicted
-        records_step(limit["records"], work, ["study", "compile", "sweep"] + (["energy"] if has_energy else [])),
+        records_step(limit["records"], work, ["study", "compile", "sweep", "energy"]),
     ]
 
 

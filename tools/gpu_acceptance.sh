@@ -15,7 +15,7 @@
 #   study.tar.gz     the guide's scenario: phi-3-mini-4k fp16, P=55, N=100, B=1, cache on and off, 5 repeats
 #   compile.tar.gz   one compiled shape (static and sliding_window, --compile off,auto, --profile-steps) and
 #                    compile/compile.log (TORCH_LOGS: recompiles, graph breaks, CUDA graph hints)
-#   sweep.tar.gz     a short dynamic sweep with --profile-steps (and the energy run, once kvbench has --energy)
+#   sweep.tar.gz     a short dynamic sweep with --profile-steps (and the energy run: joules per token, cached and uncached)
 #   frontier.tar.gz  kvbench frontier under a T4-sized cap (--memory-cap 14.75GiB) at B 1 and 8, and its table
 #                    against the planner's prediction
 #   log.txt          every step's command and output
