@@ -107,7 +107,8 @@ def allocated_pass(loaded: LoadedModel, engine: Engine, prepared: Prepared) -> d
     # methods would make dynamo recompile), so the peak without its phase and parts
     labelled = None if may_compile(scenario, loaded.device) or not engine.per_forward else loaded.model
     with collector_paused(), allocation_peak(loaded.device, labelled, held) as peak:
-        bare_run(loaded, engine, prepared)
+        torch.manual_seed(scenario.seed)  # the cache was reset above, outside the profiled run
+        engine.run_once(loaded, prepared)
     if labelled is None:  # unlabelled: every block would read as generate's own
         peak.update({k: None for k in peak if k.startswith("peak_allocated_") and k.endswith("_bytes")
                      and k != "peak_allocated_delta_bytes"})
