@@ -27,7 +27,7 @@ from .verdicts import (
     REGRESSION,
     TEST,
     VERDICT_FIELDS,
-    machine_scale,
+    machine_of,
     metric_verdict,
     noise_notes,
     verdict_inputs,
@@ -153,12 +153,12 @@ def compare_table(df: pd.DataFrame, base: str, news: list[str], threshold: float
         merged.insert(0, "scenario", scenario_label(merged, keys))
         merged.insert(0, "new_run", new)
         merged.insert(0, "base_run", base)
-        scale = machine_scale(merged)
+        machine = machine_of(merged)
         verdicts = pd.Series(NO_CHANGE, index=merged.index)
         regressed = pd.Series("", index=merged.index)
         for metric in metrics:
             floor = PEAK_MEMORY_FLOOR_BYTES if metric in PEAKS else 0
-            found = [metric_verdict(row, metric, base, new, threshold, scale, floor)
+            found = [metric_verdict(row, metric, base, new, threshold, machine, floor)
                      for row in merged.to_dict("records")]
             for field in VERDICT_FIELDS:
                 merged[f"{metric}_{field}"] = [f.get(field, math.nan) for f in found]
@@ -168,7 +168,7 @@ def compare_table(df: pd.DataFrame, base: str, news: list[str], threshold: float
                 verdicts[(verdict == IMPROVEMENT) & verdicts.isin([NO_CHANGE, CANT_TELL])] = IMPROVEMENT
                 verdicts[verdict == REGRESSION] = REGRESSION
                 regressed[verdict == REGRESSION] += ", " + metric
-        merged["machine_scale"] = scale
+        merged["machine_scale"] = machine.scale
         merged["verdict"] = verdicts
         merged["regressed"] = regressed.str.removeprefix(", ")
         frames.append(merged)

@@ -1,13 +1,23 @@
 """Change or noise: the verdict of one metric of one scenario between two runs, from the raw repeats.
 
-A timed metric (`total_s`, `ttft_s`, `decode_step_s`) is compared on its repeats, as asv does: it is a
-"regression" or an "improvement" only when the Mann-Whitney U test (two-sided, `scipy.stats.mannwhitneyu`) gives
-p < `ALPHA` (0.002, asv's cut-off) *and* the ratio of the medians new / base lies beyond the threshold. A ratio within
-the threshold is "no change". Otherwise it is "can't tell", with the reason: contention recorded on either side (a
-busy machine moves timings more than most changes), too few repeats for the test to ever reach the cut-off (with
-n and m repeats, the smallest two-sided p is 2 / C(n + m, n): 7 repeats each are needed for 0.002), or a
-difference inside the noise (with the repeats that would resolve a change of this size, from the repeats' spread).
+A timed metric (`total_s`, `ttft_s`, `decode_step_s`, `energy_per_token_j`) is compared on its repeats, as asv does:
+it is a "regression" or an "improvement" only when the Mann-Whitney U test (two-sided, `scipy.stats.mannwhitneyu`)
+gives p < `ALPHA` (0.002, asv's cut-off) *and* the ratio of the medians new / base lies beyond the threshold. It is
+"no change" when the ratio lies within the threshold, or when the test finds no difference (p >= `SUGGESTIVE`, 0.05)
+and the ratio's 95% interval holds 1. Otherwise it is "can't tell", with the reason: contention recorded on either
+side (a busy machine moves timings more than most changes), the machine itself running at another speed (below), too
+few repeats for the test to ever reach the cut-off (with n and m repeats, the smallest two-sided p is
+2 / C(n + m, n): 7 repeats each are needed for 0.002), or a likely change not yet significant (0.002 <= p < 0.05, or
+an interval without 1), with the repeats that would resolve a change of this size, from the repeats' spread.
 The ratio's 95% interval is a percentile bootstrap of the ratio of medians (`results.stats.ratio_interval`).
+
+The machine's own speed: every record carries its reference workload's time, taken just before the scenario
+(`machine_reference_forward_s`, else `machine_reference_s`). Over the matched scenarios, the median of new / base is
+how much slower the machine ran for the new run; the new timings are divided by it. Beyond the threshold, a
+reference workload cannot stand in for the model's own speed (on this project's 2-core machine, two identical runs
+with the machine 1.3x to 2.2x slower gave divided ratios from 0.79 to 1.12: results/noise), so every timed verdict
+is "can't tell" and compare says why. One scenario whose reference moved away from the run's, beyond the threshold
+and beyond the reference's own spread within a run (`Z_MACHINE` standard deviations), is "can't tell" alone.
 
 An exact metric (cache bytes, memory peaks: one figure per scenario, no repeats) is a regression or an improvement
 when its ratio lies beyond the threshold, and "no change" otherwise.
@@ -16,12 +26,14 @@ when its ratio lies beyond the threshold, and "no change" otherwise.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..results.stats import clean, ratio_interval
 
 ALPHA = 0.002
+SUGGESTIVE = 0.05  # p at or above it, with an interval that holds 1: the repeats show no difference
 TEST = "Mann-Whitney U, two-sided"
 POWER = 0.8  # the chance of seeing a change of the observed size that `repeats_to_resolve` aims at
 REGRESSION, IMPROVEMENT, NO_CHANGE, CANT_TELL = "regression", "improvement", "no change", "can't tell"
@@ -87,11 +99,18 @@ def timed_verdict(base, new, threshold: float, alpha: float = ALPHA, contention:
                       "reason": f"p = {p:.2g} < {alpha:g} ({TEST})"}
     need = repeats_to_resolve(b, n, alpha)
     if smallest_p(len(b), len(n)) >= alpha:
-        reason = (f"too few repeats ({len(b)} and {len(n)}): {TEST} cannot reach p < {alpha:g}; "
-                  f"{need} each would resolve it")
-    else:
-        reason = f"within the noise (p = {p:.2g} >= {alpha:g}, {TEST}); about {need} repeats each would resolve it"
-    return out | {"verdict": CANT_TELL, "reason": reason}
+        return out | {"verdict": CANT_TELL, "reason": (
+            f"too few repeats ({len(b)} and {len(n)}): {TEST} cannot reach p < {alpha:g}; "
+            f"{need} each would resolve it")}
+    if p >= SUGGESTIVE and low <= 1 <= high:
+        return out | {"verdict": NO_CHANGE, "reason": (
+            f"no significant difference (p = {p:.2g} >= {SUGGESTIVE:g}, {TEST}; the ratio's 95% interval "
+            f"{low:.3g}-{high:.3g} holds 1)")}
+    more = f"about {need} repeats each would resolve it" if need > min(len(b), len(n)) else \
+        "rerun both with more repeats"
+    return out | {"verdict": CANT_TELL, "reason": (
+        f"a likely change, not yet significant (p = {p:.2g}, cut-off {alpha:g}, {TEST}; the ratio's 95% interval "
+        f"{low:.3g}-{high:.3g}); {more}")}
 
 
 def exact_verdict(base: float, new: float, threshold: float, floor: float = 0) -> dict:
@@ -126,29 +145,66 @@ def verdict_inputs(metrics) -> list[str]:
     return [TIMED[m] for m in metrics if m in TIMED] + ["contention", "contention_reason", *ROW_REFERENCES]
 
 
-def row_scale(row: dict) -> float | None:
-    """How much slower the machine ran just before this scenario in the new run than in the base: new / base of the
-    reference workload timed before it (`ROW_REFERENCES`, the first both runs have); None without one."""
-    for ref in ROW_REFERENCES:
-        b, n = row.get(f"{ref}_base"), row.get(f"{ref}_new")
-        if isinstance(b, (int, float)) and isinstance(n, (int, float)) and b > 0 and n > 0 \
-                and math.isfinite(b) and math.isfinite(n):
-            return n / b
+Z_MACHINE = 2.58  # a scenario's reference this many standard deviations from the run's: the machine moved
+
+
+@dataclass(frozen=True)
+class Machine:
+    """The machine's own speed between two runs: `scale` (new / base of the reference workload, the median over
+    the matched scenarios; 1 without references), the `reference` field it read, and `noise` (the standard deviation
+    of log(reference) between the scenarios of one run, pooled over both runs; 0 when unknown)."""
+
+    scale: float = 1.0
+    reference: str | None = None
+    noise: float = 0.0
+
+
+def reference_ratio(row: dict, reference: str) -> float | None:
+    """new / base of `reference` on one merged row; None where either side lacks it."""
+    b, n = row.get(f"{reference}_base"), row.get(f"{reference}_new")
+    if isinstance(b, (int, float)) and isinstance(n, (int, float)) and b > 0 and n > 0 \
+            and math.isfinite(b) and math.isfinite(n):
+        return n / b
     return None
 
 
-def machine_scale(merged) -> float:
-    """How much slower the machine itself ran for the new run than for the base: the median over matched rows of
-    new / base of the reference workload's time; 1 where either run lacks it."""
-    if f"{REFERENCE}_base" not in merged or f"{REFERENCE}_new" not in merged:
-        return 1.0
-    ratio = (merged[f"{REFERENCE}_new"] / merged[f"{REFERENCE}_base"]).dropna()
-    ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
-    return float(np.median(ratio)) if len(ratio) else 1.0
+def robust_sd(values) -> float:
+    """The standard deviation of `values` from their median absolute deviation (1.4826 MAD), so that the one
+    scenario the machine moved for does not widen it; 0 under three values."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    return float(1.4826 * np.median(np.abs(values - np.median(values)))) if len(values) >= 3 else 0.0
 
 
-def metric_verdict(row: dict, metric: str, base_run: str, new_run: str, threshold: float, scale: float = 1.0,
-                   floor: float = 0) -> dict:
+def machine_of(merged) -> Machine:
+    """How much slower the machine itself ran for the new run than for the base (see the module's docstring)."""
+    rows = merged.to_dict("records")
+    for reference in ROW_REFERENCES:
+        ratios = [r for r in (reference_ratio(row, reference) for row in rows) if r is not None]
+        if ratios:
+            spread = [robust_sd(np.log(merged[f"{reference}_{side}"].astype(float).clip(lower=1e-12)))
+                      for side in ("base", "new")]
+            return Machine(float(np.exp(np.median(np.log(ratios)))), reference,
+                           math.sqrt(float(np.mean(np.square(spread)))))
+    return Machine()
+
+
+def scenario_moved(row: dict, machine: Machine, threshold: float) -> float | None:
+    """This scenario's own new / base of the reference where it moved away from the run's, beyond the threshold and
+    `Z_MACHINE` standard deviations of a difference of two references; else None."""
+    own = reference_ratio(row, machine.reference) if machine.reference else None
+    if own is None:
+        return None
+    far = abs(math.log(own / machine.scale)) > Z_MACHINE * machine.noise * math.sqrt(2)
+    return own if far and abs(own / machine.scale - 1) > threshold else None
+
+
+def slower(scale: float) -> str:
+    return f"{scale:.2f}x {'slower' if scale > 1 else 'faster'}"
+
+
+def metric_verdict(row: dict, metric: str, base_run: str, new_run: str, threshold: float,
+                   machine: Machine = Machine(), floor: float = 0) -> dict:
     """The verdict of `metric` on one merged row (fields suffixed `_base` and `_new`)."""
     if metric not in TIMED:
         return exact_verdict(row.get(f"{metric}_base"), row.get(f"{metric}_new"), threshold, floor)
@@ -159,15 +215,20 @@ def metric_verdict(row: dict, metric: str, base_run: str, new_run: str, threshol
         return {}
     contention = "; ".join(c for c in (contention_of(row, "base", base_run), contention_of(row, "new", new_run))
                            if c) or None
-    own = row_scale(row)
-    if own is not None and abs(own - 1) > threshold and not contention:
-        # the machine itself changed speed beyond the threshold for this scenario: a timing change cannot be told
-        # from it (a single factor does not carry over: on a shared machine the speed moves within a run)
-        out = timed_verdict(b, n, threshold)
+    out = timed_verdict(b, n, threshold, contention=contention, scale=machine.scale)
+    if contention or not math.isfinite(out["ratio"]):
+        return out
+    if abs(machine.scale - 1) > threshold:
         return out | {"verdict": CANT_TELL, "reason": (
-            f"the machine itself ran {own:.2f}x {'slower' if own > 1 else 'faster'} for this scenario in {new_run} "
-            f"than in {base_run} (its reference workload, timed just before it): rerun both on a steady machine")}
-    return timed_verdict(b, n, threshold, contention=contention, scale=own if own is not None else scale)
+            f"the machine itself ran {slower(machine.scale)} for {new_run} than for {base_run} (its reference "
+            "workload, over every scenario): rerun both on a steady machine")}
+    own = scenario_moved(row, machine, threshold)
+    if own is not None:
+        return out | {"verdict": CANT_TELL, "reason": (
+            f"the machine itself ran {slower(own)} for this scenario in {new_run} than in {base_run} (its "
+            f"reference workload, timed just before it; {machine.scale:.2f}x over the run): rerun both on a steady "
+            "machine")}
+    return out
 
 
 # ------------------------------------------------------------------ what compare prints
@@ -187,8 +248,10 @@ def machine_line(table, threshold: float) -> str | None:
     lines = []
     for run, scale in table.groupby("new_run", sort=False)["machine_scale"].first().items():
         if abs(scale - 1) > threshold:
-            lines.append(f"the machine ran {scale:.2f}x {'slower' if scale > 1 else 'faster'} for {run} than for "
-                         f"the base (its reference workload); timings are divided by {scale:.2f} before comparing")
+            lines.append(f"the machine ran {slower(scale)} for {run} than for the base (its reference workload, "
+                         f"the median over the scenarios): timings divided by {scale:.2f} are shown, but a change "
+                         "of the machine's speed beyond the threshold is not told from a change of the code "
+                         "(can't tell); rerun both on a steady machine")
     return "; ".join(lines) or None
 
 
