@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from synthetic_runs import grid, write_run
+from synthetic_runs import grid, record, write_run
 
 from kvbench.cli.app import main
 from kvbench.report.compare import compare_table
@@ -117,3 +117,38 @@ def test_a_slowdown_is_flagged_when_the_machine_held_its_speed(tmp_path):
     table = compare_table(load_runs([base, new], one_run_per_path=True), "base", ["new"])
     assert (table["total_s_verdict"] == "regression").all()
     assert abs(table["total_s_ratio"].iloc[0] - 1.25 / 1.02) < 1e-9  # new's timings divided by the machine's 1.02
+
+
+def wobbling_runs(tmp_path, last: float):
+    """Eight scenarios with tight repeats (2% apart), the new run's scenarios apart from the base's by the factors
+    below, each significant on its own repeats. By hand: log(new / base) = -0.0726, -0.0408, 0, 0, 0.0392, 0.0677,
+    0 and log(last); their median is 0, the absolute deviations' median (0.03922 + 0.04082) / 2 = 0.04002 (the last
+    one, large, moves neither), so the wobble is 1.4826 x 0.04002 = 0.05934: ±5.9%."""
+    factors = (0.93, 0.96, 1.0, 1.0, 1.04, 1.07, 1.0, last)
+    keys = [(p, n, c) for p in (16, 64) for n in (8, 16) for c in (True, False)]
+    base = write_run(tmp_path / "base", [record(p, n, 1, c, repeats=9) for p, n, c in keys])
+    new = write_run(tmp_path / f"new{last}", [record(p, n, 1, c, repeats=9, slow=f)
+                                              for (p, n, c), f in zip(keys, factors)])
+    return base, new, record(*keys[-1][:2], 1, keys[-1][2])["scenario_id"]
+
+
+def test_a_scenario_within_the_run_to_run_wobble_is_no_change(tmp_path):
+    """11% slower on repeats 2% apart (Mann-Whitney p < 0.001), but the scenarios of these two runs wobble by
+    ±5.9% between them: log(1.11) = 0.1044 is 1.759 standard deviations of that (two-sided p = 0.0786), no change;
+    as two identical idle runs here were 10% apart on two scenarios (results/noise)."""
+    base, new, last = wobbling_runs(tmp_path, 1.11)
+    assert main(["compare", str(base), str(new)]) == 0
+    table = compare_table(load_runs([base, new], one_run_per_path=True), "base", ["new1.11"])
+    row = table[table["scenario"] == last].iloc[0]
+    assert row["total_s_p"] < 0.002 and row["total_s_verdict"] == "no change"
+    assert "±5.9%" in row["total_s_reason"] and "(p = 0.079" in row["total_s_reason"]
+    assert (table["total_s_verdict"] == "no change").all()
+
+
+def test_a_scenario_far_beyond_the_run_to_run_wobble_is_a_regression(tmp_path):
+    """The same runs with the last scenario 30% slower: 4.4 standard deviations of the ±5.9% wobble, flagged."""
+    base, new, last = wobbling_runs(tmp_path, 1.30)
+    assert main(["compare", str(base), str(new)]) == 1
+    table = compare_table(load_runs([base, new], one_run_per_path=True), "base", ["new1.3"])
+    flagged = table[table["total_s_verdict"] == "regression"]
+    assert flagged["scenario"].tolist() == [last] and "run-to-run wobble of ±5.9%" in flagged["total_s_reason"].iloc[0]

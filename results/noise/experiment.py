@@ -2,6 +2,7 @@
 (interleaved, grouped), then the four checks of `kvbench compare`. Run from the repository root:
 
     python results/noise/experiment.py            # -> results/noise/<condition>-<order>/ and results/noise/summary.md
+    python results/noise/experiment.py --compare-only   # summary.md again from the run folders here (seconds)
 
 It refuses to start while the machine is busy (1-minute load average >= LOAD_LIMIT), since "idle" must be idle.
 What it writes:
@@ -83,6 +84,9 @@ def speedups(path: Path):
 
 def main() -> int:
     load = os.getloadavg()[0]
+    if "--compare-only" in sys.argv:  # the summary again from the run folders already here
+        return summarise({(cond, order): HERE / f"{cond}-{order}" for cond in ("idle", "busy")
+                          for order in ("interleaved", "grouped")}, HERE / "idle-interleaved-again", None)
     if load >= LOAD_LIMIT and "--force" not in sys.argv:
         print(f"the machine is busy (1-minute load average {load:.1f} >= {LOAD_LIMIT}): not an idle baseline; "
               "rerun later (or --force)")
@@ -91,8 +95,16 @@ def main() -> int:
     again = run("idle-interleaved-again", "interleaved", False)
     runs |= {(cond, order): run(f"{cond}-{order}", order, cond == "busy")
              for cond, order in (("idle", "grouped"), ("busy", "interleaved"), ("busy", "grouped"))}
-    lines = ["# Noise experiment", "", f"Command: `python results/noise/experiment.py` (load average at start "
-             f"{load:.2f}). Sweep: `kvbench run {' '.join(SWEEP)} --order ORDER`.", ""]
+    return summarise(runs, again, load)
+
+
+def summarise(runs: dict, again: Path, load: float | None) -> int:
+    """summary.md from the run folders: the speedups side by side and the compare checks."""
+    start = f"load average at start {load:.2f}" if load is not None else \
+        ("summary remade from the run folders with --compare-only; the run's own output, with the load average at "
+         "its start, is experiment.log")
+    lines = ["# Noise experiment", "", f"Command: `python results/noise/experiment.py` ({start}). Sweep: "
+             f"`kvbench run {' '.join(SWEEP)} --order ORDER`.", ""]
     for order in ("interleaved", "grouped"):
         idle, busy = speedups(runs[("idle", order)]), speedups(runs[("busy", order)])
         lines += [f"## {order}: busy speedup against the idle one's 95% interval", "",

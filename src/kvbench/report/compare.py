@@ -153,7 +153,7 @@ def compare_table(df: pd.DataFrame, base: str, news: list[str], threshold: float
         merged.insert(0, "scenario", scenario_label(merged, keys))
         merged.insert(0, "new_run", new)
         merged.insert(0, "base_run", base)
-        machine = machine_of(merged)
+        machine = machine_of(merged, metrics)
         verdicts = pd.Series(NO_CHANGE, index=merged.index)
         regressed = pd.Series("", index=merged.index)
         for metric in metrics:

@@ -11,11 +11,17 @@ few repeats for the test to ever reach the cut-off (with n and m repeats, the sm
 an interval without 1), with the repeats that would resolve a change of this size, from the repeats' spread.
 The ratio's 95% interval is a percentile bootstrap of the ratio of medians (`results.stats.ratio_interval`).
 
+Repeats within a run share the machine's state of that moment, so two runs of one code differ by more than their
+repeats' spread says. With at least `WOBBLE_ROWS` matched scenarios, compare measures that run-to-run wobble on the
+comparison itself (`run_wobble`: the robust spread of log(new / base) over the scenarios, about their median, so a
+change common to all does not widen it), and a change must lie beyond it too: its p-value against a normal of that
+spread is below the cut-off for a regression or an improvement, at or above 0.05 for "no change".
+
 The machine's own speed: every record carries its reference workload's time, taken just before the scenario
 (`machine_reference_forward_s`, else `machine_reference_s`). Over the matched scenarios, the median of new / base is
 how much slower the machine ran for the new run; the new timings are divided by it. Beyond the threshold, a
 reference workload cannot stand in for the model's own speed (on this project's 2-core machine, two identical runs
-with the machine 1.3x to 2.2x slower gave divided ratios from 0.79 to 1.12: results/noise), so every timed verdict
+with the machine 1.3x to 2.2x slower gave divided ratios from 0.73 to 1.17: results/noise/drift), so every timed verdict
 is "can't tell" and compare says why. One scenario whose reference moved away from the run's, beyond the threshold
 and beyond the reference's own spread within a run (`Z_MACHINE` standard deviations), is "can't tell" alone.
 
@@ -26,7 +32,7 @@ when its ratio lies beyond the threshold, and "no change" otherwise.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -73,11 +79,13 @@ def repeats_to_resolve(base: np.ndarray, new: np.ndarray, alpha: float = ALPHA) 
 
 
 def timed_verdict(base, new, threshold: float, alpha: float = ALPHA, contention: str | None = None,
-                  scale: float = 1.0) -> dict:
+                  scale: float = 1.0, wobble: float = 0.0) -> dict:
     """The verdict on two lists of repeats: {ratio, ci_low, ci_high, p, verdict, reason}.
 
     `contention`: why either side was measured on a busy machine (None: neither was). `scale`: how much slower the
-    machine itself ran for `new` than for `base` (its reference workload); new's repeats are divided by it."""
+    machine itself ran for `new` than for `base` (its reference workload); new's repeats are divided by it.
+    `wobble`: the standard deviation of log(new / base) from one scenario to the next between these two runs (see
+    `run_wobble`; 0: unknown): a change must lie beyond it as well as beyond the repeats' spread."""
     b, n = clean(base), clean(new) / scale
     if not len(b) or not len(n) or np.median(b) <= 0:
         return {"ratio": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan, "verdict": CANT_TELL,
@@ -94,9 +102,24 @@ def timed_verdict(base, new, threshold: float, alpha: float = ALPHA, contention:
         return out | {"verdict": CANT_TELL, "reason": f"contention: {contention}"}
     if not beyond:
         return out | {"verdict": NO_CHANGE, "reason": f"ratio within ±{threshold:.0%}"}
+    between = ""
+    if wobble > 0 and p < SUGGESTIVE:
+        from scipy.stats import norm
+
+        p_runs = float(2 * norm.sf(abs(math.log(ratio)) / wobble))
+        between = f"; p = {p_runs:.2g} against the run-to-run wobble of ±{wobble:.1%}"
+        if p_runs >= SUGGESTIVE:
+            return out | {"verdict": NO_CHANGE, "reason": (
+                f"within the run-to-run wobble: the scenarios' new / base spread by ±{wobble:.1%} (one standard "
+                f"deviation) between these runs, so {ratio:.3f} is no change (p = {p_runs:.2g} >= {SUGGESTIVE:g}), "
+                f"though the repeats alone differ (p = {p:.2g}, {TEST})")}
+        if p_runs >= alpha:
+            return out | {"verdict": CANT_TELL, "reason": (
+                f"a likely change, beyond the repeats' spread (p = {p:.2g}, {TEST}) but not beyond the scenarios' "
+                f"run-to-run wobble of ±{wobble:.1%} (p = {p_runs:.2g}, cut-off {alpha:g}): rerun both")}
     if p < alpha:
         return out | {"verdict": REGRESSION if ratio > 1 else IMPROVEMENT,
-                      "reason": f"p = {p:.2g} < {alpha:g} ({TEST})"}
+                      "reason": f"p = {p:.2g} < {alpha:g} ({TEST}){between}"}
     need = repeats_to_resolve(b, n, alpha)
     if smallest_p(len(b), len(n)) >= alpha:
         return out | {"verdict": CANT_TELL, "reason": (
@@ -157,6 +180,7 @@ class Machine:
     scale: float = 1.0
     reference: str | None = None
     noise: float = 0.0
+    wobble: dict = field(default_factory=dict)  # per timed metric: `run_wobble`
 
 
 def reference_ratio(row: dict, reference: str) -> float | None:
@@ -176,17 +200,43 @@ def robust_sd(values) -> float:
     return float(1.4826 * np.median(np.abs(values - np.median(values)))) if len(values) >= 3 else 0.0
 
 
-def machine_of(merged) -> Machine:
-    """How much slower the machine itself ran for the new run than for the base (see the module's docstring)."""
+WOBBLE_ROWS = 5  # the fewest matched scenarios the run-to-run wobble is estimated from
+
+
+def run_wobble(merged, metric: str, scale: float) -> float:
+    """How much new / base of `metric` wobbles from one scenario to the next between two runs: the robust standard
+    deviation (1.4826 MAD, about the median, so a change common to every scenario does not widen it) of
+    log(new / base) over the matched scenarios measured without contention; 0 under `WOBBLE_ROWS` of them.
+
+    Repeats within a run share the machine's state of that moment, so two runs of one code differ by more than the
+    repeats' spread says: on this project's 2-core machine two identical idle runs had two scenarios 10% apart at
+    p < 0.001 (results/noise). The wobble is that excess, measured on the comparison itself."""
+    if f"{metric}_base" not in merged or f"{metric}_new" not in merged:
+        return 0.0
+    quiet = np.ones(len(merged), dtype=bool)
+    for side in ("base", "new"):
+        if f"contention_{side}" in merged:
+            quiet &= ~merged[f"contention_{side}"].fillna(False).astype(bool).to_numpy()
+    ratio = (merged.loc[quiet, f"{metric}_new"].astype(float) / merged.loc[quiet, f"{metric}_base"].astype(float)
+             / scale).to_numpy()
+    ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
+    return robust_sd(np.log(ratio)) if len(ratio) >= WOBBLE_ROWS else 0.0
+
+
+def machine_of(merged, metrics=()) -> Machine:
+    """How much slower the machine itself ran for the new run than for the base (see the module's docstring), and
+    each timed metric's run-to-run wobble."""
     rows = merged.to_dict("records")
+    machine = Machine()
     for reference in ROW_REFERENCES:
         ratios = [r for r in (reference_ratio(row, reference) for row in rows) if r is not None]
         if ratios:
             spread = [robust_sd(np.log(merged[f"{reference}_{side}"].astype(float).clip(lower=1e-12)))
                       for side in ("base", "new")]
-            return Machine(float(np.exp(np.median(np.log(ratios)))), reference,
-                           math.sqrt(float(np.mean(np.square(spread)))))
-    return Machine()
+            machine = Machine(float(np.exp(np.median(np.log(ratios)))), reference,
+                              math.sqrt(float(np.mean(np.square(spread)))))
+            break
+    return replace(machine, wobble={m: run_wobble(merged, m, machine.scale) for m in metrics if m in TIMED})
 
 
 def scenario_moved(row: dict, machine: Machine, threshold: float) -> float | None:
@@ -200,7 +250,8 @@ def scenario_moved(row: dict, machine: Machine, threshold: float) -> float | Non
 
 
 def slower(scale: float) -> str:
-    return f"{scale:.2f}x {'slower' if scale > 1 else 'faster'}"
+    """A time ratio new / base in words: 1.38 -> "1.38x slower", 0.72 -> "1.38x faster"."""
+    return f"{scale:.2f}x slower" if scale >= 1 else f"{1 / scale:.2f}x faster"
 
 
 def metric_verdict(row: dict, metric: str, base_run: str, new_run: str, threshold: float,
@@ -215,7 +266,8 @@ def metric_verdict(row: dict, metric: str, base_run: str, new_run: str, threshol
         return {}
     contention = "; ".join(c for c in (contention_of(row, "base", base_run), contention_of(row, "new", new_run))
                            if c) or None
-    out = timed_verdict(b, n, threshold, contention=contention, scale=machine.scale)
+    out = timed_verdict(b, n, threshold, contention=contention, scale=machine.scale,
+                        wobble=machine.wobble.get(metric, 0.0))
     if contention or not math.isfinite(out["ratio"]):
         return out
     if abs(machine.scale - 1) > threshold:
