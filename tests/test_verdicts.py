@@ -145,3 +145,20 @@ def test_exact_figures_compare_by_the_threshold_alone():
     assert exact_verdict(1000, 1040, 0.05)["verdict"] == NO_CHANGE
     assert exact_verdict(4096, 8192, 0.05, floor=1 << 20)["verdict"] == NO_CHANGE  # under the floor
     assert exact_verdict(0, 0, 0.05)["verdict"] == ""
+
+
+def test_the_run_to_run_wobble_decides_a_change_the_repeats_alone_would_flag():
+    """Tight repeats (1% spread, 10 a side), so the repeats alone flag each change below; against a wobble of 5%
+    between the runs' scenarios, by hand: log(1.06) / 0.05 = 1.17 standard deviations (p = 0.24: no change),
+    log(1.12) / 0.05 = 2.27 (p = 0.023: can't tell), log(1.25) / 0.05 = 4.46 (p = 8e-6: a regression)."""
+    rng = np.random.default_rng(12)
+    base = draws(rng, 10, sigma=0.01)
+    found = {}
+    for factor in (1.06, 1.12, 1.25):
+        new = base * factor * draws(rng, 10, median=1.0, sigma=0.002)
+        assert timed_verdict(base, new, 0.05)["verdict"] == REGRESSION  # no wobble known: the repeats decide
+        found[factor] = timed_verdict(base, new, 0.05, wobble=0.05)
+    assert found[1.06]["verdict"] == NO_CHANGE and "within the run-to-run wobble" in found[1.06]["reason"]
+    assert found[1.12]["verdict"] == CANT_TELL and "not beyond the scenarios' run-to-run wobble of ±5.0%" in \
+        found[1.12]["reason"]
+    assert found[1.25]["verdict"] == REGRESSION and "run-to-run wobble of ±5.0%" in found[1.25]["reason"]
