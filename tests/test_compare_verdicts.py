@@ -34,8 +34,8 @@ def test_three_repeats_cannot_tell_a_large_slowdown_and_say_seven_would(tmp_path
 
 def test_a_machine_that_ran_slower_throughout_is_named_and_cannot_be_told(tmp_path, capsys):
     """The machine 1.3x slower for every scenario of the second run (its reference too), the code unchanged: the
-    timings divided by 1.3 are shown, and no verdict is given on them (results/noise: dividing by a reference left
-    ratios from 0.79 to 1.12 between two identical runs)."""
+    timings divided by 1.3 are shown, and no verdict is given on them (dividing by a reference left two identical
+    runs 0.73x to 1.17x apart: results/noise/drift)."""
     base = write_run(tmp_path / "base", grid(**SMALL, repeats=7, machine_reference_s=0.010))
     new = write_run(tmp_path / "new", grid(**SMALL, repeats=7, slow=1.3, machine_reference_s=0.013))
     assert main(["compare", str(base), str(new)]) == 0
@@ -47,8 +47,8 @@ def test_a_machine_that_ran_slower_throughout_is_named_and_cannot_be_told(tmp_pa
 
 def test_a_steady_machine_whose_reference_wobbles_is_not_a_moved_machine(tmp_path):
     """Identical timings; the reference forward of each scenario wobbles by up to 12% (as it did within one idle
-    run here: 3.9 to 4.8 ms, results/noise/idle-interleaved) in both runs, differently: no scenario is put down to
-    the machine, every row is "no change"."""
+    run here: 3.9 to 4.8 ms, results/noise/drift/idle-interleaved) in both runs, differently: no scenario is put
+    down to the machine, every row is "no change"."""
     wobble = {"base": (4.3, 4.75, 4.7, 4.25, 4.2, 4.2, 3.95, 4.15), "new": (4.2, 4.3, 4.75, 4.7, 3.95, 4.2, 4.15, 4.5)}
     runs = {}
     for name, refs in wobble.items():
@@ -92,8 +92,9 @@ def test_several_runs_show_where_a_significant_change_begins(tmp_path, capsys):
 
 def test_a_scenario_the_machine_ran_slower_for_cannot_be_told(tmp_path, capsys):
     """Two runs of the same code on a machine whose speed moved within the second run: before one scenario its
-    reference forward took 1.8x as long, and that scenario's repeats 1.7x (seen on this 2-core machine between two
-    identical idle runs, results/noise). Not a regression: can't tell, naming the machine's own change."""
+    reference forward took 1.8x as long, and that scenario's repeats 1.7x (as between two identical idle runs on
+    this 2-core machine: 1.38x and 1.21x in results/noise). Not a regression: can't tell, naming the machine's own
+    change."""
     base_records = grid(**SMALL, repeats=7, machine_reference_forward_s=0.005)
     new_records = grid(**SMALL, repeats=7, machine_reference_forward_s=0.005)
     moved = new_records[0]  # P16, cached
