@@ -121,3 +121,24 @@ def test_a_bad_run_is_refused_in_one_line_leaving_nothing(tmp_path, capsys, name
 def test_check_takes_no_planning_options(capsys):
     assert main(["plan", "--check", str(CPU_MEMORY), "--model", "tiny"]) == 2
     assert "--check RUN compares a run with the planner's model" in capsys.readouterr().err
+
+
+def test_the_attention_the_run_selected_is_the_one_checked():
+    """A model loaded with eager attention (the scores materialized) where the class default is SDPA: the record
+    names it, and the check recomputes the estimate the run stored; without the field (older records) the class
+    default is taken, and the recomputed figure differs from the stored one, which the row says."""
+    import copy
+
+    import kvbench
+    from kvbench.inputs.configs import resolve_spec
+    from kvbench.plan.check import check_row
+
+    config = copy.deepcopy(resolve_spec("tiny")[1])
+    config._attn_implementation = "eager"
+    loaded = kvbench.load_model(config, device="cpu")
+    record = kvbench.measure(loaded, kvbench.Scenario(prompt_len=128, new_tokens=2), repeats=1, warmup=0)
+    assert record["attn_implementation"] == loaded.model.config._attn_implementation == "eager"
+    row = check_row(record, lambda spec: config)
+    assert row["stored_matches"] and row["predicted_bytes"] == record["peak_allocated_delta_bytes_estimate"]
+    older = check_row({k: v for k, v in record.items() if k != "attn_implementation"}, lambda spec: config)
+    assert not older["stored_matches"] and older["predicted_bytes"] < row["predicted_bytes"]

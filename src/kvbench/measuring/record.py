@@ -86,6 +86,7 @@ def base_record(loaded: LoadedModel, scenario: Scenario) -> dict:
         "model_type": getattr(config, "model_type", None),
         "device": str(loaded.device),
         "dtype": str(dtype).removeprefix("torch."),
+        "attn_implementation": attention_of(loaded),
         "scenario_id": scenario.id,
         **scenario.as_dict(),
         "status": "ok",
@@ -118,12 +119,17 @@ def base_record(loaded: LoadedModel, scenario: Scenario) -> dict:
     return record
 
 
+def attention_of(loaded: LoadedModel) -> str | None:
+    """The attention implementation the loaded model selected (`eager`, `sdpa`, ...); None where it names none."""
+    attn = getattr(loaded.config, "_attn_implementation", None)
+    return attn if isinstance(attn, str) else None
+
+
 def peak_estimate(loaded: LoadedModel, scenario: Scenario) -> dict:
     """The planner's estimate of `peak_allocated_delta_bytes` for exactly this scenario, with the attention the
     loaded model selected (None, and the reason, where the model cannot estimate it)."""
-    attn = getattr(loaded.config, "_attn_implementation", None)
     try:
-        return peak_allocated_estimate(loaded.config, scenario, loaded.dtype, attn if isinstance(attn, str) else None)
+        return peak_allocated_estimate(loaded.config, scenario, loaded.dtype, attention_of(loaded))
     except (NotImplementedError, ValueError, UserError, AttributeError, TypeError) as exc:
         return {"peak_allocated_delta_bytes_estimate": None, "peak_allocated_phase_estimate": None,
                 "peak_allocated_estimate_error": str(exc)}

@@ -38,7 +38,7 @@ from ..errors import UserError
 from ..estimate import plan_kv
 from ..estimate.capacity import Calibration, activation_decode_bytes, activation_prefill_bytes
 from ..estimate.peak import scenario_workload
-from .records import ModelConfigs, record_dtype, record_scenario
+from .records import ModelConfigs, record_attention, record_dtype, record_scenario
 
 ALLOCATOR_PEAKS = ("torch.cuda.max_memory_allocated", "torch.profiler allocation events")  # peak_memory_source of an allocator's peak
 
@@ -50,7 +50,7 @@ def _workloads(df: pd.DataFrame) -> list:
     for record in df.to_dict("records"):
         scenario = record_scenario(record)
         out.append((scenario_workload(configs(record["model"]), scenario, record_dtype(record),
-                                      name=str(record["model"])), scenario))
+                                      record_attention(record), name=str(record["model"])), scenario))
     return out
 
 

@@ -22,7 +22,7 @@ from ..errors import UserError
 from ..estimate.peak import peak_allocated_estimate
 from ..results.store import RECORDS, load_records
 from ..units import fmt_bytes
-from .records import ModelConfigs, missing, record_dtype, record_scenario
+from .records import ModelConfigs, missing, record_attention, record_dtype, record_scenario
 
 COLUMNS = ["run", "scenario_id", "model", "dtype", "device", "measured_bytes", "predicted_bytes", "error_bytes",
            "error", "measured_phase", "predicted_phase", "stored_estimate_bytes", "stored_matches", "note"]
@@ -50,7 +50,8 @@ def records_files(run, option: str = "--check") -> list[Path]:
 def _predict(record: dict, configs: ModelConfigs) -> tuple[dict | None, str]:
     try:
         config = configs(record["model"])
-        estimate = peak_allocated_estimate(config, record_scenario(record), record_dtype(record))
+        estimate = peak_allocated_estimate(config, record_scenario(record), record_dtype(record),
+                                           record_attention(record))
     except (UserError, NotImplementedError, ValueError, AttributeError, TypeError, KeyError, OSError) as exc:
         return None, f"not predicted: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
     return estimate, ""

@@ -4,8 +4,9 @@ run` was given it) and the dtype. `plan.check` and `plan.calibration` evaluate t
 (`estimate.peak`, `estimate.capacity`) on them, the same functions `kvbench run` called to write the record's
 `peak_allocated_delta_bytes_estimate` and `kvbench plan` calls to plan.
 
-The attention implementation the loaded model selected is not recorded: the model's class default (SDPA where the
-class supports it, else eager) is taken, which is what `kvbench run` loads unless the config names another.
+The attention implementation is the one the run's loaded model selected (`attn_implementation`, recorded since
+2026-12-07); for older records, which lack it, the model's class default on the installed transformers (SDPA where
+the class supports it, else eager) is taken, which is what `kvbench run` loads unless the config names another.
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ def record_scenario(record: dict) -> Scenario:
         except TypeError as exc:
             raise UserError(f"record {record.get('scenario_id')!r}: not a scenario kvbench can rebuild ({exc})") \
                 from None
+
+
+def record_attention(record: dict) -> str | None:
+    """The attention implementation the record's model ran with; None where the record does not say (older runs)."""
+    value = record.get("attn_implementation")
+    return None if missing(value) else str(value)
 
 
 def record_dtype(record: dict):
