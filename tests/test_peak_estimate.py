@@ -49,11 +49,6 @@ def check(model, scenario: Scenario):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_estimate_meets_the_measured_peak(family):
-    from kvbench import compat
-
-    if "experts" in family and "MLA" not in family and compat.transformers_version() < (5, 0):
-        pytest.skip("the mixture-of-experts term was fitted on transformers 5.x; on 4.57 Mixtral's measured peak "
-                    "was 0.47x the estimate (2,361,512 against 4,997,120 bytes): 4.x's experts not modelled yet")
     model = loaded(family)
     check(model, Scenario(160, 4, 2))  # past the sliding windows
 

@@ -70,6 +70,13 @@ def mla_caches_latent() -> bool:
     return transformers_version() >= (5, 15)
 
 
+def experts_loop_over_their_tokens() -> bool:
+    """True in 4.x: mixture-of-experts layers (Mixtral and its kin) run one expert at a time on the tokens routed to
+    it, adding each result into a zeroed output; 5.x's experts implementation runs the k routed copies of every
+    token together."""
+    return transformers_version() < (5, 0)
+
+
 def beam_search_keeps_shared_kv_copies() -> bool:
     """True in 4.x: beam reordering of a cache with KV-shared layers (Gemma-3n) leaves copies of the shared states
     behind, which no estimate from the config predicts."""
