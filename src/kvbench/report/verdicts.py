@@ -102,6 +102,11 @@ def timed_verdict(base, new, threshold: float, alpha: float = ALPHA, contention:
         return out | {"verdict": CANT_TELL, "reason": f"contention: {contention}"}
     if not beyond:
         return out | {"verdict": NO_CHANGE, "reason": f"ratio within ±{threshold:.0%}"}
+    need = repeats_to_resolve(b, n, alpha)
+    if smallest_p(len(b), len(n)) >= alpha:
+        return out | {"verdict": CANT_TELL, "reason": (
+            f"too few repeats ({len(b)} and {len(n)}): {TEST} cannot reach p < {alpha:g}; "
+            f"{need} each would resolve it")}
     between = ""
     if wobble > 0 and p < SUGGESTIVE:
         from scipy.stats import norm
@@ -120,11 +125,6 @@ def timed_verdict(base, new, threshold: float, alpha: float = ALPHA, contention:
     if p < alpha:
         return out | {"verdict": REGRESSION if ratio > 1 else IMPROVEMENT,
                       "reason": f"p = {p:.2g} < {alpha:g} ({TEST}){between}"}
-    need = repeats_to_resolve(b, n, alpha)
-    if smallest_p(len(b), len(n)) >= alpha:
-        return out | {"verdict": CANT_TELL, "reason": (
-            f"too few repeats ({len(b)} and {len(n)}): {TEST} cannot reach p < {alpha:g}; "
-            f"{need} each would resolve it")}
     if p >= SUGGESTIVE and low <= 1 <= high:
         return out | {"verdict": NO_CHANGE, "reason": (
             f"no significant difference (p = {p:.2g} >= {SUGGESTIVE:g}, {TEST}; the ratio's 95% interval "
