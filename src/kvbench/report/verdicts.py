@@ -17,11 +17,13 @@ comparison itself (`run_wobble`: the robust spread of log(new / base) over the s
 change common to all does not widen it), and a change must lie beyond it too: its p-value against a normal of that
 spread is below the cut-off for a regression or an improvement, at or above 0.05 for "no change".
 
-The machine's own speed: every record carries its reference workload's time, taken just before the scenario
-(`machine_reference_forward_s`, else `machine_reference_s`). Over the matched scenarios, the median of new / base is
-how much slower the machine ran for the new run; the new timings are divided by it. Beyond the threshold, a
+The machine's own speed: every record carries its reference workload's time, taken just before the scenario: a fixed
+matrix product (`machine_reference_s`), which depends on the machine alone. (The record's other reference, one
+forward of the loaded model, moves with the model's code as well: dividing by it would hide a regression in that
+code, so it normalises nothing.) Over the matched scenarios, the median of new / base is how much slower the machine
+ran for the new run; the new timings are divided by it. Beyond the threshold, a
 reference workload cannot stand in for the model's own speed (on this project's 2-core machine, two identical runs
-with the machine 1.3x to 2.2x slower gave divided ratios from 0.73 to 1.17: results/noise/drift), so every timed verdict
+with the machine 1.1x to 2.0x slower gave divided ratios from 0.90 to 1.44: results/noise/drift), so every timed verdict
 is "can't tell" and compare says why. One scenario whose reference moved away from the run's, beyond the threshold
 and beyond the reference's own spread within a run (`Z_MACHINE` standard deviations), is "can't tell" alone.
 
@@ -158,14 +160,12 @@ def contention_of(row: dict, side: str, run: str) -> str | None:
 
 # ------------------------------------------------------------------ rows of `compare_table`
 VERDICT_FIELDS = ("ratio", "ci_low", "ci_high", "p", "verdict", "reason")
-REFERENCE = "machine_reference_s"  # the machine's speed: its fixed reference workload, timed between scenarios
-# per scenario, the reference closest to the work timed first: one forward of the loaded model, else the matmul
-ROW_REFERENCES = ("machine_reference_forward_s", REFERENCE)
+REFERENCE = "machine_reference_s"  # the machine's speed: its fixed reference workload, timed before each scenario
 
 
 def verdict_inputs(metrics) -> list[str]:
     """The record fields the verdicts read besides the metrics: repeats, contention, the machine's reference."""
-    return [TIMED[m] for m in metrics if m in TIMED] + ["contention", "contention_reason", *ROW_REFERENCES]
+    return [TIMED[m] for m in metrics if m in TIMED] + ["contention", "contention_reason", REFERENCE]
 
 
 Z_MACHINE = 2.58  # a scenario's reference this many standard deviations from the run's: the machine moved
@@ -226,16 +226,13 @@ def run_wobble(merged, metric: str, scale: float) -> float:
 def machine_of(merged, metrics=()) -> Machine:
     """How much slower the machine itself ran for the new run than for the base (see the module's docstring), and
     each timed metric's run-to-run wobble."""
-    rows = merged.to_dict("records")
+    ratios = [r for r in (reference_ratio(row, REFERENCE) for row in merged.to_dict("records")) if r is not None]
     machine = Machine()
-    for reference in ROW_REFERENCES:
-        ratios = [r for r in (reference_ratio(row, reference) for row in rows) if r is not None]
-        if ratios:
-            spread = [robust_sd(np.log(merged[f"{reference}_{side}"].astype(float).clip(lower=1e-12)))
-                      for side in ("base", "new")]
-            machine = Machine(float(np.exp(np.median(np.log(ratios)))), reference,
-                              math.sqrt(float(np.mean(np.square(spread)))))
-            break
+    if ratios:
+        spread = [robust_sd(np.log(merged[f"{REFERENCE}_{side}"].astype(float).clip(lower=1e-12)))
+                  for side in ("base", "new")]
+        machine = Machine(float(np.exp(np.median(np.log(ratios)))), REFERENCE,
+                          math.sqrt(float(np.mean(np.square(spread)))))
     return replace(machine, wobble={m: run_wobble(merged, m, machine.scale) for m in metrics if m in TIMED})
 
 
