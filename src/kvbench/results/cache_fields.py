@@ -30,21 +30,22 @@ def is_cache_field(name: str) -> bool:
     return any(m is not None and not m.group(2) for m in (_KIND.match(name), _DEVICE.match(name)))
 
 
-def by_kind(record: dict, estimate: bool = False) -> dict[str, int]:
-    """The measured (or estimated) bytes by kind a record holds (fields that are None or NaN left out)."""
+def _matching(record: dict, pattern, estimate: bool) -> dict[str, int]:
+    """The record's fields `pattern` matches, measured or estimated, keyed by the part it names (fields that are
+    None or NaN left out)."""
     out = {}
     for name, value in record.items():
-        match = _KIND.match(name)
+        match = pattern.match(name)
         if match and bool(match.group(2)) == estimate and value == value and value is not None:
             out[match.group(1)] = int(value)
     return out
+
+
+def by_kind(record: dict, estimate: bool = False) -> dict[str, int]:
+    """The measured (or estimated) bytes by kind a record holds (fields that are None or NaN left out)."""
+    return _matching(record, _KIND, estimate)
 
 
 def by_device(record: dict, estimate: bool = False) -> dict[str, int]:
     """The measured (or estimated) bytes by device a record holds."""
-    out = {}
-    for name, value in record.items():
-        match = _DEVICE.match(name)
-        if match and bool(match.group(2)) == estimate and value == value and value is not None:
-            out[match.group(1)] = int(value)
-    return out
+    return _matching(record, _DEVICE, estimate)
