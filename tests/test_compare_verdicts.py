@@ -135,7 +135,7 @@ def wobbling_runs(tmp_path, last: float):
 def test_a_scenario_within_the_run_to_run_wobble_is_no_change(tmp_path):
     """11% slower on repeats 2% apart (Mann-Whitney p < 0.001), but the scenarios of these two runs wobble by
     ±5.9% between them: log(1.11) = 0.1044 is 1.759 standard deviations of that (two-sided p = 0.0786), no change;
-    as two identical idle runs here were 10% apart on two scenarios (results/noise)."""
+    as two identical idle runs here were 8% apart on two scenarios (results/noise)."""
     base, new, last = wobbling_runs(tmp_path, 1.11)
     assert main(["compare", str(base), str(new)]) == 0
     table = compare_table(load_runs([base, new], one_run_per_path=True), "base", ["new1.11"])

@@ -209,7 +209,7 @@ def run_wobble(merged, metric: str, scale: float) -> float:
     log(new / base) over the matched scenarios measured without contention; 0 under `WOBBLE_ROWS` of them.
 
     Repeats within a run share the machine's state of that moment, so two runs of one code differ by more than the
-    repeats' spread says: on this project's 2-core machine two identical idle runs had two scenarios 10% apart at
+    repeats' spread says: on this project's 2-core machine two identical idle runs had two scenarios 8% apart at
     p < 0.001 (results/noise). The wobble is that excess, measured on the comparison itself."""
     if f"{metric}_base" not in merged or f"{metric}_new" not in merged:
         return 0.0
