@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import math
 
+from ..results.stats import LEVEL
+
 
 def _nan(v) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def below_level(level) -> bool:
+    """Whether an interval covers less than `results.stats.LEVEL` (95%): too few repeats to reach it."""
+    return not _nan(level) and level < LEVEL - 1e-9
 
 
 def interval_text(low, high, level=None) -> str:
@@ -14,8 +21,7 @@ def interval_text(low, high, level=None) -> str:
     where there is none."""
     if _nan(low) or _nan(high):
         return ""
-    below = not _nan(level) and level < 0.95 - 1e-9
-    return f" [{low:.3g}-{high:.3g}]" + (f" {level:.0%}" if below else "")
+    return f" [{low:.3g}-{high:.3g}]" + (f" {level:.0%}" if below_level(level) else "")
 
 
 def busy(row: dict) -> str | None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ..inputs import axes
 from ..results.frame import SPREAD_LIMIT, noisy, ok_rows, speedups, with_spread
 from ..units import fmt_bytes, fmt_seconds
-from .caveats import busy, contention_summary, interval_text
+from .caveats import below_level, busy, contention_summary, interval_text
 
 NOISY = "*"
 BUSY = "!"  # measured under contention (either side of a speedup)
@@ -106,7 +106,7 @@ def summary_columns(records: list[dict], wide: bool = False) -> tuple[list[Colum
             + (NOISY if noisy(r.get("total_s_spread")) or noisy(r.get("total_s_spread_nocache")) else "")
             + (BUSY if busy(r) else "") for r in recs]))
         levels = [r.get("speedup_ci_level") for r in recs]
-        below = any(isinstance(v, float) and v < 0.95 - 1e-9 for v in levels)  # too few repeats for 95% somewhere
+        below = any(below_level(v) for v in levels)  # too few repeats for 95% somewhere
         columns.append(Column("interval\n(coverage)" if below else "95%\ninterval",
                               [interval_text(r.get("speedup_ci_low"), r.get("speedup_ci_high"), r.get("speedup_ci_level"))
                                                .strip() or "-" for r in recs], priority=60))
