@@ -13,8 +13,13 @@ from .errors import UserError
 MIB, GIB = 2**20, 2**30
 
 
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or str(value) in ("nan", "NaN", "<NA>")
+def missing(value) -> bool:
+    """None, or the NaN pandas puts where a record lacks a field."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _missing(value) -> bool:  # what a formatter shows as "-": also the text pandas writes for a missing value
+    return missing(value) or str(value) in ("nan", "NaN", "<NA>")
 
 
 def fmt_bytes(n) -> str:

@@ -12,7 +12,6 @@ the class supports it, else eager) is taken, which is what `kvbench run` loads u
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
 from pathlib import Path
 
@@ -20,15 +19,11 @@ from ..errors import UserError
 from ..inputs.configs import DTYPES, resolve_spec
 from ..inputs.names import preset_name
 from ..inputs.scenario import Scenario
+from ..units import missing
 
 SCENARIO_FIELDS = tuple(f.name for f in dataclasses.fields(Scenario))
 _INTS = ("prompt_len", "new_tokens", "batch_size", "num_beams", "quant_nbits", "quant_residual_length", "top_k",
          "seed")
-
-
-def missing(value) -> bool:
-    """None, or the NaN pandas puts where a record lacks a field."""
-    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def record_scenario(record: dict) -> Scenario:

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import math
-
 from ..results.stats import LEVEL
-
-
-def _nan(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
+from ..units import missing
 
 
 def below_level(level) -> bool:
     """Whether an interval covers less than `results.stats.LEVEL` (95%): too few repeats to reach it."""
-    return not _nan(level) and level < LEVEL - 1e-9
+    return not missing(level) and level < LEVEL - 1e-9
 
 
 def interval_text(low, high, level=None) -> str:
     """" [1.42-1.61]" (a 95% interval), " [1.42-1.61] 75%" (one covering less: too few repeats for 95%), or ""
     where there is none."""
-    if _nan(low) or _nan(high):
+    if missing(low) or missing(high):
         return ""
     return f" [{low:.3g}-{high:.3g}]" + (f" {level:.0%}" if below_level(level) else "")
 

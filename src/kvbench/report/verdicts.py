@@ -39,6 +39,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..results.stats import clean, ratio_interval
+from ..units import missing
 
 ALPHA = 0.002
 SUGGESTIVE = 0.05  # p at or above it, with an interval that holds 1: the repeats show no difference
@@ -259,7 +260,7 @@ def metric_verdict(row: dict, metric: str, base_run: str, new_run: str, threshol
     b, n = (row.get(f"{TIMED[metric]}_{side}") for side in ("base", "new"))
     if not isinstance(b, (list, tuple, np.ndarray)) or not isinstance(n, (list, tuple, np.ndarray)):
         b, n = [row.get(f"{metric}_base")], [row.get(f"{metric}_new")]  # medians only: one value a side
-    if all(v is None or (isinstance(v, float) and math.isnan(v)) for v in [*b, *n]):
+    if all(missing(v) for v in [*b, *n]):
         return {}
     contention = "; ".join(c for c in (contention_of(row, "base", base_run), contention_of(row, "new", new_run))
                            if c) or None
@@ -332,7 +333,7 @@ def trend_lines(table, metrics) -> list[str]:
 def table_json(table, metrics, threshold: float, alpha: float = ALPHA) -> dict:
     """`kvbench compare --format json`: every row's ratio, interval, p-value, verdict and reason, per metric."""
     def num(v):
-        return None if v is None or (isinstance(v, float) and math.isnan(v)) else (
+        return None if missing(v) else (
             float(v) if isinstance(v, (float, np.floating)) else v)
 
     rows = []
