@@ -21,25 +21,19 @@ from ..inputs.names import preset_name
 from ..inputs.scenario import Scenario
 from ..units import missing
 
-SCENARIO_FIELDS = tuple(f.name for f in dataclasses.fields(Scenario))
-_INTS = ("prompt_len", "new_tokens", "batch_size", "num_beams", "quant_nbits", "quant_residual_length", "top_k",
-         "seed")
+# Each Scenario field and the type a record's value is read back as (pandas stores integers with gaps as floats):
+# from the field's annotation ("int", "int | None", "bool", "float | None", ...); other fields are kept as they are.
+_TYPES = {"int": int, "bool": bool, "float": float}
+SCENARIO_FIELDS = {f.name: _TYPES.get(str(f.type).split(" | ")[0]) for f in dataclasses.fields(Scenario)}
 
 
 def record_scenario(record: dict) -> Scenario:
     """The Scenario a record measured (fields it lacks take the Scenario's defaults)."""
     values = {}
-    for name in SCENARIO_FIELDS:
+    for name, kind in SCENARIO_FIELDS.items():
         value = record.get(name)
-        if missing(value):
-            continue
-        if name in _INTS:
-            value = int(value)
-        elif name == "use_cache":
-            value = bool(value)
-        elif name in ("temperature", "top_p"):
-            value = float(value)
-        values[name] = value
+        if not missing(value):
+            values[name] = kind(value) if kind else value
     with warnings.catch_warnings():  # a deprecated cache name: taken as the class it builds, as the run did
         warnings.simplefilter("ignore")
         try:
