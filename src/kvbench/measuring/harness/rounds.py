@@ -16,7 +16,7 @@ from ..engines.decode import compiled_graphs, may_compile
 from ..engines.engine import engine_for
 from ..instruments.load import load_probe
 from ..measure import allocated_pass, bare_run, finish_record, probes, run_fields, run_once, start_record
-from ..loading.models import LoadedModel, synthetic_inputs
+from ..loading.models import LoadedModel
 from ..instruments.nvml import nvml_handle
 from ..instruments.profile import NOT_PROFILED
 from ..instruments.profile import profile_steps as profile_decode_steps
@@ -42,9 +42,7 @@ def measure_in_rounds(loaded: LoadedModel, scenario: Scenario, timer, warmup_rou
     clock, nvml, done = Clock(device), nvml_handle(device), []
     graphs = [compiled_graphs()]
 
-    def setup():
-        prepared.inputs = synthetic_inputs(loaded.config, scenario.batch_size, scenario.prompt_len, device,
-                                           scenario.seed)
+    def setup():  # the inputs `prepare` made serve every round (generate reads them, never writes)
         with engine.grad_mode():  # where the cache's tensors were made; reset untimed
             engine.reset(prepared)
         synchronize(device)
