@@ -174,12 +174,11 @@ Z_MACHINE = 2.58  # a scenario's reference this many standard deviations from th
 
 @dataclass(frozen=True)
 class Machine:
-    """The machine's own speed between two runs: `scale` (new / base of the reference workload, the median over
-    the matched scenarios; 1 without references), the `reference` field it read, and `noise` (the standard deviation
-    of log(reference) between the scenarios of one run, pooled over both runs; 0 when unknown)."""
+    """The machine's own speed between two runs: `scale` (new / base of the reference workload, `REFERENCE`, the
+    median over the matched scenarios; 1 without references) and `noise` (the standard deviation of log(reference)
+    between the scenarios of one run, pooled over both runs; 0 when unknown)."""
 
     scale: float = 1.0
-    reference: str | None = None
     noise: float = 0.0
     wobble: dict = field(default_factory=dict)  # per timed metric: `run_wobble`
 
@@ -232,15 +231,14 @@ def machine_of(merged, metrics=()) -> Machine:
     if ratios:
         spread = [robust_sd(np.log(merged[f"{REFERENCE}_{side}"].astype(float).clip(lower=1e-12)))
                   for side in ("base", "new")]
-        machine = Machine(float(np.exp(np.median(np.log(ratios)))), REFERENCE,
-                          math.sqrt(float(np.mean(np.square(spread)))))
+        machine = Machine(float(np.exp(np.median(np.log(ratios)))), math.sqrt(float(np.mean(np.square(spread)))))
     return replace(machine, wobble={m: run_wobble(merged, m, machine.scale) for m in metrics if m in TIMED})
 
 
 def scenario_moved(row: dict, machine: Machine, threshold: float) -> float | None:
     """This scenario's own new / base of the reference where it moved away from the run's, beyond the threshold and
     `Z_MACHINE` standard deviations of a difference of two references; else None."""
-    own = reference_ratio(row, machine.reference) if machine.reference else None
+    own = reference_ratio(row, REFERENCE)
     if own is None:
         return None
     far = abs(math.log(own / machine.scale)) > Z_MACHINE * machine.noise * math.sqrt(2)
